@@ -1,0 +1,678 @@
+//! The GOP cache and per-viewer cursors.
+//!
+//! The streaming thread appends chunks (`push`), which never waits on anything but a short
+//! mutex. Each viewer task walks the cache with its own [`Cursor`]: it starts at a GOP start
+//! (the cached GOP if it is recent enough, else the next keyframe), and when it falls behind it
+//! jumps to the newest GOP start, so what it skips is always whole GOPs and what it gets always
+//! decodes. Memory is bounded by age and bytes whatever the viewers do.
+//!
+//! No network and no GStreamer here: unit-tested with synthetic chunks.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::protocol::{FrameMeta, flags};
+
+/// One unit of media as the host received it: a buffer, or a run of buffers coalesced.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// Flags and timing.
+    pub meta: FrameMeta,
+    /// Payload.
+    pub data: Bytes,
+    /// When the host's streaming thread handed it over.
+    pub arrived: Instant,
+}
+
+/// Limits of the cache.
+#[derive(Debug, Clone, Copy)]
+pub struct FanoutConfig {
+    /// A new viewer is burst the current GOP if it started less than this ago; otherwise it
+    /// waits for the next keyframe (and a keyframe is requested).
+    pub burst_max_age: Duration,
+    /// Complete GOPs whose last chunk is older than this are dropped.
+    pub keep: Duration,
+    /// Upper bound of cached bytes; the oldest data goes first.
+    pub max_bytes: usize,
+    /// Keyframes closer than this to the current GOP's start do not cut a new GOP unless a
+    /// viewer waits for one (keeps audio-only streams, where every buffer is a keyframe, from
+    /// becoming one QUIC stream per buffer).
+    pub min_gop: Duration,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        Self {
+            burst_max_age: Duration::from_millis(500),
+            keep: Duration::from_secs(3),
+            max_bytes: 64 * 1024 * 1024,
+            min_gop: Duration::from_millis(200),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Gop {
+    seq: u64,
+    started: Instant,
+    caps: Arc<str>,
+    /// Index within the GOP of `chunks[0]` (> 0 once the front was trimmed for memory).
+    first_idx: usize,
+    chunks: VecDeque<Chunk>,
+    bytes: usize,
+    closed: bool,
+}
+
+impl Gop {
+    fn last_arrival(&self) -> Instant {
+        self.chunks.back().map_or(self.started, |c| c.arrived)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    gops: VecDeque<Gop>,
+    next_seq: u64,
+    caps: Option<Arc<str>>,
+    headers: Vec<Chunk>,
+    waiting_keyframe: usize,
+    bytes: usize,
+    eos: bool,
+    dropped_before_keyframe: u64,
+}
+
+/// Where a viewer stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pos {
+    /// Waiting for a GOP with a sequence number above `after` (None = any).
+    WaitNext { after: Option<u64>, counted: bool },
+    /// Inside GOP `seq`, next chunk index `idx`. `opened` once the viewer was told.
+    In { seq: u64, idx: usize, opened: bool },
+}
+
+/// A viewer's position in the cache.
+#[derive(Debug)]
+pub struct Cursor {
+    pos: Pos,
+    started: bool,
+    /// GOPs skipped because the viewer fell behind (or its GOP was evicted).
+    pub dropped_gops: u64,
+    /// The next GOP opened follows skipped data.
+    discont: bool,
+    last_seq: Option<u64>,
+}
+
+impl Cursor {
+    /// The GOP the cursor is in (or about to open), if any.
+    pub fn seq(&self) -> Option<u64> {
+        match self.pos {
+            Pos::In { seq, .. } => Some(seq),
+            Pos::WaitNext { .. } => None,
+        }
+    }
+}
+
+/// What a viewer task should do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Open a new GOP stream. `headers` go first (stream headers, cached PAT/PMT), then chunks.
+    Open {
+        seq: u64,
+        caps: Arc<str>,
+        headers: Vec<Chunk>,
+        /// Data before this GOP was skipped for this viewer.
+        discont: bool,
+    },
+    /// More chunks of the open GOP.
+    Data(Vec<Chunk>),
+    /// The open GOP is complete: finish its stream.
+    Close,
+    /// Nothing new yet: wait for the next notification.
+    Wait,
+    /// End of stream and everything was handed out.
+    End,
+}
+
+/// Snapshot of aggregate counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FanoutStats {
+    /// GOPs cut so far.
+    pub gops: u64,
+    /// Bytes held in the cache.
+    pub cached_bytes: usize,
+    /// GOPs held in the cache.
+    pub cached_gops: usize,
+    /// Viewers waiting for a keyframe.
+    pub waiting_keyframe: usize,
+    /// Buffers dropped because no keyframe had been seen yet.
+    pub dropped_before_keyframe: u64,
+}
+
+/// The shared GOP cache.
+#[derive(Debug)]
+pub struct Fanout {
+    cfg: FanoutConfig,
+    inner: Mutex<Inner>,
+    changed: watch::Sender<u64>,
+}
+
+impl Fanout {
+    /// A new, empty cache.
+    pub fn new(cfg: FanoutConfig) -> Self {
+        Self {
+            cfg,
+            inner: Mutex::new(Inner::default()),
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    /// A receiver that is marked changed after every push, caps change and EOS.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the caps that the next GOP will carry.
+    pub fn set_caps(&self, caps: &str) {
+        let mut inner = self.lock();
+        if inner.caps.as_deref() != Some(caps) {
+            inner.caps = Some(Arc::from(caps));
+        }
+    }
+
+    /// Sets the header chunks every viewer gets before its first GOP (caps `streamheader`,
+    /// or the latest MPEG-TS PAT/PMT).
+    pub fn set_headers(&self, headers: Vec<Chunk>) {
+        self.lock().headers = headers;
+    }
+
+    /// Appends a chunk. Called from the streaming thread; never blocks on viewers.
+    pub fn push(&self, chunk: Chunk) {
+        {
+            let mut inner = self.lock();
+            let inner = &mut *inner;
+            inner.eos = false;
+            let keyframe = chunk.meta.is_keyframe() && chunk.meta.flags & flags::HEADER == 0;
+            let cut = keyframe
+                && match inner.gops.back() {
+                    None => true,
+                    Some(g) => {
+                        g.closed
+                            || inner.waiting_keyframe > 0
+                            || chunk.arrived.saturating_duration_since(g.started) >= self.cfg.min_gop
+                            || Some(&g.caps) != inner.caps.as_ref()
+                    }
+                };
+            if cut {
+                if let Some(g) = inner.gops.back_mut() {
+                    g.closed = true;
+                }
+                let seq = inner.next_seq;
+                inner.next_seq += 1;
+                inner.gops.push_back(Gop {
+                    seq,
+                    started: chunk.arrived,
+                    caps: inner.caps.clone().unwrap_or_else(|| Arc::from("ANY")),
+                    first_idx: 0,
+                    chunks: VecDeque::new(),
+                    bytes: 0,
+                    closed: false,
+                });
+            }
+            match inner.gops.back_mut() {
+                Some(g) if !g.closed => {
+                    g.bytes += chunk.data.len();
+                    inner.bytes += chunk.data.len();
+                    g.chunks.push_back(chunk);
+                }
+                // Nothing before the first keyframe can be decoded by anyone.
+                _ => inner.dropped_before_keyframe += 1,
+            }
+            self.evict(inner);
+        }
+        self.notify();
+    }
+
+    fn evict(&self, inner: &mut Inner) {
+        let now = Instant::now();
+        while inner.gops.len() > 1 {
+            let g = &inner.gops[0];
+            let too_old = now.saturating_duration_since(g.last_arrival()) > self.cfg.keep;
+            if !(too_old || inner.bytes > self.cfg.max_bytes) {
+                break;
+            }
+            let g = inner.gops.pop_front().expect("len > 1");
+            inner.bytes -= g.bytes;
+        }
+        // One GOP larger than the whole budget: trim its front (viewers there skip ahead).
+        if let Some(g) = inner.gops.front_mut() {
+            while inner.bytes > self.cfg.max_bytes && g.chunks.len() > 1 {
+                let c = g.chunks.pop_front().expect("len > 1");
+                g.first_idx += 1;
+                g.bytes -= c.data.len();
+                inner.bytes -= c.data.len();
+            }
+        }
+    }
+
+    /// Marks end of stream: the current GOP is complete, viewers finish and end.
+    pub fn end(&self) {
+        {
+            let mut inner = self.lock();
+            if let Some(g) = inner.gops.back_mut() {
+                g.closed = true;
+            }
+            inner.eos = true;
+        }
+        self.notify();
+    }
+
+    /// Forgets all cached data (flush, or caps renegotiation from scratch). Viewers wait for
+    /// the next keyframe.
+    pub fn flush(&self) {
+        {
+            let mut inner = self.lock();
+            inner.gops.clear();
+            inner.bytes = 0;
+            inner.eos = false;
+        }
+        self.notify();
+    }
+
+    /// A cursor for a new viewer, and whether a keyframe should be requested upstream.
+    pub fn join(&self, now: Instant) -> (Cursor, bool) {
+        let mut inner = self.lock();
+        let burst = inner.gops.back().filter(|g| {
+            !g.closed && g.first_idx == 0 && now.saturating_duration_since(g.started) <= self.cfg.burst_max_age
+        });
+        let mut cursor = Cursor {
+            pos: Pos::WaitNext {
+                after: None,
+                counted: false,
+            },
+            started: false,
+            dropped_gops: 0,
+            discont: false,
+            last_seq: None,
+        };
+        if let Some(g) = burst {
+            cursor.pos = Pos::In {
+                seq: g.seq,
+                idx: 0,
+                opened: false,
+            };
+            return (cursor, false);
+        }
+        let after = inner.gops.back().map(|g| g.seq);
+        cursor.pos = Pos::WaitNext { after, counted: true };
+        inner.waiting_keyframe += 1;
+        (cursor, true)
+    }
+
+    /// Forgets a viewer's cursor (it left).
+    pub fn leave(&self, cursor: &Cursor) {
+        if let Pos::WaitNext { counted: true, .. } = cursor.pos {
+            let mut inner = self.lock();
+            inner.waiting_keyframe = inner.waiting_keyframe.saturating_sub(1);
+        }
+    }
+
+    /// Moves the cursor to the start of the newest GOP, dropping what it had not sent. Returns
+    /// false (and does nothing) when the viewer is already in the newest GOP.
+    pub fn skip_to_newest(&self, cursor: &mut Cursor) -> bool {
+        let inner = self.lock();
+        let Some(newest) = inner.gops.back() else {
+            return false;
+        };
+        match cursor.pos {
+            Pos::In { seq, .. } if seq < newest.seq && newest.first_idx == 0 => {
+                cursor.dropped_gops += newest.seq - seq;
+                cursor.pos = Pos::In {
+                    seq: newest.seq,
+                    idx: 0,
+                    opened: false,
+                };
+                cursor.discont = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives up the cursor's current GOP (its stream was cut): resume at the next GOP start.
+    pub fn abandon(&self, cursor: &mut Cursor) {
+        if let Pos::In { seq, .. } = cursor.pos {
+            cursor.pos = Pos::WaitNext {
+                after: Some(seq),
+                counted: false,
+            };
+            cursor.dropped_gops += 1;
+            cursor.discont = true;
+        }
+    }
+
+    /// Whether a newer GOP than the cursor's exists (so skipping would help).
+    pub fn newer_gop_exists(&self, cursor: &Cursor) -> bool {
+        let inner = self.lock();
+        match (&cursor.pos, inner.gops.back()) {
+            (Pos::In { seq, .. }, Some(g)) => g.seq > *seq,
+            _ => false,
+        }
+    }
+
+    /// Age of the oldest chunk this viewer has not taken yet (zero when it is caught up).
+    pub fn backlog_age(&self, cursor: &Cursor, now: Instant) -> Duration {
+        let inner = self.lock();
+        if let Pos::In { seq, idx, .. } = cursor.pos {
+            if let Some(g) = find(&inner, seq) {
+                let rel = idx.saturating_sub(g.first_idx);
+                if let Some(c) = g.chunks.get(rel) {
+                    return now.saturating_duration_since(c.arrived);
+                }
+            }
+        }
+        Duration::ZERO
+    }
+
+    /// The next step for a viewer; takes at most `max_chunks` chunks at a time.
+    pub fn next(&self, cursor: &mut Cursor, max_chunks: usize) -> Step {
+        let mut inner = self.lock();
+        loop {
+            match cursor.pos.clone() {
+                Pos::WaitNext { after, counted } => {
+                    let next = inner
+                        .gops
+                        .iter()
+                        .find(|g| after.is_none_or(|a| g.seq > a) && g.first_idx == 0)
+                        .map(|g| g.seq);
+                    match next {
+                        Some(seq) => {
+                            if counted {
+                                inner.waiting_keyframe = inner.waiting_keyframe.saturating_sub(1);
+                            }
+                            cursor.pos = Pos::In {
+                                seq,
+                                idx: 0,
+                                opened: false,
+                            };
+                        }
+                        None if inner.eos => return Step::End,
+                        None => return Step::Wait,
+                    }
+                }
+                Pos::In { seq, idx, opened } => {
+                    let Some(g) = find(&inner, seq) else {
+                        // Evicted under this viewer: it was far behind. Resync at the next
+                        // GOP start (the newest complete one is as good as any).
+                        cursor.dropped_gops += 1;
+                        cursor.discont = true;
+                        cursor.pos = Pos::WaitNext {
+                            after: Some(seq),
+                            counted: false,
+                        };
+                        if inner.gops.back().is_some_and(|g| g.seq > seq) {
+                            let newest = inner.gops.back().unwrap().seq;
+                            cursor.dropped_gops += newest.saturating_sub(seq + 1);
+                            cursor.pos = Pos::WaitNext {
+                                after: Some(newest - 1),
+                                counted: false,
+                            };
+                        }
+                        if cursor.started && opened {
+                            return Step::Close;
+                        }
+                        continue;
+                    };
+                    if !opened {
+                        if g.first_idx > idx {
+                            // Its start was trimmed: wait for the next GOP.
+                            cursor.pos = Pos::WaitNext {
+                                after: Some(seq),
+                                counted: false,
+                            };
+                            cursor.dropped_gops += 1;
+                            cursor.discont = true;
+                            continue;
+                        }
+                        let headers = if cursor.started { Vec::new() } else { inner.headers.clone() };
+                        let discont = cursor.discont || cursor.last_seq.is_some_and(|l| seq != l + 1);
+                        cursor.discont = false;
+                        cursor.started = true;
+                        cursor.last_seq = Some(seq);
+                        cursor.pos = Pos::In { seq, idx, opened: true };
+                        return Step::Open {
+                            seq,
+                            caps: g.caps.clone(),
+                            headers,
+                            discont,
+                        };
+                    }
+                    if idx < g.first_idx {
+                        // Trimmed under the viewer mid-GOP.
+                        cursor.dropped_gops += 1;
+                        cursor.discont = true;
+                        cursor.pos = Pos::WaitNext {
+                            after: Some(seq),
+                            counted: false,
+                        };
+                        return Step::Close;
+                    }
+                    let rel = idx - g.first_idx;
+                    if rel < g.chunks.len() {
+                        let n = (g.chunks.len() - rel).min(max_chunks.max(1));
+                        let out: Vec<Chunk> = g.chunks.range(rel..rel + n).cloned().collect();
+                        cursor.pos = Pos::In {
+                            seq,
+                            idx: idx + n,
+                            opened: true,
+                        };
+                        return Step::Data(out);
+                    }
+                    if g.closed {
+                        cursor.pos = Pos::WaitNext {
+                            after: Some(seq),
+                            counted: false,
+                        };
+                        return Step::Close;
+                    }
+                    return Step::Wait;
+                }
+            }
+        }
+    }
+
+    /// Aggregate counters.
+    pub fn stats(&self) -> FanoutStats {
+        let inner = self.lock();
+        FanoutStats {
+            gops: inner.next_seq,
+            cached_bytes: inner.bytes,
+            cached_gops: inner.gops.len(),
+            waiting_keyframe: inner.waiting_keyframe,
+            dropped_before_keyframe: inner.dropped_before_keyframe,
+        }
+    }
+}
+
+fn find(inner: &Inner, seq: u64) -> Option<&Gop> {
+    let first = inner.gops.front()?.seq;
+    inner.gops.get(usize::try_from(seq.checked_sub(first)?).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(key: bool, tag: u8, at: Instant) -> Chunk {
+        Chunk {
+            meta: FrameMeta {
+                flags: if key { 0 } else { flags::DELTA },
+                ..Default::default()
+            },
+            data: Bytes::from(vec![tag; 10]),
+            arrived: at,
+        }
+    }
+
+    fn fanout() -> Fanout {
+        let f = Fanout::new(FanoutConfig::default());
+        f.set_caps("video/x-h264");
+        f
+    }
+
+    /// Drains a viewer: returns (events as text, tags of data received).
+    fn drain(f: &Fanout, c: &mut Cursor) -> (Vec<String>, Vec<u8>) {
+        let mut ev = Vec::new();
+        let mut tags = Vec::new();
+        loop {
+            match f.next(c, 2) {
+                Step::Open { seq, headers, discont, .. } => {
+                    ev.push(format!("open{seq}{}", if discont { "!" } else { "" }));
+                    tags.extend(headers.iter().map(|h| h.data[0]));
+                }
+                Step::Data(d) => tags.extend(d.iter().map(|c| c.data[0])),
+                Step::Close => ev.push("close".into()),
+                Step::Wait => return (ev, tags),
+                Step::End => {
+                    ev.push("end".into());
+                    return (ev, tags);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn delta_before_first_keyframe_is_dropped() {
+        let f = fanout();
+        let t = Instant::now();
+        f.push(chunk(false, 1, t));
+        f.push(chunk(false, 2, t));
+        assert_eq!(f.stats().dropped_before_keyframe, 2);
+        let (mut c, fku) = f.join(t);
+        assert!(fku, "no GOP yet: the viewer needs a keyframe");
+        f.push(chunk(true, 3, t));
+        f.push(chunk(false, 4, t));
+        assert_eq!(drain(&f, &mut c), (vec!["open0".into()], vec![3, 4]));
+    }
+
+    #[test]
+    fn late_joiner_is_gated_to_the_next_keyframe_when_the_gop_is_old() {
+        let f = fanout();
+        let t0 = Instant::now() - Duration::from_secs(2);
+        f.push(chunk(true, 1, t0));
+        f.push(chunk(false, 2, t0));
+        let (mut c, fku) = f.join(Instant::now());
+        assert!(fku);
+        assert_eq!(f.stats().waiting_keyframe, 1);
+        f.push(chunk(false, 3, Instant::now()));
+        assert_eq!(drain(&f, &mut c), (vec![], vec![]), "nothing until a keyframe");
+        // A keyframe right away still cuts a GOP because a viewer waits for it.
+        f.push(chunk(true, 4, Instant::now()));
+        f.push(chunk(false, 5, Instant::now()));
+        assert_eq!(drain(&f, &mut c), (vec!["open1".into()], vec![4, 5]));
+        assert_eq!(f.stats().waiting_keyframe, 0);
+    }
+
+    #[test]
+    fn recent_gop_is_burst_with_headers_first() {
+        let f = fanout();
+        f.set_headers(vec![chunk(true, 9, Instant::now())]);
+        let t = Instant::now();
+        f.push(chunk(true, 1, t));
+        f.push(chunk(false, 2, t));
+        f.push(chunk(false, 3, t));
+        let (mut c, fku) = f.join(t);
+        assert!(!fku);
+        assert_eq!(drain(&f, &mut c), (vec!["open0".into()], vec![9, 1, 2, 3]));
+    }
+
+    #[test]
+    fn slow_viewer_skips_whole_gops_others_untouched() {
+        let f = fanout();
+        let t = Instant::now();
+        f.push(chunk(true, 1, t));
+        let (mut slow, _) = f.join(t);
+        let (mut fast, _) = f.join(t);
+        let mut fast_tags = drain(&f, &mut fast).1;
+        // the slow one reads only the GOP open, then stalls
+        assert!(matches!(f.next(&mut slow, 1), Step::Open { seq: 0, .. }));
+        for g in 0..3u8 {
+            let t = t + Duration::from_secs(u64::from(g) + 1);
+            f.push(chunk(true, 10 * (g + 1), t));
+            f.push(chunk(false, 10 * (g + 1) + 1, t));
+            fast_tags.extend(drain(&f, &mut fast).1);
+        }
+        assert_eq!(fast_tags, vec![1, 10, 11, 20, 21, 30, 31], "fast viewer sees everything");
+        assert!(f.newer_gop_exists(&slow));
+        assert!(f.skip_to_newest(&mut slow));
+        assert_eq!(slow.dropped_gops, 3);
+        let (ev, tags) = drain(&f, &mut slow);
+        assert_eq!(ev, vec!["open3!".to_string()]);
+        assert_eq!(tags, vec![30, 31], "resumes at a GOP start");
+        assert!(!f.skip_to_newest(&mut slow), "already in the newest GOP");
+    }
+
+    #[test]
+    fn memory_is_bounded_and_evicted_viewer_resyncs() {
+        let f = Fanout::new(FanoutConfig {
+            max_bytes: 100,
+            ..Default::default()
+        });
+        f.set_caps("x");
+        let t = Instant::now();
+        f.push(chunk(true, 1, t));
+        let (mut c, _) = f.join(t);
+        assert!(matches!(f.next(&mut c, 1), Step::Open { seq: 0, .. }));
+        for i in 0..50u8 {
+            let at = t + Duration::from_secs(u64::from(i) + 1);
+            f.push(chunk(i % 5 == 0, i, at));
+        }
+        assert!(f.stats().cached_bytes <= 100, "{:?}", f.stats());
+        let (ev, tags) = drain(&f, &mut c);
+        assert_eq!(ev.first().map(String::as_str), Some("close"));
+        assert!(ev[1].ends_with('!'), "resync is marked discont: {ev:?}");
+        assert_eq!(tags[0] % 5, 0, "resumes at a keyframe: {tags:?}");
+        assert!(c.dropped_gops > 0);
+    }
+
+    #[test]
+    fn audio_only_keyframes_group_by_min_gop() {
+        let f = fanout();
+        let t = Instant::now();
+        for i in 0..10u8 {
+            f.push(chunk(true, i, t + Duration::from_millis(u64::from(i) * 50)));
+        }
+        assert_eq!(f.stats().gops, 3, "10 keyframes over 450 ms with min-gop 200 ms");
+    }
+
+    #[test]
+    fn eos_ends_viewers_after_the_last_gop() {
+        let f = fanout();
+        let t = Instant::now();
+        f.push(chunk(true, 1, t));
+        let (mut c, _) = f.join(t);
+        f.end();
+        assert_eq!(drain(&f, &mut c), (vec!["open0".into(), "close".into(), "end".into()], vec![1]));
+    }
+
+    #[test]
+    fn leaving_while_waiting_releases_the_keyframe_gate() {
+        let f = fanout();
+        let (c, fku) = f.join(Instant::now());
+        assert!(fku);
+        assert_eq!(f.stats().waiting_keyframe, 1);
+        f.leave(&c);
+        assert_eq!(f.stats().waiting_keyframe, 0);
+    }
+}

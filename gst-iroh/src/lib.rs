@@ -1,0 +1,39 @@
+//! gst-iroh: GStreamer elements that carry media over iroh QUIC.
+//!
+//! - `irohsink` serves one encoded stream to many viewers; every viewer starts at a keyframe
+//!   and one that falls behind skips whole GOPs without slowing the others.
+//! - `irohsrc` dials a host by ticket and outputs exactly the caps the host received.
+//!
+//! The wire format is in `PROTOCOL.md` and [`protocol`]; the ticket in [`ticket`].
+
+use gst::glib;
+
+pub mod fanout;
+mod irohsink;
+mod irohsrc;
+pub mod net;
+pub mod protocol;
+pub mod ticket;
+pub mod ts;
+
+pub use irohsink::IrohSink;
+pub use irohsrc::IrohSrc;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    irohsink::register(plugin)?;
+    irohsrc::register(plugin)?;
+    Ok(())
+}
+
+gst::plugin_define!(
+    iroh,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    // "MIT/X11" rather than "Apache 2.0": GStreamer before 1.22 rejects the latter.
+    "MIT/X11",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);
