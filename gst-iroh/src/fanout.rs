@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::protocol::{FrameMeta, flags};
+use crate::protocol::FrameMeta;
 
 /// One unit of media as the host received it: a buffer, or a run of buffers coalesced.
 #[derive(Debug, Clone)]
@@ -203,7 +203,9 @@ impl Fanout {
             let mut inner = self.lock();
             let inner = &mut *inner;
             inner.eos = false;
-            let keyframe = chunk.meta.is_keyframe() && chunk.meta.flags & flags::HEADER == 0;
+            // mpegtsmux (1.22) marks the PAT it re-sends before a keyframe as the only
+            // non-DELTA buffer of the GOP (flagged HEADER too): any non-DELTA buffer cuts.
+            let keyframe = chunk.meta.is_keyframe();
             let cut = keyframe
                 && match inner.gops.back() {
                     None => true,
@@ -513,6 +515,7 @@ fn find(inner: &Inner, seq: u64) -> Option<&Gop> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::flags;
 
     fn chunk(key: bool, tag: u8, at: Instant) -> Chunk {
         Chunk {

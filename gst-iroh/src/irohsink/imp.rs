@@ -218,7 +218,13 @@ impl Shared {
 
 enum State {
     Stopped,
-    Started { shared: Arc<Shared>, psi: Option<PsiCache>, in_caps_headers: bool },
+    Started {
+        shared: Arc<Shared>,
+        psi: Option<PsiCache>,
+        /// The caps `streamheader` buffers: the same bytes arriving as HEADER data are dropped
+        /// (new viewers get them from the caps), as multisocketsink does.
+        caps_headers: Vec<Bytes>,
+    },
 }
 
 #[derive(Default)]
@@ -315,6 +321,7 @@ impl IrohSink {
             }
         }
         drop(state);
+        gst::trace!(CAT, imp = self, "pushing {} chunks", chunks.len());
         for c in chunks {
             shared.fanout.push(c);
         }
@@ -322,8 +329,17 @@ impl IrohSink {
     }
 
     fn skip_in_caps_header(&self, buffer: &gst::BufferRef) -> bool {
-        buffer.flags().contains(gst::BufferFlags::HEADER)
-            && matches!(&self.state.lock().unwrap().0, State::Started { in_caps_headers: true, .. })
+        if !buffer.flags().contains(gst::BufferFlags::HEADER) {
+            return false;
+        }
+        let state = self.state.lock().unwrap();
+        let State::Started { caps_headers, .. } = &state.0 else {
+            return false;
+        };
+        !caps_headers.is_empty()
+            && buffer
+                .map_readable()
+                .is_ok_and(|m| caps_headers.iter().any(|h| h[..] == m[..]))
     }
 }
 
@@ -602,7 +618,7 @@ impl BaseSinkImpl for IrohSink {
         *self.state.lock().unwrap() = StateBox(State::Started {
             shared: shared.clone(),
             psi: None,
-            in_caps_headers: false,
+            caps_headers: Vec::new(),
         });
         shared.announce_ticket(&ticket);
 
@@ -677,11 +693,16 @@ impl BaseSinkImpl for IrohSink {
         }
         let is_ts = s.name() == "video/mpegts";
         let mut state = self.state.lock().unwrap();
-        let State::Started { shared, psi, in_caps_headers } = &mut state.0 else {
+        let State::Started {
+            shared,
+            psi,
+            caps_headers,
+        } = &mut state.0
+        else {
             return Err(gst::loggable_error!(CAT, "caps before start"));
         };
         gst::debug!(CAT, imp = self, "caps {caps}, {} stream headers", headers.len());
-        *in_caps_headers = !headers.is_empty();
+        *caps_headers = headers.iter().map(|h| h.data.clone()).collect();
         *psi = is_ts.then(PsiCache::default);
         shared.fanout.set_caps(&caps.to_string());
         shared.fanout.set_headers(headers);
@@ -1010,6 +1031,7 @@ async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, mut control: SendStre
     let mut skip_floor = 0u64;
     let code = loop {
         let step = fanout.next(&mut cursor, 64);
+        gst::trace!(CAT, "viewer {}: {step:?}", viewer.id);
         let res: Result<(), Interrupt> = match step {
             Step::Open { seq, caps, headers, .. } => {
                 if let Some((_, mut s)) = stream.take() {
