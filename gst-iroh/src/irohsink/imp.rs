@@ -549,11 +549,11 @@ impl ElementImpl for IrohSink {
         if transition == gst::StateChange::NullToReady {
             let s = self.settings.lock().unwrap().clone();
             if let Err(e) = s.relay.parse::<Relay>() {
-                gst::element_imp_error!(self, gst::ResourceError::Settings, ["property relay: {e}"]);
+                gst::element_imp_error!(self, gst::ResourceError::Settings, ("property relay: {e}"));
                 return Err(gst::StateChangeError);
             }
             if let Err(e) = net::parse_bind_addr(&s.bind_address) {
-                gst::element_imp_error!(self, gst::ResourceError::Settings, ["property bind-address: {e}"]);
+                gst::element_imp_error!(self, gst::ResourceError::Settings, ("property bind-address: {e}"));
                 return Err(gst::StateChangeError);
             }
         }
@@ -567,13 +567,13 @@ impl BaseSinkImpl for IrohSink {
         let relay: Relay = s
             .relay
             .parse()
-            .map_err(|e: String| gst::error_msg!(gst::ResourceError::Settings, ["property relay: {e}"]))?;
+            .map_err(|e: String| gst::error_msg!(gst::ResourceError::Settings, ("property relay: {e}")))?;
         let bind_addr = net::parse_bind_addr(&s.bind_address)
-            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ["property bind-address: {e}"]))?;
+            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("property bind-address: {e}")))?;
         let key_file = s.key_file.as_ref().map(PathBuf::from);
         let identity = match &key_file {
             Some(p) => Identity::load_or_create(p)
-                .map_err(|e| gst::error_msg!(gst::ResourceError::OpenReadWrite, ["property key-file: {e}"]))?,
+                .map_err(|e| gst::error_msg!(gst::ResourceError::OpenReadWrite, ("property key-file: {e}")))?,
             None => Identity::generate(),
         };
         let key = identity.key.clone();
@@ -586,7 +586,7 @@ impl BaseSinkImpl for IrohSink {
             )
             .await
         })
-        .map_err(|e| gst::error_msg!(gst::ResourceError::OpenWrite, ["{e}"]))?;
+        .map_err(|e| gst::error_msg!(gst::ResourceError::OpenWrite, ("{e}")))?;
 
         let shared = Arc::new(Shared {
             element: self.obj().downgrade(),
@@ -735,7 +735,7 @@ impl BaseSinkImpl for IrohSink {
         let data = match buffer.clone().into_mapped_buffer_readable() {
             Ok(m) => Bytes::from_owner(m),
             Err(_) => {
-                gst::element_imp_error!(self, gst::ResourceError::Read, ["cannot map buffer"]);
+                gst::element_imp_error!(self, gst::ResourceError::Read, ("cannot map buffer"));
                 return Err(gst::FlowError::Error);
             }
         };
@@ -761,7 +761,7 @@ impl BaseSinkImpl for IrohSink {
             let boundary = !bf.contains(gst::BufferFlags::DELTA_UNIT)
                 || bf.intersects(gst::BufferFlags::HEADER | gst::BufferFlags::DISCONT);
             let map = buffer.map_readable().map_err(|_| {
-                gst::element_imp_error!(self, gst::ResourceError::Read, ["cannot map buffer"]);
+                gst::element_imp_error!(self, gst::ResourceError::Read, ("cannot map buffer"));
                 gst::FlowError::Error
             })?;
             if let Some((meta, data)) = &mut cur
@@ -823,7 +823,7 @@ impl IrohSink {
             if let Some(p) = &sh.key_file
                 && let Err(e) = id.save(p)
             {
-                gst::element_imp_warning!(self, gst::ResourceError::Write, ["revoked in memory only: {e}"]);
+                gst::element_imp_warning!(self, gst::ResourceError::Write, ("revoked in memory only: {e}"));
             }
         }
         let ids: Vec<String> = sh.viewers.lock().unwrap().keys().cloned().collect();
@@ -1021,6 +1021,12 @@ enum Interrupt {
 async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, mut control: SendStream, recv: RecvStream, buf: BytesMut) -> CloseCode {
     let fanout = &shared.fanout;
     let (mut cursor, need_keyframe) = fanout.join(Instant::now());
+    gst::debug!(
+        CAT,
+        "viewer {} starts {}",
+        viewer.id,
+        if need_keyframe { "at the next keyframe" } else { "with the cached GOP" }
+    );
     if need_keyframe {
         shared.request_keyframe();
     }

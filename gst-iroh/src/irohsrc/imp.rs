@@ -282,7 +282,7 @@ impl ElementImpl for IrohSrc {
         if transition == gst::StateChange::NullToReady
             && let Err(msg) = self.validate()
         {
-            gst::element_imp_error!(self, gst::ResourceError::Settings, ["{msg}"]);
+            gst::element_imp_error!(self, gst::ResourceError::Settings, ("{msg}"));
             return Err(gst::StateChangeError);
         }
         self.parent_change_state(transition)
@@ -328,7 +328,7 @@ impl BaseSrcImpl for IrohSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let (ticket, relay, bind) = self
             .validate()
-            .map_err(|m| gst::error_msg!(gst::ResourceError::Settings, ["{m}"]))?;
+            .map_err(|m| gst::error_msg!(gst::ResourceError::Settings, ("{m}")))?;
         let s = self.settings.lock().unwrap().clone();
         let (tx, rx) = mpsc::channel(s.max_buffers as usize);
         let cancel = CancellationToken::new();
@@ -434,7 +434,7 @@ impl PushSrcImpl for IrohSrc {
                             gst::element_imp_error!(
                                 self,
                                 gst::StreamError::Format,
-                                ["downstream cannot handle the host's stream ({caps})"]
+                                ("downstream cannot handle the host's stream ({caps})")
                             );
                             return Err(gst::FlowError::NotNegotiated);
                         }
@@ -446,7 +446,7 @@ impl PushSrcImpl for IrohSrc {
                 }
                 Item::Eos => return Err(gst::FlowError::Eos),
                 Item::Error(msg) => {
-                    gst::element_imp_error!(self, gst::ResourceError::Read, ["{msg}"]);
+                    gst::element_imp_error!(self, gst::ResourceError::Read, ("{msg}"));
                     return Err(gst::FlowError::Error);
                 }
             }

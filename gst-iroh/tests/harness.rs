@@ -1,0 +1,168 @@
+//! irohsink / irohsrc element behaviour with synthetic buffers: properties, keyframe requests,
+//! GOP gating, stream headers. Real iroh endpoints on loopback, no relay.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use gst::glib;
+use gst::prelude::*;
+
+#[test]
+fn properties_and_ticket() {
+    init();
+    let sink = gst::ElementFactory::make("irohsink").build().unwrap();
+    assert_eq!(sink.property::<Option<String>>("ticket"), None, "no ticket before start");
+    assert_eq!(sink.property::<String>("relay"), "default");
+    assert_eq!(sink.property::<u32>("max-viewers"), 0);
+    assert_eq!(sink.property::<u32>("max-lag"), 500);
+    assert!(!sink.property::<bool>("sync"), "a network sink sends at once");
+    let pspec = sink.find_property("ticket").unwrap();
+    assert!(!pspec.flags().contains(glib::ParamFlags::WRITABLE));
+
+    let h = host(&[("max-viewers", &3u32)]);
+    let t = ticket(&h);
+    assert!(t.starts_with("pp1"), "{t}");
+    let parsed: gstiroh::ticket::Ticket = t.parse().unwrap();
+    let id = h.element().unwrap().property::<String>("endpoint-id");
+    assert_eq!(parsed.addr.id.to_string(), id);
+    assert!(parsed.addr.ip_addrs().all(|a| a.ip().is_loopback()), "bound to loopback only");
+    let stats = h.element().unwrap().property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u32>("viewers").unwrap(), 0);
+
+    let src = gst::ElementFactory::make("irohsrc").build().unwrap();
+    assert!(src.property::<bool>("reconnect"));
+    assert_eq!(src.property::<u32>("latency"), 100);
+}
+
+#[test]
+fn invalid_settings_fail_with_the_property_named() {
+    init();
+    let sink = gst::ElementFactory::make("irohsink")
+        .property("relay", "ftp://nope")
+        .build()
+        .unwrap();
+    assert!(sink.set_state(gst::State::Ready).is_err());
+    let src = gst::ElementFactory::make("irohsrc")
+        .property("ticket", "pp1notaticket")
+        .build()
+        .unwrap();
+    let bus = gst::Bus::new();
+    src.set_bus(Some(&bus));
+    assert!(src.set_state(gst::State::Ready).is_err());
+    let msg = bus.pop_filtered(&[gst::MessageType::Error]).unwrap();
+    let gst::MessageView::Error(e) = msg.view() else { unreachable!() };
+    assert!(e.error().message().starts_with("ticket is not valid:"), "{}", e.error());
+}
+
+/// Waits for a force-key-unit event with all-headers on the harness' upstream side.
+fn wait_fku(h: &mut gst_check::Harness, timeout: Duration) -> Option<gst_video::UpstreamForceKeyUnitEvent> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        while let Some(ev) = h.try_pull_upstream_event() {
+            if let Ok(fku) = gst_video::UpstreamForceKeyUnitEvent::parse(&ev) {
+                return Some(fku);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[test]
+fn late_joiner_triggers_one_keyframe_request_and_is_gated_to_the_keyframe() {
+    let mut h = host(&[("burst-max-age", &0u32), ("keyframe-interval", &1000u32)]);
+    h.set_src_caps_str("video/x-h264,stream-format=byte-stream,alignment=au");
+    // An old GOP: keyframe then deltas.
+    h.push(buf(1, 100, false, 0)).unwrap();
+    for i in 0..5 {
+        h.push(buf(2, 100, true, 33 * (i + 1))).unwrap();
+    }
+    while h.try_pull_upstream_event().is_some() {}
+
+    let v = Viewer::new(&ticket(&h), "queue");
+    assert!(wait_until(Duration::from_secs(5), || num_viewers(&h) == 1));
+    let fku = wait_fku(&mut h, Duration::from_secs(5)).expect("a force-key-unit event went upstream");
+    assert!(fku.all_headers, "all-headers=true, or mpegtsmux swallows it");
+    // More deltas: the gated viewer must not see them.
+    for i in 0..5 {
+        h.push(buf(3, 100, true, 300 + 33 * i)).unwrap();
+    }
+    assert!(v.pull(Duration::from_millis(300)).is_none(), "nothing before the keyframe");
+    h.push(buf(4, 100, false, 500)).unwrap();
+    h.push(buf(5, 100, true, 533)).unwrap();
+    let first = v.pull(Duration::from_secs(5)).expect("keyframe arrives");
+    let b = first.buffer().unwrap();
+    assert_eq!(b.map_readable().unwrap()[0], 4, "first buffer is the keyframe");
+    assert!(!b.flags().contains(gst::BufferFlags::DELTA_UNIT));
+    assert!(b.flags().contains(gst::BufferFlags::DISCONT), "first buffer of a session is DISCONT");
+    let caps = first.caps().unwrap();
+    assert_eq!(caps.structure(0).unwrap().name(), "video/x-h264", "caps travel to the viewer");
+    let second = v.pull(Duration::from_secs(5)).unwrap();
+    assert_eq!(second.buffer().unwrap().map_readable().unwrap()[0], 5);
+    // A second viewer within the rate limit sends no new request.
+    let _v2 = Viewer::new(&ticket(&h), "queue");
+    assert!(wait_until(Duration::from_secs(5), || num_viewers(&h) == 2));
+    let stats = h.element().unwrap().property::<gst::Structure>("stats");
+    assert!(stats.get::<u64>("keyframe-requests").unwrap() <= 2);
+}
+
+#[test]
+fn recent_gop_is_burst_to_a_new_viewer_without_waiting() {
+    let h = host(&[("burst-max-age", &60_000u32)]);
+    let mut h = h;
+    h.set_src_caps_str("video/x-h264,stream-format=byte-stream,alignment=au");
+    h.push(buf(7, 50, false, 0)).unwrap();
+    h.push(buf(8, 50, true, 33)).unwrap();
+    let v = Viewer::new(&ticket(&h), "queue");
+    let a = v.pull(Duration::from_secs(5)).expect("burst of the cached GOP");
+    let b = v.pull(Duration::from_secs(5)).unwrap();
+    assert_eq!(a.buffer().unwrap().map_readable().unwrap()[0], 7);
+    assert_eq!(b.buffer().unwrap().map_readable().unwrap()[0], 8);
+}
+
+#[test]
+fn caps_streamheader_goes_first_and_in_caps_headers_are_not_duplicated() {
+    let mut h = host(&[]);
+    let hdr = {
+        let mut b = gst::Buffer::from_slice(b"HEADER-BYTES".to_vec());
+        b.get_mut().unwrap().set_flags(gst::BufferFlags::HEADER);
+        b
+    };
+    let caps = gst::Caps::builder("application/x-test")
+        .field("streamheader", gst::Array::new([hdr.clone()]))
+        .build();
+    h.set_src_caps(caps);
+    h.push(hdr).unwrap(); // the same header as data: must not reach viewers twice
+    h.push(buf(1, 20, false, 0)).unwrap();
+    let v = Viewer::new(&ticket(&h), "queue");
+    let first = v.pull(Duration::from_secs(5)).unwrap();
+    let b = first.buffer().unwrap();
+    assert_eq!(&b.map_readable().unwrap()[..], b"HEADER-BYTES");
+    assert!(b.flags().contains(gst::BufferFlags::HEADER));
+    let second = v.pull(Duration::from_secs(5)).unwrap();
+    assert_eq!(second.buffer().unwrap().map_readable().unwrap()[0], 1);
+}
+
+#[test]
+fn capture_time_and_timing_travel_with_each_buffer() {
+    let mut h = host(&[]);
+    h.set_src_caps_str("audio/x-raw,format=S16LE,rate=48000,channels=2,layout=interleaved");
+    let mut b = buf(1, 64, false, 0);
+    b.get_mut().unwrap().set_duration(gst::ClockTime::from_mseconds(20));
+    h.push(b).unwrap();
+    let v = Viewer::new(&ticket(&h), "queue");
+    let s = v.pull(Duration::from_secs(5)).unwrap();
+    let b = s.buffer().unwrap();
+    assert_eq!(b.duration(), Some(gst::ClockTime::from_mseconds(20)));
+    assert!(b.pts().is_some(), "live source output is timestamped");
+    let unix = gst::Caps::builder("timestamp/x-unix").build();
+    let meta = b
+        .iter_meta::<gst::ReferenceTimestampMeta>()
+        .find(|m| m.reference().is_subset(&unix))
+        .expect("capture wall-clock time as a reference timestamp meta");
+    let now = gstiroh::net::unix_now_ns();
+    let age = now.saturating_sub(meta.timestamp().nseconds());
+    assert!(age < 10_000_000_000, "capture time is recent: {age} ns");
+}
