@@ -141,6 +141,9 @@ pub struct Identity {
     pub secret: [u8; SECRET_LEN],
     /// Secrets that were revoked: a viewer presenting one is told so.
     pub revoked: Vec<[u8; SECRET_LEN]>,
+    /// UDP port the host last bound: reused so the ticket (which holds the addresses) stays
+    /// the same across restarts.
+    pub port: Option<u16>,
 }
 
 fn random_secret() -> [u8; SECRET_LEN] {
@@ -154,6 +157,7 @@ impl Identity {
             key: SecretKey::generate(),
             secret: random_secret(),
             revoked: Vec::new(),
+            port: None,
         }
     }
 
@@ -189,6 +193,7 @@ impl Identity {
         let mut key = None;
         let mut secret = None;
         let mut revoked = Vec::new();
+        let mut port = None;
         let hex32 = |v: &str| -> Option<[u8; SECRET_LEN]> {
             data_encoding::HEXLOWER_PERMISSIVE.decode(v.as_bytes()).ok()?.try_into().ok()
         };
@@ -210,6 +215,7 @@ impl Identity {
                 }
                 "ticket-secret" => secret = Some(hex32(v).ok_or(i + 1)?),
                 "revoked" => revoked.push(hex32(v).ok_or(i + 1)?),
+                "port" => port = Some(v.parse().map_err(|_| i + 1)?),
                 _ => return Err(i + 1),
             }
         }
@@ -218,6 +224,7 @@ impl Identity {
             key: key.ok_or(n)?,
             secret: secret.ok_or(n)?,
             revoked,
+            port,
         })
     }
 
@@ -230,6 +237,9 @@ impl Identity {
         text += &format!("ticket-secret = {}\n", hex(&self.secret));
         for r in &self.revoked {
             text += &format!("revoked = {}\n", hex(r));
+        }
+        if let Some(p) = self.port {
+            text += &format!("port = {p}\n");
         }
         let tmp = path.with_extension("tmp");
         let err = |source| NetError::KeyWrite {
@@ -258,11 +268,12 @@ pub fn parse_bind_addr(s: &str) -> Result<Option<SocketAddr>, NetError> {
     s.parse().map(Some).map_err(|_| NetError::BindAddr(s.into()))
 }
 
-/// Binds an endpoint with the given relay mode, key and (optional) single bind address.
+/// Binds an endpoint with the given relay mode, key and bind addresses (empty = iroh's
+/// defaults: all interfaces, random ports).
 pub async fn bind(
     key: SecretKey,
     relay: &Relay,
-    bind_addr: Option<SocketAddr>,
+    bind_addrs: &[SocketAddr],
     alpns: Vec<Vec<u8>>,
 ) -> Result<Endpoint, NetError> {
     let mut b = match relay {
@@ -279,11 +290,11 @@ pub async fn bind(
         }
     };
     b = b.secret_key(key).alpns(alpns).transport_config(transport_config());
-    if let Some(addr) = bind_addr {
-        b = b
-            .clear_ip_transports()
-            .bind_addr(addr)
-            .map_err(|e| NetError::Bind(e.to_string()))?;
+    if !bind_addrs.is_empty() {
+        b = b.clear_ip_transports();
+        for addr in bind_addrs {
+            b = b.bind_addr(*addr).map_err(|e| NetError::Bind(e.to_string()))?;
+        }
     }
     b.bind().await.map_err(|e| NetError::Bind(e.to_string()))
 }
@@ -344,6 +355,10 @@ mod tests {
         c.save(&path).unwrap();
         let d = Identity::load_or_create(&path).unwrap();
         assert_eq!(d.revoked, vec![a.secret]);
+        let mut e = d.clone();
+        e.port = Some(4242);
+        e.save(&path).unwrap();
+        assert_eq!(Identity::load_or_create(&path).unwrap().port, Some(4242));
         assert_ne!(d.secret, a.secret);
         std::fs::write(&path, "secret-key = zz\n").unwrap();
         let e = Identity::load_or_create(&path).unwrap_err().to_string();

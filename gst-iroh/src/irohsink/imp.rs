@@ -576,17 +576,37 @@ impl BaseSinkImpl for IrohSink {
                 .map_err(|e| gst::error_msg!(gst::ResourceError::OpenReadWrite, ("property key-file: {e}")))?,
             None => Identity::generate(),
         };
+        // With a key file, rebind the port of last time so the ticket stays the same.
+        let saved: Vec<std::net::SocketAddr> = match (identity.port, bind_addr) {
+            (Some(p), None) if key_file.is_some() => vec![
+                (std::net::Ipv4Addr::UNSPECIFIED, p).into(),
+                (std::net::Ipv6Addr::UNSPECIFIED, p).into(),
+            ],
+            (Some(p), Some(a)) if key_file.is_some() && a.port() == 0 => vec![std::net::SocketAddr::new(a.ip(), p)],
+            _ => Vec::new(),
+        };
+        let fresh: Vec<std::net::SocketAddr> = bind_addr.into_iter().collect();
         let key = identity.key.clone();
+        let alpns = vec![protocol::ALPN.to_vec(), protocol::ALPN_VERSION_PROBE.to_vec()];
         let endpoint = net::block_on(async move {
-            net::bind(
-                key,
-                &relay,
-                bind_addr,
-                vec![protocol::ALPN.to_vec(), protocol::ALPN_VERSION_PROBE.to_vec()],
-            )
-            .await
+            if !saved.is_empty()
+                && let Ok(ep) = net::bind(key.clone(), &relay, &saved, alpns.clone()).await
+            {
+                return Ok(ep);
+            }
+            net::bind(key, &relay, &fresh, alpns).await
         })
         .map_err(|e| gst::error_msg!(gst::ResourceError::OpenWrite, ("{e}")))?;
+        let mut identity = identity;
+        let port = endpoint.bound_sockets().iter().find(|a| a.is_ipv4()).map(|a| a.port());
+        if let Some(p) = &key_file
+            && port != identity.port
+        {
+            identity.port = port;
+            if let Err(e) = identity.save(p) {
+                gst::element_imp_warning!(self, gst::ResourceError::Write, ("the ticket will change on restart: {e}"));
+            }
+        }
 
         let shared = Arc::new(Shared {
             element: self.obj().downgrade(),

@@ -27,6 +27,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
 /// How often the viewer tells the host how far it got.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// Bytes GOP streams other than the one being played may hold before their readers pause
+/// (the one being played never pauses, so there is no flow-control deadlock).
+const AHEAD_BYTES: usize = 8 * 1024 * 1024;
 /// Latency samples kept for the percentiles in `stats`.
 const LATENCY_WINDOW: usize = 2048;
 
@@ -80,9 +83,21 @@ struct Stats {
     reconnects: AtomicU64,
     latencies_us: Mutex<VecDeque<u64>>,
     buffered: AtomicUsize,
+    /// Index (in accept order) of the GOP stream being played, and a wake-up for paused readers.
+    playing: AtomicU64,
+    drained: tokio::sync::Notify,
 }
 
 impl Stats {
+    /// `n` buffered bytes went downstream (saturating: a new session resets the count while
+    /// the old one's last buffers may still be queued).
+    fn release(&self, n: usize) {
+        let _ = self
+            .buffered
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(n)));
+        self.drained.notify_waiters();
+    }
+
     fn record_latency(&self, capture_unix_ns: u64) {
         let now = net::unix_now_ns();
         if capture_unix_ns == 0 || capture_unix_ns > now + 5_000_000_000 {
@@ -441,7 +456,7 @@ impl PushSrcImpl for IrohSrc {
                     }
                 }
                 Item::Frame { meta, data, discont } => {
-                    st.stats.buffered.fetch_sub(data.len(), Ordering::Relaxed);
+                    st.stats.release(data.len());
                     return Ok(CreateSuccess::NewBuffer(self.make_buffer(st, meta, data, discont)));
                 }
                 Item::Eos => return Err(gst::FlowError::Eos),
@@ -539,8 +554,9 @@ enum End {
 }
 
 async fn run(ctx: Ctx) {
+    let bind: Vec<_> = ctx.bind.into_iter().collect();
     let endpoint = tokio::select! {
-        e = net::bind(iroh::SecretKey::generate(), &ctx.relay, ctx.bind, vec![]) => e,
+        e = net::bind(iroh::SecretKey::generate(), &ctx.relay, &bind, vec![]) => e,
         _ = ctx.cancel.cancelled() => return,
     };
     let endpoint = match endpoint {
@@ -746,7 +762,10 @@ async fn connected(ctx: &Ctx, conn: &Connection, ever_connected: &mut bool) -> E
     {
         let conn = conn.clone();
         let stats = ctx.stats.clone();
+        ctx.stats.playing.store(0, Ordering::Relaxed);
+        ctx.stats.buffered.store(0, Ordering::Relaxed);
         RUNTIME.spawn(async move {
+            let mut index = 0u64;
             loop {
                 let s = tokio::select! {
                     s = conn.accept_uni() => s,
@@ -759,7 +778,8 @@ async fn connected(ctx: &Ctx, conn: &Connection, ever_connected: &mut bool) -> E
                 }
                 let conn = conn.clone();
                 let stats = stats.clone();
-                RUNTIME.spawn(read_gop(s, tx, conn, stats));
+                RUNTIME.spawn(read_gop(index, s, tx, conn, stats));
+                index += 1;
             }
         });
     }
@@ -769,27 +789,43 @@ async fn connected(ctx: &Ctx, conn: &Connection, ever_connected: &mut bool) -> E
     let mut sent_progress = progress;
     let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
     let mut ending = false;
+    let mut end_at = tokio::time::Instant::now();
     let mut caps_cur: Option<String> = None;
     let mut current: Option<mpsc::UnboundedReceiver<StreamItem>> = None;
     let mut discont_next = false;
+    let mut played = 0u64;
     loop {
         if current.is_none() {
             tokio::select! {
                 s = streams_rx.recv() => match s {
-                    Some(s) => current = Some(s),
+                    Some(s) => {
+                        current = Some(s);
+                        if played > 0 {
+                            ctx.stats.playing.fetch_add(1, Ordering::Relaxed);
+                            ctx.stats.drained.notify_waiters();
+                        }
+                        played += 1;
+                    }
                     None => return conn.close_reason().map_or(End::Retry("connection closed".into()), |e| explain_conn_error(&e)),
                 },
                 m = read_control(&mut control_recv, &mut control_buf), if !ending => match m {
-                    Ok(Control::End) => ending = true,
+                    Ok(Control::End) => {
+                        ending = true;
+                        end_at = tokio::time::Instant::now() + Duration::from_millis(300);
+                    }
                     Ok(_) => {}
                     Err(_) => {
                         if let Some(e) = conn.close_reason() {
                             return explain_conn_error(&e);
                         }
-                        ending = true; // control stream finished: treat as end once drained
+                        // control stream finished: treat as end once drained
+                        ending = true;
+                        end_at = tokio::time::Instant::now() + Duration::from_millis(300);
                     }
                 },
-                _ = tokio::time::sleep(Duration::from_millis(300)), if ending => return End::Eos,
+                // After the host's End, the last GOP streams may still be arriving: wait a moment
+                // for them, then end.
+                _ = tokio::time::sleep_until(end_at), if ending => return End::Eos,
                 _ = tick.tick() => {}
                 e = conn.closed() => return explain_conn_error(&e),
             }
@@ -867,7 +903,7 @@ async fn connected(ctx: &Ctx, conn: &Connection, ever_connected: &mut bool) -> E
 use std::str::FromStr as _;
 
 /// Reads one GOP stream into `tx`: header, then frames, then Finished or Reset.
-async fn read_gop(mut s: RecvStream, tx: mpsc::UnboundedSender<StreamItem>, conn: Connection, stats: Arc<Stats>) {
+async fn read_gop(index: u64, mut s: RecvStream, tx: mpsc::UnboundedSender<StreamItem>, conn: Connection, stats: Arc<Stats>) {
     let mut buf = BytesMut::new();
     let mut header_done = false;
     loop {
@@ -901,6 +937,15 @@ async fn read_gop(mut s: RecvStream, tx: mpsc::UnboundedSender<StreamItem>, conn
                         return;
                     }
                     let _ = tx.send(StreamItem::Frame(meta, data));
+                    // A stream waiting its turn stops reading once enough is buffered: QUIC
+                    // flow control then tells the host, which skips this viewer ahead.
+                    while index != stats.playing.load(Ordering::Relaxed)
+                        && stats.buffered.load(Ordering::Relaxed) > AHEAD_BYTES
+                        && !tx.is_closed()
+                    {
+                        let notified = stats.drained.notified();
+                        let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {

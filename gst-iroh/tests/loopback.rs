@@ -1,0 +1,319 @@
+//! End-to-end over real iroh endpoints on loopback: fanout, clean late joins, admission,
+//! access control, slow viewers, identity, shutdown. Relays off, ephemeral ports.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gst::prelude::*;
+
+/// Pulls until EOS (or `timeout` of silence); returns the concatenated bytes and EOS seen.
+fn pull_all(v: &Viewer, timeout: Duration) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    loop {
+        match v.pull(timeout) {
+            Some(s) => out.extend_from_slice(&s.buffer().unwrap().map_readable().unwrap()),
+            None => return (out, v.sink.is_eos()),
+        }
+    }
+}
+
+#[test]
+fn three_viewers_receive_byte_identical_streams_and_eos() {
+    let mut h = host(&[]);
+    h.set_src_caps_str("video/x-h264,stream-format=byte-stream,alignment=au");
+    let t = ticket(&h);
+    let viewers: Vec<Viewer> = (0..3).map(|_| Viewer::new(&t, "queue")).collect();
+    assert!(wait_until(Duration::from_secs(10), || num_viewers(&h) == 3));
+    let mut sent = Vec::new();
+    for i in 0..120u32 {
+        let key = i % 30 == 0;
+        // distinct, non-repeating content per buffer
+        let data: Vec<u8> = (0..(500 + i * 7)).map(|j| (i.wrapping_mul(31) ^ j) as u8).collect();
+        sent.extend_from_slice(&data);
+        let mut b = gst::Buffer::from_mut_slice(data);
+        {
+            let b = b.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(u64::from(i) * 33));
+            if !key {
+                b.set_flags(gst::BufferFlags::DELTA_UNIT);
+            }
+        }
+        h.push(b).unwrap();
+    }
+    assert!(h.push_event(gst::event::Eos::new()));
+    for (i, v) in viewers.iter().enumerate() {
+        let (got, eos) = pull_all(v, Duration::from_secs(10));
+        assert!(eos, "viewer {i} got EOS");
+        assert_eq!(got.len(), sent.len(), "viewer {i} got every byte");
+        assert!(got == sent, "viewer {i} got the exact bytes");
+    }
+}
+
+/// Collects libav warnings and errors (reference frame missing, non-existing PPS, …): the
+/// decoder reports corrupt input there, not always on the bus.
+fn libav_problems() -> Arc<Mutex<Vec<String>>> {
+    let problems = Arc::new(Mutex::new(Vec::new()));
+    let p = problems.clone();
+    gst::log::set_threshold_for_name("libav", gst::DebugLevel::Warning);
+    gst::log::add_log_function(move |cat, level, _file, _func, _line, _obj, msg| {
+        if cat.name() == "libav" && level <= gst::DebugLevel::Warning {
+            p.lock().unwrap().push(format!("{level:?}: {}", msg.get().map(|m| m.to_string()).unwrap_or_default()));
+        }
+    });
+    problems
+}
+
+#[test]
+fn mid_stream_joiner_decodes_with_zero_errors() {
+    init();
+    let problems = libav_problems();
+    let host = ts_host_pipeline(640, 360, "");
+    host.set_state(gst::State::Playing).unwrap();
+    let t = pipeline_ticket(&host);
+    // Join well inside a GOP (key-int-max=60 at 30 fps: GOPs of 2 s).
+    std::thread::sleep(Duration::from_millis(2700));
+    problems.lock().unwrap().clear();
+    let joined = Instant::now();
+    let v = Viewer::new(&t, "tsdemux ! h264parse ! avdec_h264 ! videoconvert ! video/x-raw,format=I420");
+    let first = v.pull(Duration::from_secs(10)).expect("a decoded frame");
+    let first_after = joined.elapsed();
+    let caps = first.caps().unwrap();
+    let s = caps.structure(0).unwrap();
+    assert_eq!((s.get::<i32>("width").unwrap(), s.get::<i32>("height").unwrap()), (640, 360));
+    let mut frames = 1;
+    while frames < 60 {
+        v.pull(Duration::from_secs(5)).expect("frames keep coming");
+        frames += 1;
+    }
+    assert_eq!(v.problem(Duration::from_millis(10)), None, "no bus error or warning");
+    let p = problems.lock().unwrap().clone();
+    assert!(p.is_empty(), "decoder saw corrupt input: {p:?}");
+    eprintln!("first decoded frame {first_after:?} after joining");
+    host.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn max_viewers_refuses_the_next_one_with_host_is_full() {
+    let mut h = host(&[("max-viewers", &2u32)]);
+    h.set_src_caps_str("video/x-h264");
+    let t = ticket(&h);
+    let _a = Viewer::new(&t, "queue");
+    let _b = Viewer::new(&t, "queue");
+    assert!(wait_until(Duration::from_secs(10), || num_viewers(&h) == 2));
+    let c = Viewer::new(&t, "queue");
+    let p = c.problem(Duration::from_secs(10)).expect("third viewer fails");
+    assert!(p.contains("host is full"), "{p}");
+    assert_eq!(num_viewers(&h), 2, "the host keeps serving the two");
+    // A seat frees up when one leaves; max-viewers can change while playing.
+    h.element().unwrap().set_property("max-viewers", 3u32);
+    let d = Viewer::new(&t, "queue");
+    assert!(wait_until(Duration::from_secs(10), || num_viewers(&h) == 3));
+    assert_eq!(d.problem(Duration::from_millis(200)), None);
+}
+
+#[test]
+fn wrong_secret_is_refused() {
+    let h = host(&[]);
+    let mut t: gstiroh::ticket::Ticket = ticket(&h).parse().unwrap();
+    t.secret[0] ^= 1;
+    let v = Viewer::new(&t.to_string(), "queue");
+    let p = v.problem(Duration::from_secs(10)).expect("refused");
+    assert!(p.contains("ticket is not valid"), "{p}");
+    assert_eq!(num_viewers(&h), 0);
+}
+
+#[test]
+fn kick_and_revoke() {
+    let mut h = host(&[]);
+    h.set_src_caps_str("video/x-h264");
+    let el = h.element().unwrap();
+    let left = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let l = left.clone();
+    el.connect("viewer-left", false, move |args| {
+        l.lock().unwrap().push((args[1].get().unwrap(), args[2].get().unwrap()));
+        None
+    });
+    let joined = Arc::new(Mutex::new(Vec::<String>::new()));
+    let j = joined.clone();
+    el.connect("viewer-joined", false, move |args| {
+        j.lock().unwrap().push(args[1].get().unwrap());
+        None
+    });
+    let old = ticket(&h);
+    let a = Viewer::new(&old, "queue");
+    assert!(wait_until(Duration::from_secs(10), || joined.lock().unwrap().len() == 1));
+    let id = joined.lock().unwrap()[0].clone();
+    let stats = el.emit_by_name::<Option<gst::Structure>>("get-viewer-stats", &[&id]).unwrap();
+    assert_eq!(stats.get::<&str>("path").unwrap(), "direct");
+    assert!(el.emit_by_name::<bool>("kick", &[&id]));
+    let p = a.problem(Duration::from_secs(10)).expect("kicked viewer fails");
+    assert!(p.contains("removed"), "{p}");
+    assert!(wait_until(Duration::from_secs(5), || left.lock().unwrap().contains(&(id.clone(), "kicked".into()))));
+    assert!(!el.emit_by_name::<bool>("kick", &[&"nobody"]));
+
+    let b = Viewer::new(&old, "queue");
+    assert!(wait_until(Duration::from_secs(10), || num_viewers(&h) == 1));
+    let new = el.emit_by_name::<Option<String>>("revoke", &[]).unwrap();
+    assert_ne!(new, old);
+    assert_eq!(ticket(&h), new);
+    let p = b.problem(Duration::from_secs(10)).expect("revoked viewer is removed");
+    assert!(p.contains("revoked"), "{p}");
+    let c = Viewer::new(&old, "queue");
+    let p = c.problem(Duration::from_secs(10)).expect("old ticket refused");
+    assert!(p.contains("revoked"), "{p}");
+    let d = Viewer::new(&new, "queue");
+    assert!(wait_until(Duration::from_secs(10), || num_viewers(&h) == 1));
+    assert_eq!(d.problem(Duration::from_millis(200)), None);
+}
+
+#[test]
+fn stalled_viewer_skips_gops_without_slowing_the_others_and_memory_stays_bounded() {
+    init();
+    let host = ts_host_pipeline(1280, 720, "max-lag=300 slow-timeout=60000");
+    host.set_state(gst::State::Playing).unwrap();
+    let t = pipeline_ticket(&host);
+    // The stalled viewer: its appsink holds one buffer and is never pulled.
+    let stalled = Viewer::with_src_props(&t, "max-buffers=8", "queue max-size-buffers=1");
+    stalled.sink.set_max_buffers(1);
+    stalled.sink.set_drop(false);
+    let fast = Viewer::new(&t, "tsdemux ! h264parse ! avdec_h264");
+    let sink = host.by_name("sink").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || sink.property::<u32>("num-viewers") == 2));
+    let start = Instant::now();
+    let mut frames = 0u32;
+    while start.elapsed() < Duration::from_secs(6) {
+        if fast.pull(Duration::from_secs(2)).is_some() {
+            frames += 1;
+        }
+    }
+    let fps = f64::from(frames) / start.elapsed().as_secs_f64();
+    let stats = sink.property::<gst::Structure>("stats");
+    let per: gst::Array = stats.get("viewer-stats").unwrap();
+    let dropped: Vec<u64> = per
+        .iter()
+        .map(|v| v.get::<gst::Structure>().unwrap().get::<u64>("dropped-gops").unwrap())
+        .collect();
+    eprintln!("fast viewer {fps:.1} fps; dropped GOPs per viewer {dropped:?}; stats {stats}");
+    assert!(fps > 24.0, "the fast viewer keeps the frame rate: {fps:.1} fps");
+    assert!(dropped.iter().any(|&d| d >= 1), "the stalled viewer skipped GOPs: {dropped:?}");
+    assert!(dropped.iter().any(|&d| d == 0), "the fast viewer skipped nothing: {dropped:?}");
+    let cached = stats.get::<u64>("cached-bytes").unwrap();
+    assert!(cached < 8 * 1024 * 1024, "host cache bounded: {cached} bytes");
+    let lat = fast.src.property::<gst::Structure>("stats");
+    let p99 = lat.get::<f64>("latency-p99-ms").unwrap();
+    assert!(p99 < 1000.0, "fast viewer latency p99 {p99} ms");
+    host.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn key_file_keeps_the_ticket_across_restarts() {
+    let dir = std::env::temp_dir().join(format!("gst-iroh-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("host.key");
+    let key_s = key.to_str().unwrap().to_string();
+    let t1 = {
+        let h = host(&[("key-file", &key_s)]);
+        ticket(&h)
+    };
+    let h = host(&[("key-file", &key_s)]);
+    assert_eq!(ticket(&h), t1, "same key file, same ticket");
+    drop(h);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unlock_during_a_blocked_read_returns_promptly() {
+    let h = host(&[]);
+    // The host never sends data: the viewer's create() blocks waiting.
+    let v = Viewer::new(&ticket(&h), "queue");
+    assert!(wait_until(Duration::from_secs(10), || num_viewers(&h) == 1));
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    v.pipeline.set_state(gst::State::Null).unwrap();
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(2), "stopping took {took:?}");
+    assert!(wait_until(Duration::from_secs(5), || num_viewers(&h) == 0), "the host sees the viewer leave");
+}
+
+#[test]
+fn host_restart_with_key_file_viewer_reconnects_with_the_same_ticket() {
+    let dir = std::env::temp_dir().join(format!("gst-iroh-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_s = dir.join("host.key").to_str().unwrap().to_string();
+    let mut h = host(&[("key-file", &key_s)]);
+    h.set_src_caps_str("video/x-h264");
+    let t = ticket(&h);
+    let v = Viewer::new(&t, "queue");
+    h.push(buf(1, 10, false, 0)).unwrap();
+    assert!(v.pull(Duration::from_secs(10)).is_some());
+    drop(h); // host goes away without EOS
+    let mut h = host(&[("key-file", &key_s)]);
+    assert_eq!(ticket(&h), t);
+    h.set_src_caps_str("video/x-h264");
+    assert!(wait_until(Duration::from_secs(15), || num_viewers(&h) == 1), "viewer came back by itself");
+    h.push(buf(2, 10, false, 0)).unwrap();
+    let s = v.pull(Duration::from_secs(10)).expect("data after the restart");
+    let b = s.buffer().unwrap();
+    assert_eq!(b.map_readable().unwrap()[0], 2);
+    assert!(b.flags().contains(gst::BufferFlags::DISCONT));
+    assert!(v.stats().get::<u64>("reconnects").unwrap() >= 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn viewer_without_reconnect_reports_an_unreachable_host() {
+    let t = {
+        let h = host(&[]);
+        ticket(&h)
+    };
+    let v = Viewer::with_src_props(&t, "reconnect=false", "queue");
+    let p = v.problem(Duration::from_secs(20)).expect("error");
+    assert!(p.contains("host"), "{p}");
+}
+
+#[test]
+fn raw_h264_and_audio_only_streams_work_end_to_end() {
+    init();
+    for (host_desc, tail, what) in [
+        (
+            "videotestsrc is-live=true ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+             ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse config-interval=-1 \
+             ! video/x-h264,stream-format=byte-stream,alignment=au",
+            "h264parse ! avdec_h264",
+            "video/x-h264",
+        ),
+        (
+            "audiotestsrc is-live=true ! audio/x-raw,rate=48000,channels=2 ! avenc_aac ! aacparse",
+            "aacparse ! avdec_aac",
+            "audio/mpeg",
+        ),
+        (
+            "videotestsrc is-live=true ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+             ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! h264parse ! matroskamux streamable=true",
+            "matroskademux ! h264parse ! avdec_h264",
+            "video/x-matroska",
+        ),
+    ] {
+        let host = gst::parse::launch(&format!("{host_desc} ! irohsink name=sink relay=disabled bind-address=127.0.0.1:0"))
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
+        host.set_state(gst::State::Playing).unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+        let v = Viewer::new(&pipeline_ticket(&host), tail);
+        let mut n = 0;
+        let mut caps_seen = None;
+        while n < 20 {
+            let s = v.pull(Duration::from_secs(10)).unwrap_or_else(|| panic!("{what}: decoded output"));
+            n += 1;
+            caps_seen.get_or_insert(s.caps().unwrap().to_owned());
+        }
+        assert_eq!(v.problem(Duration::from_millis(10)), None, "{what}");
+        let src_caps = v.src.static_pad("src").unwrap().current_caps().unwrap();
+        assert_eq!(src_caps.structure(0).unwrap().name(), what, "host caps travel to the viewer");
+        host.set_state(gst::State::Null).unwrap();
+    }
+}
