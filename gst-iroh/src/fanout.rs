@@ -39,9 +39,11 @@ pub struct FanoutConfig {
     /// Upper bound of cached bytes; the oldest data goes first.
     pub max_bytes: usize,
     /// Keyframes closer than this to the current GOP's start do not cut a new GOP unless a
-    /// viewer waits for one (keeps audio-only streams, where every buffer is a keyframe, from
-    /// becoming one QUIC stream per buffer).
+    /// viewer waits for one or the GOP already holds `min_gop_bytes` (keeps audio-only
+    /// streams, where every buffer is a keyframe, from becoming one QUIC stream per buffer).
     pub min_gop: Duration,
+    /// See `min_gop`.
+    pub min_gop_bytes: usize,
 }
 
 impl Default for FanoutConfig {
@@ -51,6 +53,7 @@ impl Default for FanoutConfig {
             keep: Duration::from_secs(3),
             max_bytes: 64 * 1024 * 1024,
             min_gop: Duration::from_millis(200),
+            min_gop_bytes: 1024 * 1024,
         }
     }
 }
@@ -213,6 +216,7 @@ impl Fanout {
                         g.closed
                             || inner.waiting_keyframe > 0
                             || chunk.arrived.saturating_duration_since(g.started) >= self.cfg.min_gop
+                            || g.bytes >= self.cfg.min_gop_bytes
                             || Some(&g.caps) != inner.caps.as_ref()
                     }
                 };
@@ -376,13 +380,11 @@ impl Fanout {
     /// Age of the oldest chunk this viewer has not taken yet (zero when it is caught up).
     pub fn backlog_age(&self, cursor: &Cursor, now: Instant) -> Duration {
         let inner = self.lock();
-        if let Pos::In { seq, idx, .. } = cursor.pos {
-            if let Some(g) = find(&inner, seq) {
-                let rel = idx.saturating_sub(g.first_idx);
-                if let Some(c) = g.chunks.get(rel) {
-                    return now.saturating_duration_since(c.arrived);
-                }
-            }
+        if let Pos::In { seq, idx, .. } = cursor.pos
+            && let Some(g) = find(&inner, seq)
+            && let Some(c) = g.chunks.get(idx.saturating_sub(g.first_idx))
+        {
+            return now.saturating_duration_since(c.arrived);
         }
         Duration::ZERO
     }
@@ -447,7 +449,11 @@ impl Fanout {
                             cursor.discont = true;
                             continue;
                         }
-                        let headers = if cursor.started { Vec::new() } else { inner.headers.clone() };
+                        let headers = if cursor.started {
+                            Vec::new()
+                        } else {
+                            inner.headers.clone()
+                        };
                         let discont = cursor.discont || cursor.last_seq.is_some_and(|l| seq != l + 1);
                         cursor.discont = false;
                         cursor.started = true;
@@ -540,7 +546,9 @@ mod tests {
         let mut tags = Vec::new();
         loop {
             match f.next(c, 2) {
-                Step::Open { seq, headers, discont, .. } => {
+                Step::Open {
+                    seq, headers, discont, ..
+                } => {
                     ev.push(format!("open{seq}{}", if discont { "!" } else { "" }));
                     tags.extend(headers.iter().map(|h| h.data[0]));
                 }
@@ -616,7 +624,11 @@ mod tests {
             f.push(chunk(false, 10 * (g + 1) + 1, t));
             fast_tags.extend(drain(&f, &mut fast).1);
         }
-        assert_eq!(fast_tags, vec![1, 10, 11, 20, 21, 30, 31], "fast viewer sees everything");
+        assert_eq!(
+            fast_tags,
+            vec![1, 10, 11, 20, 21, 30, 31],
+            "fast viewer sees everything"
+        );
         assert!(f.newer_gop_exists(&slow));
         assert!(f.skip_to_newest(&mut slow));
         assert_eq!(slow.dropped_gops, 3);
@@ -666,7 +678,10 @@ mod tests {
         f.push(chunk(true, 1, t));
         let (mut c, _) = f.join(t);
         f.end();
-        assert_eq!(drain(&f, &mut c), (vec!["open0".into(), "close".into(), "end".into()], vec![1]));
+        assert_eq!(
+            drain(&f, &mut c),
+            (vec!["open0".into(), "close".into(), "end".into()], vec![1])
+        );
     }
 
     #[test]

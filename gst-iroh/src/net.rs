@@ -195,7 +195,11 @@ impl Identity {
         let mut revoked = Vec::new();
         let mut port = None;
         let hex32 = |v: &str| -> Option<[u8; SECRET_LEN]> {
-            data_encoding::HEXLOWER_PERMISSIVE.decode(v.as_bytes()).ok()?.try_into().ok()
+            data_encoding::HEXLOWER_PERMISSIVE
+                .decode(v.as_bytes())
+                .ok()?
+                .try_into()
+                .ok()
         };
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();

@@ -35,11 +35,7 @@ pub enum ProtocolError {
     #[error("variable-length integer is longer than 10 bytes")]
     VarintOverflow,
     #[error("{what} is {len} bytes, more than the limit of {max}")]
-    TooLong {
-        what: &'static str,
-        len: u64,
-        max: usize,
-    },
+    TooLong { what: &'static str, len: u64, max: usize },
     #[error("unknown control message type {0}")]
     UnknownMessage(u8),
     #[error("GOP stream does not start with the GOP magic byte")]
@@ -209,10 +205,7 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     /// Viewer → host, first message: the ticket's secret and a display name.
-    Hello {
-        secret: [u8; SECRET_LEN],
-        name: String,
-    },
+    Hello { secret: [u8; SECRET_LEN], name: String },
     /// Host → viewer: admitted; GOP streams follow.
     Welcome { viewer_id: u64 },
     /// Host → viewer: refused or removed, with a code and a message for a person.
@@ -515,8 +508,14 @@ mod tests {
 
     #[test]
     fn control_rejects_malformed() {
-        assert_eq!(Control::decode(&[0]).unwrap_err().to_string(), "control message is 0 bytes, more than the limit of 65536");
-        assert!(matches!(Control::decode(&[1, 99]), Err(ProtocolError::UnknownMessage(99))));
+        assert_eq!(
+            Control::decode(&[0]).unwrap_err().to_string(),
+            "control message is 0 bytes, more than the limit of 65536"
+        );
+        assert!(matches!(
+            Control::decode(&[1, 99]),
+            Err(ProtocolError::UnknownMessage(99))
+        ));
         // hello cut short inside a complete frame
         assert!(Control::decode(&[3, MSG_HELLO, 1, 2]).is_err());
         // trailing bytes inside the frame
@@ -548,7 +547,10 @@ mod tests {
         assert_eq!(GopHeader::decode(b"X"), Err(ProtocolError::BadMagic));
         let mut big = vec![GOP_MAGIC, 1];
         put_varint(&mut big, MAX_CAPS_LEN as u64 + 1);
-        assert!(matches!(GopHeader::decode(&big), Err(ProtocolError::TooLong { what: "caps", .. })));
+        assert!(matches!(
+            GopHeader::decode(&big),
+            Err(ProtocolError::TooLong { what: "caps", .. })
+        ));
     }
 
     #[test]
@@ -583,16 +585,34 @@ mod tests {
 
     #[test]
     fn frame_rejects_malformed() {
-        assert_eq!(FrameMeta::decode_header(&[0x80, 0]), Err(ProtocolError::UnknownFlags(0x80)));
+        assert_eq!(
+            FrameMeta::decode_header(&[0x80, 0]),
+            Err(ProtocolError::UnknownFlags(0x80))
+        );
         let mut b = vec![0];
         put_varint(&mut b, MAX_FRAME_LEN as u64 + 1);
-        assert!(matches!(FrameMeta::decode_header(&b), Err(ProtocolError::TooLong { what: "frame", .. })));
-        assert!(FrameMeta::decode_header(&[flags::PTS, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(matches!(
+            FrameMeta::decode_header(&b),
+            Err(ProtocolError::TooLong { what: "frame", .. })
+        ));
+        assert!(
+            FrameMeta::decode_header(&[flags::PTS, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+                .is_err()
+        );
     }
 
     #[test]
     fn close_codes_map_back() {
-        for c in [CloseCode::Normal, CloseCode::HostFull, CloseCode::BadSecret, CloseCode::Revoked, CloseCode::Kicked, CloseCode::Slow, CloseCode::Protocol, CloseCode::HostStopped] {
+        for c in [
+            CloseCode::Normal,
+            CloseCode::HostFull,
+            CloseCode::BadSecret,
+            CloseCode::Revoked,
+            CloseCode::Kicked,
+            CloseCode::Slow,
+            CloseCode::Protocol,
+            CloseCode::HostStopped,
+        ] {
             assert_eq!(CloseCode::from_u64(c as u64), c);
         }
         assert_eq!(CloseCode::from_u64(999), CloseCode::Protocol);

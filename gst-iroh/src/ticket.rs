@@ -189,7 +189,10 @@ mod tests {
             .with_ip_addr("127.0.0.1:4242".parse().unwrap())
             .with_ip_addr("[::1]:4243".parse().unwrap())
             .with_relay_url("http://127.0.0.1:3340".parse().unwrap());
-        Ticket { addr, secret: [9; SECRET_LEN] }
+        Ticket {
+            addr,
+            secret: [9; SECRET_LEN],
+        }
     }
 
     #[test]

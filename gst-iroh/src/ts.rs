@@ -103,7 +103,25 @@ mod tests {
 
     fn pat(pmt_pid: u16) -> Vec<u8> {
         // pointer, table_id 0, section_length 13, tsid, version, sec nums, program 1 -> pid, crc
-        let s = [0u8, 0x00, 0xb0, 13, 0, 1, 0xc1, 0, 0, 0, 1, 0xe0 | (pmt_pid >> 8) as u8, pmt_pid as u8, 1, 2, 3, 4];
+        let s = [
+            0u8,
+            0x00,
+            0xb0,
+            13,
+            0,
+            1,
+            0xc1,
+            0,
+            0,
+            0,
+            1,
+            0xe0 | (pmt_pid >> 8) as u8,
+            pmt_pid as u8,
+            1,
+            2,
+            3,
+            4,
+        ];
         packet(0, true, &s)
     }
 

@@ -13,7 +13,11 @@ use gst::prelude::*;
 fn properties_and_ticket() {
     init();
     let sink = gst::ElementFactory::make("irohsink").build().unwrap();
-    assert_eq!(sink.property::<Option<String>>("ticket"), None, "no ticket before start");
+    assert_eq!(
+        sink.property::<Option<String>>("ticket"),
+        None,
+        "no ticket before start"
+    );
     assert_eq!(sink.property::<String>("relay"), "default");
     assert_eq!(sink.property::<u32>("max-viewers"), 0);
     assert_eq!(sink.property::<u32>("max-lag"), 500);
@@ -27,7 +31,10 @@ fn properties_and_ticket() {
     let parsed: gstiroh::ticket::Ticket = t.parse().unwrap();
     let id = h.element().unwrap().property::<String>("endpoint-id");
     assert_eq!(parsed.addr.id.to_string(), id);
-    assert!(parsed.addr.ip_addrs().all(|a| a.ip().is_loopback()), "bound to loopback only");
+    assert!(
+        parsed.addr.ip_addrs().all(|a| a.ip().is_loopback()),
+        "bound to loopback only"
+    );
     let stats = h.element().unwrap().property::<gst::Structure>("stats");
     assert_eq!(stats.get::<u32>("viewers").unwrap(), 0);
 
@@ -52,7 +59,9 @@ fn invalid_settings_fail_with_the_property_named() {
     src.set_bus(Some(&bus));
     assert!(src.set_state(gst::State::Ready).is_err());
     let msg = bus.pop_filtered(&[gst::MessageType::Error]).unwrap();
-    let gst::MessageView::Error(e) = msg.view() else { unreachable!() };
+    let gst::MessageView::Error(e) = msg.view() else {
+        unreachable!()
+    };
     assert!(e.error().message().starts_with("ticket is not valid:"), "{}", e.error());
 }
 
@@ -89,16 +98,26 @@ fn late_joiner_triggers_one_keyframe_request_and_is_gated_to_the_keyframe() {
     for i in 0..5 {
         h.push(buf(3, 100, true, 300 + 33 * i)).unwrap();
     }
-    assert!(v.pull(Duration::from_millis(300)).is_none(), "nothing before the keyframe");
+    assert!(
+        v.pull(Duration::from_millis(300)).is_none(),
+        "nothing before the keyframe"
+    );
     h.push(buf(4, 100, false, 500)).unwrap();
     h.push(buf(5, 100, true, 533)).unwrap();
     let first = v.pull(Duration::from_secs(5)).expect("keyframe arrives");
     let b = first.buffer().unwrap();
     assert_eq!(b.map_readable().unwrap()[0], 4, "first buffer is the keyframe");
     assert!(!b.flags().contains(gst::BufferFlags::DELTA_UNIT));
-    assert!(b.flags().contains(gst::BufferFlags::DISCONT), "first buffer of a session is DISCONT");
+    assert!(
+        b.flags().contains(gst::BufferFlags::DISCONT),
+        "first buffer of a session is DISCONT"
+    );
     let caps = first.caps().unwrap();
-    assert_eq!(caps.structure(0).unwrap().name(), "video/x-h264", "caps travel to the viewer");
+    assert_eq!(
+        caps.structure(0).unwrap().name(),
+        "video/x-h264",
+        "caps travel to the viewer"
+    );
     let second = v.pull(Duration::from_secs(5)).unwrap();
     assert_eq!(second.buffer().unwrap().map_readable().unwrap()[0], 5);
     // A second viewer within the rate limit sends no new request.

@@ -4,6 +4,7 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -52,24 +53,10 @@ fn three_viewers_receive_byte_identical_streams_and_eos() {
     }
 }
 
-/// Collects libav warnings and errors (reference frame missing, non-existing PPS, …): the
-/// decoder reports corrupt input there, not always on the bus.
-fn libav_problems() -> Arc<Mutex<Vec<String>>> {
-    let problems = Arc::new(Mutex::new(Vec::new()));
-    let p = problems.clone();
-    gst::log::set_threshold_for_name("libav", gst::DebugLevel::Warning);
-    gst::log::add_log_function(move |cat, level, _file, _func, _line, _obj, msg| {
-        if cat.name() == "libav" && level <= gst::DebugLevel::Warning {
-            p.lock().unwrap().push(format!("{level:?}: {}", msg.get().map(|m| m.to_string()).unwrap_or_default()));
-        }
-    });
-    problems
-}
-
 #[test]
 fn mid_stream_joiner_decodes_with_zero_errors() {
     init();
-    let problems = libav_problems();
+    let problems = decode_problems();
     let host = ts_host_pipeline(640, 360, "");
     host.set_state(gst::State::Playing).unwrap();
     let t = pipeline_ticket(&host);
@@ -77,12 +64,18 @@ fn mid_stream_joiner_decodes_with_zero_errors() {
     std::thread::sleep(Duration::from_millis(2700));
     problems.lock().unwrap().clear();
     let joined = Instant::now();
-    let v = Viewer::new(&t, "tsdemux ! h264parse ! avdec_h264 ! videoconvert ! video/x-raw,format=I420");
+    let v = Viewer::new(
+        &t,
+        "tsdemux ! h264parse ! avdec_h264 ! videoconvert ! video/x-raw,format=I420",
+    );
     let first = v.pull(Duration::from_secs(10)).expect("a decoded frame");
     let first_after = joined.elapsed();
     let caps = first.caps().unwrap();
     let s = caps.structure(0).unwrap();
-    assert_eq!((s.get::<i32>("width").unwrap(), s.get::<i32>("height").unwrap()), (640, 360));
+    assert_eq!(
+        (s.get::<i32>("width").unwrap(), s.get::<i32>("height").unwrap()),
+        (640, 360)
+    );
     let mut frames = 1;
     while frames < 60 {
         v.pull(Duration::from_secs(5)).expect("frames keep coming");
@@ -146,12 +139,17 @@ fn kick_and_revoke() {
     let a = Viewer::new(&old, "queue");
     assert!(wait_until(Duration::from_secs(10), || joined.lock().unwrap().len() == 1));
     let id = joined.lock().unwrap()[0].clone();
-    let stats = el.emit_by_name::<Option<gst::Structure>>("get-viewer-stats", &[&id]).unwrap();
+    let stats = el
+        .emit_by_name::<Option<gst::Structure>>("get-viewer-stats", &[&id])
+        .unwrap();
     assert_eq!(stats.get::<&str>("path").unwrap(), "direct");
     assert!(el.emit_by_name::<bool>("kick", &[&id]));
     let p = a.problem(Duration::from_secs(10)).expect("kicked viewer fails");
     assert!(p.contains("removed"), "{p}");
-    assert!(wait_until(Duration::from_secs(5), || left.lock().unwrap().contains(&(id.clone(), "kicked".into()))));
+    assert!(wait_until(Duration::from_secs(5), || left
+        .lock()
+        .unwrap()
+        .contains(&(id.clone(), "kicked".into()))));
     assert!(!el.emit_by_name::<bool>("kick", &[&"nobody"]));
 
     let b = Viewer::new(&old, "queue");
@@ -181,7 +179,9 @@ fn stalled_viewer_skips_gops_without_slowing_the_others_and_memory_stays_bounded
     stalled.sink.set_drop(false);
     let fast = Viewer::new(&t, "tsdemux ! h264parse ! avdec_h264");
     let sink = host.by_name("sink").unwrap();
-    assert!(wait_until(Duration::from_secs(10), || sink.property::<u32>("num-viewers") == 2));
+    assert!(wait_until(Duration::from_secs(10), || sink
+        .property::<u32>("num-viewers")
+        == 2));
     let start = Instant::now();
     let mut frames = 0u32;
     while start.elapsed() < Duration::from_secs(6) {
@@ -198,8 +198,11 @@ fn stalled_viewer_skips_gops_without_slowing_the_others_and_memory_stays_bounded
         .collect();
     eprintln!("fast viewer {fps:.1} fps; dropped GOPs per viewer {dropped:?}; stats {stats}");
     assert!(fps > 24.0, "the fast viewer keeps the frame rate: {fps:.1} fps");
-    assert!(dropped.iter().any(|&d| d >= 1), "the stalled viewer skipped GOPs: {dropped:?}");
-    assert!(dropped.iter().any(|&d| d == 0), "the fast viewer skipped nothing: {dropped:?}");
+    assert!(
+        dropped.iter().any(|&d| d >= 1),
+        "the stalled viewer skipped GOPs: {dropped:?}"
+    );
+    assert!(dropped.contains(&0), "the fast viewer skipped nothing: {dropped:?}");
     let cached = stats.get::<u64>("cached-bytes").unwrap();
     assert!(cached < 8 * 1024 * 1024, "host cache bounded: {cached} bytes");
     let lat = fast.src.property::<gst::Structure>("stats");
@@ -235,7 +238,10 @@ fn unlock_during_a_blocked_read_returns_promptly() {
     v.pipeline.set_state(gst::State::Null).unwrap();
     let took = t.elapsed();
     assert!(took < Duration::from_secs(2), "stopping took {took:?}");
-    assert!(wait_until(Duration::from_secs(5), || num_viewers(&h) == 0), "the host sees the viewer leave");
+    assert!(
+        wait_until(Duration::from_secs(5), || num_viewers(&h) == 0),
+        "the host sees the viewer leave"
+    );
 }
 
 #[test]
@@ -253,7 +259,10 @@ fn host_restart_with_key_file_viewer_reconnects_with_the_same_ticket() {
     let mut h = host(&[("key-file", &key_s)]);
     assert_eq!(ticket(&h), t);
     h.set_src_caps_str("video/x-h264");
-    assert!(wait_until(Duration::from_secs(15), || num_viewers(&h) == 1), "viewer came back by itself");
+    assert!(
+        wait_until(Duration::from_secs(15), || num_viewers(&h) == 1),
+        "viewer came back by itself"
+    );
     h.push(buf(2, 10, false, 0)).unwrap();
     let s = v.pull(Duration::from_secs(10)).expect("data after the restart");
     let b = s.buffer().unwrap();
@@ -297,23 +306,71 @@ fn raw_h264_and_audio_only_streams_work_end_to_end() {
             "video/x-matroska",
         ),
     ] {
-        let host = gst::parse::launch(&format!("{host_desc} ! irohsink name=sink relay=disabled bind-address=127.0.0.1:0"))
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap();
+        let host = gst::parse::launch(&format!(
+            "{host_desc} ! irohsink name=sink relay=disabled bind-address=127.0.0.1:0"
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
         host.set_state(gst::State::Playing).unwrap();
         std::thread::sleep(Duration::from_millis(1200));
         let v = Viewer::new(&pipeline_ticket(&host), tail);
         let mut n = 0;
         let mut caps_seen = None;
         while n < 20 {
-            let s = v.pull(Duration::from_secs(10)).unwrap_or_else(|| panic!("{what}: decoded output"));
+            let s = v
+                .pull(Duration::from_secs(10))
+                .unwrap_or_else(|| panic!("{what}: decoded output"));
             n += 1;
             caps_seen.get_or_insert(s.caps().unwrap().to_owned());
         }
         assert_eq!(v.problem(Duration::from_millis(10)), None, "{what}");
         let src_caps = v.src.static_pad("src").unwrap().current_caps().unwrap();
-        assert_eq!(src_caps.structure(0).unwrap().name(), what, "host caps travel to the viewer");
+        assert_eq!(
+            src_caps.structure(0).unwrap().name(),
+            what,
+            "host caps travel to the viewer"
+        );
         host.set_state(gst::State::Null).unwrap();
     }
+}
+
+/// The corruption check used above must be able to fail: a stream cut mid-GOP (what a
+/// viewer without keyframe gating gets) is reported by the decoder.
+#[test]
+fn corruption_detector_flags_a_stream_cut_mid_gop() {
+    init();
+    let problems = decode_problems();
+    let dir = std::env::temp_dir().join(format!("gst-iroh-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("full.ts");
+    let enc = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=90 pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! x264enc speed-preset=ultrafast key-int-max=60 ! h264parse ! mpegtsmux ! filesink location={}",
+        file.display()
+    ))
+    .unwrap();
+    enc.set_state(gst::State::Playing).unwrap();
+    let bus = enc.bus().unwrap();
+    bus.timed_pop_filtered(gst::ClockTime::from_seconds(30), &[gst::MessageType::Eos])
+        .expect("encoded");
+    enc.set_state(gst::State::Null).unwrap();
+    let data = std::fs::read(&file).unwrap();
+    let cut = (data.len() / 3) / 188 * 188;
+    std::fs::write(&file, &data[cut..]).unwrap();
+    problems.lock().unwrap().clear();
+    let dec = gst::parse::launch(&format!(
+        "filesrc location={} ! tsdemux ! h264parse ! avdec_h264 ! fakesink",
+        file.display()
+    ))
+    .unwrap();
+    dec.set_state(gst::State::Playing).unwrap();
+    dec.bus().unwrap().timed_pop_filtered(
+        gst::ClockTime::from_seconds(30),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    dec.set_state(gst::State::Null).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let p = problems.lock().unwrap().clone();
+    assert!(!p.is_empty(), "a mid-GOP start must be detected");
 }

@@ -22,8 +22,13 @@ use crate::protocol::{self, CloseCode, Control, FrameMeta, GopHeader, flags};
 use crate::ticket::Ticket;
 use crate::ts::PsiCache;
 
-static CAT: LazyLock<gst::DebugCategory> =
-    LazyLock::new(|| gst::DebugCategory::new("irohsink", gst::DebugColorFlags::empty(), Some("iroh multi-viewer sink")));
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "irohsink",
+        gst::DebugColorFlags::empty(),
+        Some("iroh multi-viewer sink"),
+    )
+});
 
 /// Stream reset code for a GOP dropped because the viewer fell behind.
 const RESET_STALE: u32 = 1;
@@ -74,6 +79,9 @@ struct Viewer {
     lag_ms: AtomicU64,
     /// Capture time of the newest chunk written to QUIC for this viewer.
     written_capture: AtomicU64,
+    /// Capture time of the first chunk written: stands for "acknowledged" until the viewer
+    /// sends its first progress report, so a viewer that never reports still counts as behind.
+    first_capture: AtomicU64,
     /// (GOP seq, capture time) of the viewer's newest progress report.
     progress: Mutex<(u64, u64)>,
     progress_at: Mutex<Instant>,
@@ -198,9 +206,15 @@ impl Shared {
         let viewers = self.viewers.lock().unwrap();
         let list: Vec<gst::Structure> = viewers.values().map(|v| v.stats()).collect();
         let bytes: u64 = self.bytes_sent_done.load(Ordering::Relaxed)
-            + viewers.values().map(|v| v.bytes_sent.load(Ordering::Relaxed)).sum::<u64>();
+            + viewers
+                .values()
+                .map(|v| v.bytes_sent.load(Ordering::Relaxed))
+                .sum::<u64>();
         let dropped: u64 = self.dropped_gops_done.load(Ordering::Relaxed)
-            + viewers.values().map(|v| v.dropped_gops.load(Ordering::Relaxed)).sum::<u64>();
+            + viewers
+                .values()
+                .map(|v| v.dropped_gops.load(Ordering::Relaxed))
+                .sum::<u64>();
         let f = self.fanout.stats();
         gst::Structure::builder("application/x-irohsink-stats")
             .field("viewers", viewers.len() as u32)
@@ -477,7 +491,12 @@ impl ObjectImpl for IrohSink {
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut s = self.settings.lock().unwrap();
         match pspec.name() {
-            "relay" => s.relay = value.get::<Option<String>>().unwrap().unwrap_or_else(|| "default".into()),
+            "relay" => {
+                s.relay = value
+                    .get::<Option<String>>()
+                    .unwrap()
+                    .unwrap_or_else(|| "default".into())
+            }
             "bind-address" => s.bind_address = value.get::<Option<String>>().unwrap().unwrap_or_default(),
             "key-file" => s.key_file = value.get::<Option<String>>().unwrap().filter(|p| !p.is_empty()),
             "max-viewers" => {
@@ -507,7 +526,10 @@ impl ObjectImpl for IrohSink {
             "slow-timeout" => s.slow_timeout_ms.to_value(),
             "burst-max-age" => s.burst_max_age_ms.to_value(),
             "keyframe-interval" => s.keyframe_interval_ms.to_value(),
-            "num-viewers" => self.shared().map_or(0, |sh| sh.viewers.lock().unwrap().len() as u32).to_value(),
+            "num-viewers" => self
+                .shared()
+                .map_or(0, |sh| sh.viewers.lock().unwrap().len() as u32)
+                .to_value(),
             "stats" => self.shared().map(|sh| sh.stats()).to_value(),
             other => unreachable!("unknown property {other}"),
         }
@@ -538,8 +560,13 @@ impl ElementImpl for IrohSink {
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             vec![
-                gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &gst::Caps::new_any())
-                    .unwrap(),
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &gst::Caps::new_any(),
+                )
+                .unwrap(),
             ]
         });
         TEMPLATES.as_ref()
@@ -604,7 +631,11 @@ impl BaseSinkImpl for IrohSink {
         {
             identity.port = port;
             if let Err(e) = identity.save(p) {
-                gst::element_imp_warning!(self, gst::ResourceError::Write, ("the ticket will change on restart: {e}"));
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    ("the ticket will change on restart: {e}")
+                );
             }
         }
 
@@ -673,7 +704,13 @@ impl BaseSinkImpl for IrohSink {
                 shared.tasks.close();
                 if eos {
                     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        while shared.viewers.lock().unwrap().values().any(|v| !v.cancel.is_cancelled()) {
+                        while shared
+                            .viewers
+                            .lock()
+                            .unwrap()
+                            .values()
+                            .any(|v| !v.cancel.is_cancelled())
+                        {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     })
@@ -699,7 +736,9 @@ impl BaseSinkImpl for IrohSink {
         if let Ok(arr) = s.get::<gst::ArrayRef>("streamheader") {
             for v in arr.iter() {
                 if let Ok(b) = v.get::<gst::Buffer>() {
-                    let map = b.map_readable().map_err(|_| gst::loggable_error!(CAT, "unreadable streamheader"))?;
+                    let map = b
+                        .map_readable()
+                        .map_err(|_| gst::loggable_error!(CAT, "unreadable streamheader"))?;
                     headers.push(Chunk {
                         meta: FrameMeta {
                             flags: flags::HEADER | flags::DELTA,
@@ -964,6 +1003,7 @@ async fn handle_viewer(shared: Arc<Shared>, conn: Connection) {
                 dropped_gops: AtomicU64::new(0),
                 lag_ms: AtomicU64::new(0),
                 written_capture: AtomicU64::new(0),
+                first_capture: AtomicU64::new(0),
                 progress: Mutex::new((0, 0)),
                 progress_at: Mutex::new(Instant::now()),
             });
@@ -977,7 +1017,9 @@ async fn handle_viewer(shared: Arc<Shared>, conn: Connection) {
         return;
     };
     shared.viewers_total.fetch_add(1, Ordering::Relaxed);
-    let welcomed = write_control(&mut send, &Control::Welcome { viewer_id: 0 }).await.is_ok();
+    let welcomed = write_control(&mut send, &Control::Welcome { viewer_id: 0 })
+        .await
+        .is_ok();
     let (path, _) = net::path_info(&conn);
     gst::info!(CAT, "viewer {} ({}) joined over {path}", viewer.id, viewer.name);
     if let Some(el) = shared.element.upgrade() {
@@ -1038,14 +1080,24 @@ enum Interrupt {
 
 /// Per-viewer sender: walks the GOP cache with the viewer's cursor, one uni stream per GOP.
 /// Returns the close code.
-async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, mut control: SendStream, recv: RecvStream, buf: BytesMut) -> CloseCode {
+async fn serve(
+    shared: &Arc<Shared>,
+    viewer: &Arc<Viewer>,
+    mut control: SendStream,
+    recv: RecvStream,
+    buf: BytesMut,
+) -> CloseCode {
     let fanout = &shared.fanout;
     let (mut cursor, need_keyframe) = fanout.join(Instant::now());
     gst::debug!(
         CAT,
         "viewer {} starts {}",
         viewer.id,
-        if need_keyframe { "at the next keyframe" } else { "with the cached GOP" }
+        if need_keyframe {
+            "at the next keyframe"
+        } else {
+            "with the cached GOP"
+        }
     );
     if need_keyframe {
         shared.request_keyframe();
@@ -1074,7 +1126,13 @@ async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, mut control: SendStre
                         }
                         // Newer GOPs first: i32 priority wraps only after 2^31 GOPs.
                         let _ = s.set_priority(seq as i32);
-                        let mut parts = vec![Bytes::from(GopHeader { seq, caps: caps.to_string() }.encode())];
+                        let mut parts = vec![Bytes::from(
+                            GopHeader {
+                                seq,
+                                caps: caps.to_string(),
+                            }
+                            .encode(),
+                        )];
                         for h in &headers {
                             let mut hdr = Vec::new();
                             h.meta.encode_header(h.data.len(), &mut hdr);
@@ -1082,7 +1140,17 @@ async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, mut control: SendStre
                             parts.push(h.data.clone());
                         }
                         stream = Some((seq, s));
-                        write_parts(shared, viewer, fanout, &mut cursor, stream.as_mut().unwrap(), parts, 0, skip_floor).await
+                        write_parts(
+                            shared,
+                            viewer,
+                            fanout,
+                            &mut cursor,
+                            stream.as_mut().unwrap(),
+                            parts,
+                            0,
+                            skip_floor,
+                        )
+                        .await
                     }
                     Err(e) => Err(e),
                 }
@@ -1174,6 +1242,11 @@ fn viewer_lag(fanout: &Fanout, cursor: &Cursor, viewer: &Viewer, skip_floor: u64
     let backlog = fanout.backlog_age(cursor, Instant::now());
     let (seq, acked) = *viewer.progress.lock().unwrap();
     let written = viewer.written_capture.load(Ordering::Relaxed);
+    let acked = if acked == 0 {
+        viewer.first_capture.load(Ordering::Relaxed)
+    } else {
+        acked
+    };
     let in_flight = if seq >= skip_floor && acked > 0 {
         Duration::from_nanos(written.saturating_sub(acked))
     } else {
@@ -1207,6 +1280,7 @@ async fn write_parts(
                         viewer.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
                         if capture > 0 {
                             viewer.written_capture.store(capture, Ordering::Relaxed);
+                            let _ = viewer.first_capture.compare_exchange(0, capture, Ordering::Relaxed, Ordering::Relaxed);
                         }
                         Ok(())
                     }

@@ -7,8 +7,8 @@ use bytes::{Bytes, BytesMut};
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
-use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::prelude::*;
+use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 use iroh::Endpoint;
 use iroh::endpoint::{Connection, ConnectionError, RecvStream};
@@ -66,7 +66,11 @@ enum Item {
     /// A new connection: re-anchor timestamps, mark the next buffer DISCONT.
     Session,
     Caps(gst::Caps),
-    Frame { meta: FrameMeta, data: Bytes, discont: bool },
+    Frame {
+        meta: FrameMeta,
+        data: Bytes,
+        discont: bool,
+    },
     Eos,
     Error(String),
 }
@@ -226,7 +230,12 @@ impl ObjectImpl for IrohSrc {
         let mut s = self.settings.lock().unwrap();
         match pspec.name() {
             "ticket" => s.ticket = value.get().unwrap(),
-            "relay" => s.relay = value.get::<Option<String>>().unwrap().unwrap_or_else(|| "default".into()),
+            "relay" => {
+                s.relay = value
+                    .get::<Option<String>>()
+                    .unwrap()
+                    .unwrap_or_else(|| "default".into())
+            }
             "bind-address" => s.bind_address = value.get::<Option<String>>().unwrap().unwrap_or_default(),
             "viewer-name" => s.name = value.get::<Option<String>>().unwrap().unwrap_or_default(),
             "reconnect" => s.reconnect = value.get().unwrap(),
@@ -248,13 +257,7 @@ impl ObjectImpl for IrohSrc {
             "reconnect-timeout" => s.reconnect_timeout_ms.to_value(),
             "latency" => s.latency_ms.to_value(),
             "max-buffers" => s.max_buffers.to_value(),
-            "stats" => self
-                .stats
-                .lock()
-                .unwrap()
-                .as_ref()
-                .map(|st| st.structure())
-                .to_value(),
+            "stats" => self.stats.lock().unwrap().as_ref().map(|st| st.structure()).to_value(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -286,8 +289,13 @@ impl ElementImpl for IrohSrc {
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             vec![
-                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &gst::Caps::new_any())
-                    .unwrap(),
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &gst::Caps::new_any(),
+                )
+                .unwrap(),
             ]
         });
         TEMPLATES.as_ref()
@@ -326,7 +334,9 @@ impl IrohSrc {
     /// Maps host running time onto ours; re-anchors on a new session or a > 2 s drift.
     fn map_ts(&self, st: &mut Started, pts: Option<u64>) -> (Option<gst::ClockTime>, i128) {
         let now = self.running_time_now().map_or(0, |t| t.nseconds() as i128);
-        let Some(pts) = pts else { return (None, st.offset.unwrap_or(0)) };
+        let Some(pts) = pts else {
+            return (None, st.offset.unwrap_or(0));
+        };
         let mut offset = *st.offset.get_or_insert(now - pts as i128);
         let out = pts as i128 + offset;
         if (out - now).abs() > 2_000_000_000 {
@@ -495,12 +505,7 @@ impl IrohSrc {
             }
             b.set_flags(f);
             if let Some(c) = meta.capture_unix_ns {
-                gst::ReferenceTimestampMeta::add(
-                    b,
-                    &UNIX_CAPS,
-                    gst::ClockTime::from_nseconds(c),
-                    gst::ClockTime::NONE,
-                );
+                gst::ReferenceTimestampMeta::add(b, &UNIX_CAPS, gst::ClockTime::from_nseconds(c), gst::ClockTime::NONE);
             }
         }
         buffer
@@ -622,9 +627,9 @@ async fn run(ctx: Ctx) {
 fn explain(code: CloseCode, reason: &str) -> End {
     match code {
         CloseCode::HostFull => End::Fatal("host is full: it already has its maximum number of viewers".into()),
-        CloseCode::BadSecret => {
-            End::Fatal("ticket is not valid: the host does not accept its secret (ask the host for the current ticket)".into())
-        }
+        CloseCode::BadSecret => End::Fatal(
+            "ticket is not valid: the host does not accept its secret (ask the host for the current ticket)".into(),
+        ),
         CloseCode::Revoked => End::Fatal("this ticket was revoked: ask the host for a new one".into()),
         CloseCode::Kicked => End::Fatal("the host removed this viewer from the share".into()),
         CloseCode::Slow => End::Retry("the host dropped this viewer as too slow".into()),
@@ -661,7 +666,12 @@ async fn probe_version(endpoint: &Endpoint, ticket: &Ticket) -> Option<u64> {
 
 async fn session(ctx: &Ctx, endpoint: &Endpoint, ever_connected: &mut bool) -> End {
     let connect = async {
-        match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect(ctx.ticket.addr.clone(), protocol::ALPN)).await {
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            endpoint.connect(ctx.ticket.addr.clone(), protocol::ALPN),
+        )
+        .await
+        {
             Err(_) => Err(End::Retry(format!(
                 "cannot reach the host within {} s (is it still sharing? are both sides online?)",
                 CONNECT_TIMEOUT.as_secs()
@@ -794,6 +804,7 @@ async fn connected(ctx: &Ctx, conn: &Connection, ever_connected: &mut bool) -> E
     let mut current: Option<mpsc::UnboundedReceiver<StreamItem>> = None;
     let mut discont_next = false;
     let mut played = 0u64;
+    let mut last_report = Instant::now() - PROGRESS_INTERVAL;
     loop {
         if current.is_none() {
             tokio::select! {
@@ -877,6 +888,10 @@ async fn connected(ctx: &Ctx, conn: &Connection, ever_connected: &mut bool) -> E
             }
         }
         // Progress reports and path watching, at most every PROGRESS_INTERVAL.
+        if last_report.elapsed() < PROGRESS_INTERVAL {
+            continue;
+        }
+        last_report = Instant::now();
         if progress != sent_progress && !ending {
             sent_progress = progress;
             let _ = write_control(
@@ -903,7 +918,13 @@ async fn connected(ctx: &Ctx, conn: &Connection, ever_connected: &mut bool) -> E
 use std::str::FromStr as _;
 
 /// Reads one GOP stream into `tx`: header, then frames, then Finished or Reset.
-async fn read_gop(index: u64, mut s: RecvStream, tx: mpsc::UnboundedSender<StreamItem>, conn: Connection, stats: Arc<Stats>) {
+async fn read_gop(
+    index: u64,
+    mut s: RecvStream,
+    tx: mpsc::UnboundedSender<StreamItem>,
+    conn: Connection,
+    stats: Arc<Stats>,
+) {
     let mut buf = BytesMut::new();
     let mut header_done = false;
     loop {

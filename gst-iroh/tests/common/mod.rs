@@ -32,7 +32,10 @@ pub fn host(props: &[(&str, &dyn ToValue)]) -> gst_check::Harness {
 }
 
 pub fn ticket(h: &gst_check::Harness) -> String {
-    h.element().unwrap().property::<Option<String>>("ticket").expect("ticket set once started")
+    h.element()
+        .unwrap()
+        .property::<Option<String>>("ticket")
+        .expect("ticket set once started")
 }
 
 /// A viewer pipeline: `irohsrc ! <tail>` with the appsink named `sink`.
@@ -52,10 +55,7 @@ impl Viewer {
         let desc = format!(
             "irohsrc name=src ticket={ticket} relay=disabled bind-address=127.0.0.1:0 {src_props} ! {tail} ! appsink name=sink sync=false"
         );
-        let pipeline = gst::parse::launch(&desc)
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap();
+        let pipeline = gst::parse::launch(&desc).unwrap().downcast::<gst::Pipeline>().unwrap();
         let sink = pipeline
             .by_name("sink")
             .unwrap()
@@ -67,7 +67,8 @@ impl Viewer {
     }
 
     pub fn pull(&self, timeout: Duration) -> Option<gst::Sample> {
-        self.sink.try_pull_sample(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64))
+        self.sink
+            .try_pull_sample(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64))
     }
 
     /// First error or warning on the bus within `timeout`.
@@ -140,4 +141,30 @@ pub fn ts_host_pipeline(width: u32, height: u32, extra_sink: &str) -> gst::Pipel
 
 pub fn pipeline_ticket(p: &gst::Pipeline) -> String {
     p.by_name("sink").unwrap().property::<Option<String>>("ticket").unwrap()
+}
+
+/// Collects parser and decoder warnings (h264parse "broken/invalid nal" for slices without
+/// their SPS/PPS, libav "reference picture missing", …): corrupt input is reported there, not
+/// always on the bus. Process-wide; clear it before the part you measure.
+pub fn decode_problems() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static PROBLEMS: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
+    PROBLEMS
+        .get_or_init(|| {
+            let problems = Arc::new(Mutex::new(Vec::new()));
+            let p = problems.clone();
+            for cat in ["libav", "h264parse"] {
+                gst::log::set_threshold_for_name(cat, gst::DebugLevel::Warning);
+            }
+            gst::log::add_log_function(move |cat, level, _file, _func, _line, _obj, msg| {
+                if matches!(cat.name(), "libav" | "h264parse") && level <= gst::DebugLevel::Warning {
+                    p.lock().unwrap().push(format!(
+                        "{level:?}: {}",
+                        msg.get().map(|m| m.to_string()).unwrap_or_default()
+                    ));
+                }
+            });
+            problems
+        })
+        .clone()
 }
