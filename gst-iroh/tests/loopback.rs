@@ -374,3 +374,39 @@ fn corruption_detector_flags_a_stream_cut_mid_gop() {
     let p = problems.lock().unwrap().clone();
     assert!(!p.is_empty(), "a mid-GOP start must be detected");
 }
+
+/// A host speaking a newer protocol (a raw iroh endpoint offering only `gst-iroh/2` and the
+/// version probe) is reported by version, not as a failed handshake.
+#[test]
+fn newer_host_protocol_is_reported_by_version() {
+    use gstiroh::net::{self, RUNTIME, Relay};
+    use gstiroh::protocol::ALPN_VERSION_PROBE;
+    init();
+    let (t, ep) = RUNTIME.block_on(async {
+        let local = ["127.0.0.1:0".parse().unwrap()];
+        let alpns = vec![b"gst-iroh/2".to_vec(), ALPN_VERSION_PROBE.to_vec()];
+        let ep = net::bind(iroh::SecretKey::generate(), &Relay::Disabled, &local, alpns)
+            .await
+            .unwrap();
+        let acceptor = ep.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = acceptor.accept().await {
+                if let Ok(conn) = incoming.await
+                    && conn.alpn() == ALPN_VERSION_PROBE
+                {
+                    conn.close(2u32.into(), b"gst-iroh/2");
+                }
+            }
+        });
+        let t = gstiroh::ticket::Ticket {
+            addr: ep.addr(),
+            secret: [0; gstiroh::protocol::SECRET_LEN],
+        };
+        (t.to_string(), ep)
+    });
+    let v = Viewer::with_src_props(&t, "reconnect=false", "queue");
+    let p = v.problem(Duration::from_secs(20)).expect("error");
+    assert!(p.contains("host speaks protocol v2, this viewer v1"), "{p}");
+    drop(v);
+    RUNTIME.block_on(ep.close());
+}
