@@ -34,6 +34,8 @@ pub const GOP_MAGIC: u8 = b'G';
 pub enum ProtocolError {
     #[error("variable-length integer is longer than 10 bytes")]
     VarintOverflow,
+    #[error("variable-length integer is not in its shortest form")]
+    VarintNonCanonical,
     #[error("{what} is {len} bytes, more than the limit of {max}")]
     TooLong { what: &'static str, len: u64, max: usize },
     #[error("unknown control message type {0}")]
@@ -129,6 +131,10 @@ pub fn get_varint(buf: &[u8]) -> Decoded<u64> {
         }
         v |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
+            // One encoding per value: a trailing zero group could be dropped.
+            if b == 0 && i > 0 {
+                return Err(ProtocolError::VarintNonCanonical);
+            }
             return Ok(Some((v, i + 1)));
         }
         if i == 9 {
@@ -291,7 +297,11 @@ impl Control {
                 let code = b.varint()?.ok_or_else(short)?;
                 let reason = b.string("refusal reason", MAX_CONTROL_LEN)?.ok_or_else(short)?;
                 Control::Refuse {
-                    code: u32::try_from(code).unwrap_or(CloseCode::Protocol as u32),
+                    code: u32::try_from(code).map_err(|_| ProtocolError::TooLong {
+                        what: "refusal code",
+                        len: code,
+                        max: u32::MAX as usize,
+                    })?,
                     reason,
                 }
             }
@@ -477,6 +487,7 @@ mod tests {
         let mut b = vec![0xff; 9];
         b.push(0x02);
         assert_eq!(get_varint(&b), Err(ProtocolError::VarintOverflow));
+        assert_eq!(get_varint(&[0x81, 0x00]), Err(ProtocolError::VarintNonCanonical));
     }
 
     #[test]

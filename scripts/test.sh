@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, every test, a protocol fuzz smoke run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
+
+# Fuzz the wire-format decoders briefly (needs a nightly toolchain; cargo-fuzz is installed
+# from crates.io when missing). FUZZ_RUNS=0 skips it.
+runs=${FUZZ_RUNS:-1000000}
+if [ "$runs" != 0 ]; then
+  if cargo +nightly --version >/dev/null 2>&1; then
+    command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
+    (cd gst-iroh && cargo +nightly fuzz run protocol -- -runs="$runs" -rss_limit_mb=4096 2>&1 | tail -n 1)
+  else
+    echo "fuzz: SKIPPED (no nightly toolchain)"
+  fi
+fi
