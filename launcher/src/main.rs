@@ -1,14 +1,132 @@
 //! pixelpass: share your screen P2P over iroh.
+//!
+//! Reads like a table of contents: parse the arguments, pick the mode, run it, map the error
+//! to a message and an exit code (0 ok, 2 usage or bad ticket, 1 runtime).
 
-use clap::Parser;
+mod audio;
+mod capture;
+mod cli;
+mod config;
+mod encoder;
+mod events;
+mod host;
+mod pipeline;
+mod player;
+mod quality;
+mod view;
 
-/// P2P screen sharing for Linux over iroh: the host gets a ticket, the viewer pastes it.
-#[derive(Debug, Parser)]
-#[command(name = "pixelpass", version, about)]
-struct Cli {}
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+use std::sync::Arc;
 
-fn main() {
-    let _cli = Cli::parse();
-    eprintln!("pixelpass: the launcher is not built yet; use the gst-iroh elements (see README)");
-    std::process::exit(1);
+use clap::{CommandFactory as _, Parser as _};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command, EventFormat};
+use crate::events::{Event, Events};
+
+/// An error in what the user asked for (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = match (cli.command, cli.ticket) {
+        (Some(c), _) => c,
+        // The seed's headless viewer: serve the stream and print the mpv command.
+        (None, Some(ticket)) => parse_as(&["pixelpass", "view", &ticket, "--player", "none"]),
+        (None, None) if cli.repair => {
+            eprintln!(
+                "pixelpass: --repair cleans up per-app audio routing, which this version does not create yet: nothing to do"
+            );
+            return ExitCode::SUCCESS;
+        }
+        (None, None) if cli.reconfigure => {
+            eprintln!("pixelpass: --reconfigure (the upstream bandwidth test) is not available in this version yet");
+            return ExitCode::from(1);
+        }
+        (None, None) => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("pixelpass: hosting (the interactive menu is not built yet; see `pixelpass --help`)");
+            }
+            parse_as(&["pixelpass", "host"])
+        }
+    };
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "pixelpass", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(1),
+        },
+        Command::Host(args) => {
+            let events = Arc::new(Events::new(args.common.events == Some(EventFormat::Json)));
+            run(events.clone(), |cancel| host::run(args, events, cancel))
+        }
+        Command::View(args) => {
+            let events = Arc::new(Events::new(args.common.events == Some(EventFormat::Json)));
+            run(events.clone(), |cancel| view::run(args, events, cancel))
+        }
+    }
+}
+
+/// Parses a shortcut as its full subcommand, so defaults and environment apply the same way.
+fn parse_as(argv: &[&str]) -> Command {
+    Cli::parse_from(argv).command.expect("the shortcut names a subcommand")
+}
+
+/// Runs a mode on a tokio runtime with ctrl-c wired to cancellation; maps errors to codes.
+fn run<F, Fut>(events: Arc<Events>, mode: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    if let Err(e) = gst::init() {
+        eprintln!("pixelpass: cannot initialise GStreamer: {e}");
+        return ExitCode::from(1);
+    }
+    if let Err(e) = gstiroh::plugin_register_static() {
+        eprintln!("pixelpass: cannot register the iroh elements: {e}");
+        return ExitCode::from(1);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let cancel = CancellationToken::new();
+    let result = rt.block_on(async {
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                c.cancel();
+            }
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if let Some(t) = term.as_mut() {
+                t.recv().await;
+                c.cancel();
+            }
+        });
+        mode(cancel).await
+    });
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let usage = e.downcast_ref::<UsageError>().is_some();
+            events.emit(Event::Error {
+                message: format!("{e:#}"),
+            });
+            if events.is_json() {
+                eprintln!("pixelpass: {e:#}");
+            }
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
 }

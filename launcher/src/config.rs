@@ -1,0 +1,145 @@
+//! `~/.config/pixelpass/config.toml` (XDG): the bandwidth test result, and the defaults that
+//! derive from it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The whole config file.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub bandwidth: Bandwidth,
+}
+
+/// The `[bandwidth]` section, in the seed's format.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Bandwidth {
+    /// measured | skipped | failed | unmeasured
+    #[serde(default)]
+    pub status: BandwidthStatus,
+    /// Safe upstream estimate in Mbit/s (raw × 0.8).
+    pub upstream_mbps: Option<f64>,
+    /// RFC 3339 time of the measurement.
+    pub measured_at: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BandwidthStatus {
+    Measured,
+    Skipped,
+    Failed,
+    #[default]
+    Unmeasured,
+}
+
+/// Where the config lives: `$XDG_CONFIG_HOME/pixelpass/config.toml`, else
+/// `~/.config/pixelpass/config.toml`.
+pub fn path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("pixelpass").join("config.toml"))
+}
+
+impl Config {
+    /// Loads the config; a missing file is the default config. A broken one is an error that
+    /// names the file and the line.
+    pub fn load() -> Result<Self> {
+        match path() {
+            Some(p) => Self::load_from(&p),
+            None => Ok(Self::default()),
+        }
+    }
+
+    pub fn load_from(path: &Path) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(1);
+            anyhow::anyhow!(
+                "config file {} is not valid at line {line}: {}\nfix or delete it (deleting resets pixelpass to first-run state)",
+                path.display(),
+                e.message()
+            )
+        })
+    }
+
+    /// Measured safe upstream in Mbit/s, if any.
+    pub fn upstream_mbps(&self) -> Option<f64> {
+        (self.bandwidth.status == BandwidthStatus::Measured)
+            .then_some(self.bandwidth.upstream_mbps)
+            .flatten()
+            .filter(|m| *m > 0.0)
+    }
+
+    /// Default viewer cap: how many medium-quality (2.5 Mbit/s) streams fit the measured
+    /// upstream (1..=10), else 2.
+    pub fn default_max_viewers(&self) -> u32 {
+        match self.upstream_mbps() {
+            Some(m) => ((m / 2.5).floor() as u32).clamp(1, 10),
+            None => 2,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pixelpass-cfg-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("config.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn seed_format_parses() {
+        let p = tmp(
+            "ok",
+            "[bandwidth]\nstatus = \"measured\" # measured | skipped\nupstream_mbps = 8.78\nmeasured_at = \"2026-05-21T20:41:16Z\"\n",
+        );
+        let c = Config::load_from(&p).unwrap();
+        assert_eq!(c.upstream_mbps(), Some(8.78));
+        assert_eq!(c.default_max_viewers(), 3);
+        std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn missing_file_is_default_and_skipped_means_no_measurement() {
+        assert_eq!(
+            Config::load_from(Path::new("/nonexistent/pixelpass.toml")).unwrap(),
+            Config::default()
+        );
+        let p = tmp("skip", "[bandwidth]\nstatus = \"skipped\"\n");
+        let c = Config::load_from(&p).unwrap();
+        assert_eq!((c.upstream_mbps(), c.default_max_viewers()), (None, 2));
+        std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn corrupt_file_names_file_and_line() {
+        let p = tmp("bad", "[bandwidth]\nstatus = \"measured\"\nupstream_mbps = = 3\n");
+        let e = Config::load_from(&p).unwrap_err().to_string();
+        assert!(e.contains(&p.display().to_string()), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        let p2 = tmp("bad2", "[bandwidth]\nstatus = \"sometimes\"\n");
+        let e = Config::load_from(&p2).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::remove_dir_all(p2.parent().unwrap()).unwrap();
+    }
+}

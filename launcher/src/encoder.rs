@@ -1,0 +1,144 @@
+//! H.264 encoder choice: a hardware encoder that really encodes (a short test encode, not
+//! just "the element exists"), else x264.
+
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use gst::prelude::*;
+
+/// The chosen encoder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoder {
+    /// Factory name.
+    pub name: String,
+    /// Raw format the encoder is fed (x264 would pick 4:4:4 from BGRx if not told I420).
+    pub format: &'static str,
+    /// Why it was chosen, for the one stderr line.
+    pub reason: String,
+}
+
+/// Hardware encoders in order of preference.
+const HARDWARE: [&str; 3] = ["vah264enc", "vaapih264enc", "nvh264enc"];
+
+impl Encoder {
+    fn of(name: &str, reason: String) -> Self {
+        Encoder {
+            name: name.into(),
+            format: if name == "x264enc" || name == "openh264enc" {
+                "I420"
+            } else {
+                "NV12"
+            },
+            reason,
+        }
+    }
+
+    /// The element description for `bitrate_kbps` at `fps` with a keyframe every 2 s.
+    pub fn description(&self, bitrate_kbps: u32, fps: u32) -> String {
+        let gop = fps * 2;
+        match self.name.as_str() {
+            "x264enc" => format!(
+                "x264enc tune=zerolatency speed-preset=ultrafast bitrate={bitrate_kbps} key-int-max={gop} \
+                 vbv-buf-capacity=500"
+            ),
+            "vah264enc" => format!("vah264enc bitrate={bitrate_kbps} key-int-max={gop} rate-control=cbr"),
+            "vaapih264enc" => format!("vaapih264enc bitrate={bitrate_kbps} keyframe-period={gop} rate-control=cbr"),
+            "nvh264enc" => format!("nvh264enc bitrate={bitrate_kbps} gop-size={gop} zerolatency=true rc-mode=cbr"),
+            other => format!("{other} bitrate={bitrate_kbps}"),
+        }
+    }
+}
+
+/// Encodes a few frames with `name`; Ok when it reaches end of stream.
+pub fn probe(name: &str) -> Result<(), String> {
+    if gst::ElementFactory::find(name).is_none() {
+        return Err("not installed".into());
+    }
+    let enc = Encoder::of(name, String::new());
+    let desc = format!(
+        "videotestsrc num-buffers=5 ! video/x-raw,format={},width=320,height=240,framerate=30/1 ! {} ! fakesink",
+        enc.format,
+        enc.description(1000, 30)
+    );
+    let pipeline = gst::parse::launch(&desc).map_err(|e| e.to_string())?;
+    let result = (|| {
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|_| "cannot start".to_string())?;
+        let bus = pipeline.bus().ok_or("no bus")?;
+        let msg = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_nseconds(Duration::from_secs(5).as_nanos() as u64),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            )
+            .ok_or("test encode timed out")?;
+        match msg.view() {
+            gst::MessageView::Eos(_) => Ok(()),
+            gst::MessageView::Error(e) => Err(e.error().to_string()),
+            _ => Err("unexpected message".into()),
+        }
+    })();
+    let _ = pipeline.set_state(gst::State::Null);
+    result
+}
+
+/// Chooses the encoder: `forced` if given (it must work), software if `no_hw`, else the first
+/// hardware encoder that passes a test encode, else x264.
+pub fn choose(no_hw: bool, forced: Option<&str>) -> Result<Encoder> {
+    if let Some(name) = forced {
+        return match probe(name) {
+            Ok(()) => Ok(Encoder::of(name, "chosen with --encoder".into())),
+            Err(e) => Err(anyhow!("encoder {name} does not work here: {e}")),
+        };
+    }
+    let software = |reason: String| -> Result<Encoder> {
+        probe("x264enc").map_err(|e| {
+            anyhow!("the software encoder x264enc does not work ({e}): install gstreamer1.0-plugins-ugly")
+        })?;
+        Ok(Encoder::of("x264enc", reason))
+    };
+    if no_hw {
+        return software("software (x264) forced with --no-hwencode".into());
+    }
+    let mut tried = Vec::new();
+    for name in HARDWARE {
+        match probe(name) {
+            Ok(()) => return Ok(Encoder::of(name, "hardware encoder, test encode passed".into())),
+            Err(e) => tried.push(format!("{name}: {e}")),
+        }
+    }
+    software(format!(
+        "software (x264): no hardware H.264 encoder works here ({})",
+        tried.join("; ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn falls_back_to_x264_without_a_gpu() {
+        gst::init().unwrap();
+        let e = choose(false, None).unwrap();
+        // This machine has no GPU: every hardware candidate must fail its test encode.
+        if std::path::Path::new("/dev/dri").exists() {
+            return;
+        }
+        assert_eq!(e.name, "x264enc");
+        assert_eq!(e.format, "I420");
+        assert!(e.reason.contains("vah264enc"), "{}", e.reason);
+        assert_eq!(
+            choose(true, None).unwrap().reason,
+            "software (x264) forced with --no-hwencode"
+        );
+        let err = choose(false, Some("vah264enc")).unwrap_err().to_string();
+        assert!(err.starts_with("encoder vah264enc does not work here"), "{err}");
+        assert!(
+            choose(false, Some("nosuchenc"))
+                .unwrap_err()
+                .to_string()
+                .contains("not installed")
+        );
+    }
+}

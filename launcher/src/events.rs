@@ -1,0 +1,194 @@
+//! The event stream: `--events json` writes one JSON object per line on stdout (what the GUI
+//! and scripts drive); without it, people get the ticket on stdout, messages on stderr and,
+//! on a terminal, a live status line.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// One event. Serialized as `{"event": "<kebab-case name>", ...fields}`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// Host: the share ticket (also when it changes).
+    Ticket { ticket: String },
+    /// Host: capture started because a first viewer joined.
+    CaptureStarted {
+        what: String,
+        encoder: String,
+        width: u32,
+        height: u32,
+        fps: u32,
+        bitrate_kbps: u32,
+        audio: bool,
+    },
+    /// Host: capture stopped (no viewer left, or the share ends).
+    CaptureStopped { reason: String },
+    /// Host: a viewer joined.
+    ViewerJoined { id: String, name: String, path: String },
+    /// Host: a viewer left; reason: closed, kicked, revoked, slow, host stopped, ...
+    ViewerLeft { id: String, reason: String },
+    /// Host, every second: viewers, upstream bitrate, per-viewer path.
+    HostStats {
+        viewers: u32,
+        bitrate_kbps: f64,
+        dropped_gops: u64,
+        paths: Vec<String>,
+    },
+    /// Viewer: connected to the host.
+    Connected { path: String, rtt_ms: f64 },
+    /// Viewer: the path changed (direct / relay).
+    Path { path: String },
+    /// Viewer: the local URL players connect to.
+    Url { url: String },
+    /// Viewer: a player was started.
+    PlayerStarted { player: String, pid: u32 },
+    /// Viewer: the player exited.
+    PlayerExited { player: String, code: Option<i32> },
+    /// Viewer, every second: path, bitrate, latency, skipped GOPs.
+    ViewerStats {
+        path: String,
+        bitrate_kbps: f64,
+        latency_ms: f64,
+        gops_skipped: u64,
+        reconnects: u64,
+        players: u32,
+    },
+    /// Something worth knowing that does not stop anything.
+    Warning { message: String },
+    /// What ended the run with a failure.
+    Error { message: String },
+    /// The run ended normally.
+    Ended { reason: String },
+}
+
+/// Where events go.
+pub struct Events {
+    json: bool,
+    status_line: bool,
+    lock: Mutex<bool>,
+}
+
+impl Events {
+    pub fn new(json: bool) -> Self {
+        Events {
+            json,
+            status_line: !json && std::io::stderr().is_terminal(),
+            lock: Mutex::new(false),
+        }
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// Emits an event: a JSON line, or the human form (ticket alone on stdout, the rest on
+    /// stderr, stats as a status line on a terminal).
+    pub fn emit(&self, ev: Event) {
+        let mut status_shown = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.json {
+            let mut out = std::io::stdout().lock();
+            let _ = serde_json::to_writer(&mut out, &ev);
+            let _ = out.write_all(b"\n");
+            let _ = out.flush();
+            return;
+        }
+        let mut err = std::io::stderr().lock();
+        if *status_shown {
+            let _ = write!(err, "\r\x1b[K");
+            *status_shown = false;
+        }
+        let line = match &ev {
+            Event::Ticket { ticket } => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{ticket}");
+                let _ = out.flush();
+                return;
+            }
+            Event::HostStats {
+                viewers,
+                bitrate_kbps,
+                paths,
+                ..
+            } => {
+                if self.status_line {
+                    let path = if paths.is_empty() { "-".into() } else { paths.join(",") };
+                    let _ = write!(
+                        err,
+                        "● {viewers} viewer{} · {:.1} Mbit/s · {path}",
+                        if *viewers == 1 { "" } else { "s" },
+                        bitrate_kbps / 1000.0
+                    );
+                    *status_shown = true;
+                }
+                return;
+            }
+            Event::ViewerStats {
+                path,
+                bitrate_kbps,
+                latency_ms,
+                ..
+            } => {
+                if self.status_line {
+                    let _ = write!(
+                        err,
+                        "● {path} · {:.1} Mbit/s · {latency_ms:.0} ms behind capture",
+                        bitrate_kbps / 1000.0
+                    );
+                    *status_shown = true;
+                }
+                return;
+            }
+            Event::CaptureStarted {
+                what,
+                width,
+                height,
+                fps,
+                bitrate_kbps,
+                audio,
+                ..
+            } => format!(
+                "capturing {what} as {width}x{height}@{fps} {bitrate_kbps} kbit/s{}",
+                if *audio { " with sound" } else { ", no sound" }
+            ),
+            Event::CaptureStopped { reason } => format!("capture stopped: {reason}"),
+            Event::ViewerJoined { id, name, path } => format!("viewer {name} ({id}) joined over {path}"),
+            Event::ViewerLeft { id, reason } => format!("viewer {id} left: {reason}"),
+            Event::Connected { path, rtt_ms } => format!("connected to the host over {path} ({rtt_ms:.0} ms RTT)"),
+            Event::Path { path } => format!("path is now {path}"),
+            Event::Url { url } => format!("stream at {url}"),
+            Event::PlayerStarted { player, pid } => format!("started {player} (pid {pid})"),
+            Event::PlayerExited { player, code } => {
+                format!(
+                    "{player} exited{}",
+                    code.map(|c| format!(" with code {c}")).unwrap_or_default()
+                )
+            }
+            Event::Warning { message } => format!("warning: {message}"),
+            Event::Error { message } => format!("error: {message}"),
+            Event::Ended { reason } => reason.clone(),
+        };
+        let _ = writeln!(err, "pixelpass: {line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_schema() {
+        let v = serde_json::to_value(Event::ViewerLeft {
+            id: "ab-1".into(),
+            reason: "kicked".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"event": "viewer-left", "id": "ab-1", "reason": "kicked"})
+        );
+        let v = serde_json::to_value(Event::Ticket { ticket: "pp1x".into() }).unwrap();
+        assert_eq!(v["event"], "ticket");
+    }
+}

@@ -1,0 +1,92 @@
+//! Fills the pipeline templates in `pipelines/` (compiled in) with the host's choices.
+
+use anyhow::{Result, anyhow};
+
+const HOST_CAPTURE: &str = include_str!("../../pipelines/host-capture.pipeline");
+const HOST_AUDIO: &str = include_str!("../../pipelines/host-audio.pipeline");
+const HOST_SERVE: &str = include_str!("../../pipelines/host-serve.pipeline");
+const VIEWER_LOCAL: &str = include_str!("../../pipelines/viewer-local.pipeline");
+
+/// Replaces every `{key}`; fails if a placeholder is left (a template/launcher mismatch).
+pub fn fill(template: &str, vars: &[(&str, &str)]) -> Result<String> {
+    let mut s = template.to_string();
+    for (k, v) in vars {
+        s = s.replace(&format!("{{{k}}}"), v);
+    }
+    if let Some(i) = s.find('{') {
+        let end = s[i..].find('}').map_or(s.len(), |e| i + e + 1);
+        return Err(anyhow!("pipeline template placeholder {} was not filled", &s[i..end]));
+    }
+    Ok(s.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// A property value quoted for a pipeline description.
+pub fn quote(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// What the capture pipeline is made of.
+pub struct CaptureParts<'a> {
+    pub video_source: &'a str,
+    pub format: &'a str,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub encoder: &'a str,
+    /// `gst-launch` description of the audio source, if audio is shared.
+    pub audio_source: Option<&'a str>,
+}
+
+pub fn host_capture(p: &CaptureParts) -> Result<String> {
+    let audio = match p.audio_source {
+        Some(src) => fill(HOST_AUDIO, &[("audio_source", src)])?,
+        None => String::new(),
+    };
+    fill(
+        HOST_CAPTURE,
+        &[
+            ("video_source", p.video_source),
+            ("format", p.format),
+            ("width", &p.width.to_string()),
+            ("height", &p.height.to_string()),
+            ("fps", &p.fps.to_string()),
+            ("encoder", p.encoder),
+            ("audio", &audio),
+        ],
+    )
+}
+
+pub fn host_serve(sink_props: &str) -> Result<String> {
+    fill(HOST_SERVE, &[("sink_props", sink_props)])
+}
+
+pub fn viewer_local(ticket: &str, src_props: &str) -> Result<String> {
+    fill(VIEWER_LOCAL, &[("ticket", ticket), ("src_props", src_props)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_fill_and_parse() {
+        gst::init().unwrap();
+        gstiroh::plugin_register_static().unwrap();
+        let d = host_capture(&CaptureParts {
+            video_source: "videotestsrc is-live=true",
+            format: "I420",
+            width: 854,
+            height: 480,
+            fps: 30,
+            encoder: "x264enc tune=zerolatency",
+            audio_source: Some("audiotestsrc is-live=true"),
+        })
+        .unwrap();
+        assert!(d.contains("width=854,height=480,framerate=30/1"), "{d}");
+        gst::parse::launch(&d).expect("capture pipeline parses");
+        gst::parse::launch(&host_serve("relay=disabled").unwrap()).expect("serve pipeline parses");
+        gst::parse::launch(&viewer_local("pp1abc", "").unwrap()).expect("viewer pipeline parses");
+        assert!(fill("a {b} c", &[]).unwrap_err().to_string().contains("{b}"));
+        assert_eq!(quote("a\"b"), "\"a\\\"b\"");
+    }
+}

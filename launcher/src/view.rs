@@ -1,0 +1,365 @@
+//! Viewing: `irohsrc` receives the share; a loopback-only HTTP server hands it to any number of
+//! local players (mpv, VLC, ffplay, …), each starting at a keyframe.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use gst::prelude::*;
+use gstiroh::fanout::{Chunk, Fanout, FanoutConfig, Step};
+use gstiroh::protocol::{FrameMeta, flags};
+use gstiroh::ticket::Ticket;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::UsageError;
+use crate::cli::{Player, ViewArgs};
+use crate::events::{Event, Events};
+use crate::pipeline::{self, quote};
+use crate::player;
+
+/// A local player further behind than this skips to the newest GOP.
+const PLAYER_MAX_LAG: Duration = Duration::from_secs(2);
+
+/// Parses and checks the viewer's arguments (exit code 2 on failure).
+fn check_args(args: &ViewArgs) -> Result<(Ticket, SocketAddr)> {
+    let ticket: Ticket = args
+        .ticket
+        .parse()
+        .map_err(|e| UsageError(format!("ticket is not valid: {e}")))?;
+    let listen: SocketAddr = args
+        .listen
+        .parse()
+        .map_err(|_| UsageError(format!("--listen {:?} is not an address like 127.0.0.1:0", args.listen)))?;
+    if !listen.ip().is_loopback() {
+        return Err(UsageError(format!(
+            "--listen {listen} is not a loopback address: the local stream is for this machine only"
+        ))
+        .into());
+    }
+    Ok((ticket, listen))
+}
+
+/// Feeds what irohsrc outputs into the local fanout (and its MPEG-TS table cache).
+fn feed(appsink: &gst_app::AppSink, fanout: Arc<Fanout>) {
+    let mut psi = gstiroh::ts::PsiCache::default();
+    let mut caps_seen: Option<gst::Caps> = None;
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                if let Some(caps) = sample.caps()
+                    && caps_seen.as_ref().is_none_or(|c| c.as_ref() != caps)
+                {
+                    fanout.set_caps(&caps.to_string());
+                    caps_seen = Some(caps.to_owned());
+                }
+                let Some(buffer) = sample.buffer_owned() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let bf = buffer.flags();
+                let mut f = 0;
+                if bf.contains(gst::BufferFlags::DELTA_UNIT) {
+                    f |= flags::DELTA;
+                }
+                if bf.contains(gst::BufferFlags::HEADER) {
+                    f |= flags::HEADER;
+                }
+                let data = Bytes::from_owner(
+                    buffer
+                        .into_mapped_buffer_readable()
+                        .map_err(|_| gst::FlowError::Error)?,
+                );
+                if psi.scan(&data)
+                    && let Some(t) = psi.tables()
+                {
+                    fanout.set_headers(vec![Chunk {
+                        meta: FrameMeta {
+                            flags: flags::HEADER | flags::DELTA,
+                            ..Default::default()
+                        },
+                        data: t,
+                        arrived: Instant::now(),
+                    }]);
+                }
+                fanout.push(Chunk {
+                    meta: FrameMeta {
+                        flags: f,
+                        ..Default::default()
+                    },
+                    data,
+                    arrived: Instant::now(),
+                });
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+}
+
+/// Serves one local player: a plain HTTP/1.1 response streaming MPEG-TS from a keyframe on.
+async fn serve_player(mut tcp: TcpStream, fanout: Arc<Fanout>, src: gst::Element, cancel: CancellationToken) {
+    let _ = tcp.set_nodelay(true);
+    // Read the request head (bounded); any path is the stream.
+    let mut head = Vec::with_capacity(1024);
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            let n = tcp.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if !matches!(read, Ok(Ok(()))) || !(head.starts_with(b"GET ") || head.starts_with(b"HEAD ")) {
+        let _ = tcp
+            .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+            .await;
+        return;
+    }
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nCache-Control: no-cache, no-store\r\nConnection: close\r\n\r\n";
+    if tcp.write_all(resp).await.is_err() || head.starts_with(b"HEAD ") {
+        return;
+    }
+    let (mut cursor, want_keyframe) = fanout.join(Instant::now());
+    if want_keyframe {
+        // Ask the host for a keyframe so this player starts now, not at the next GOP.
+        let ev = gst::event::CustomUpstream::builder(
+            gst::Structure::builder("GstForceKeyUnit")
+                .field("all-headers", true)
+                .build(),
+        )
+        .build();
+        src.send_event(ev);
+    }
+    let mut changed = fanout.subscribe();
+    loop {
+        let step = fanout.next(&mut cursor, 64);
+        let parts: Vec<Bytes> = match step {
+            Step::Open { headers, .. } => headers.into_iter().map(|h| h.data).collect(),
+            Step::Data(chunks) => chunks.into_iter().map(|c| c.data).collect(),
+            Step::Close => continue,
+            Step::End => break,
+            Step::Wait => {
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() { break },
+                    _ = cancel.cancelled() => break,
+                }
+                continue;
+            }
+        };
+        for p in parts {
+            let w = tokio::select! {
+                w = tcp.write_all(&p) => w,
+                _ = cancel.cancelled() => return,
+            };
+            if w.is_err() {
+                fanout.leave(&cursor);
+                return; // the player went away
+            }
+        }
+        if fanout.backlog_age(&cursor, Instant::now()) > PLAYER_MAX_LAG {
+            fanout.skip_to_newest(&mut cursor);
+        }
+    }
+    fanout.leave(&cursor);
+    let _ = tcp.shutdown().await;
+}
+
+/// The built-in GStreamer player: a window and the speakers, fed from the local URL.
+fn gst_player(url: &str) -> Result<gst::Element> {
+    let p = gst::ElementFactory::make("playbin")
+        .property("uri", url)
+        .build()
+        .map_err(|_| anyhow!("the built-in player needs playbin (gstreamer1.0-plugins-base)"))?;
+    p.set_state(gst::State::Playing)
+        .map_err(|_| anyhow!("the built-in player cannot start"))?;
+    Ok(p)
+}
+
+/// Runs a viewer until ctrl-c (`cancel`), the host ends the share, the player exits, or an
+/// error.
+pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken) -> Result<()> {
+    let (ticket, listen) = check_args(&args)?;
+    let mut src_props = String::new();
+    if let Some(r) = &args.common.relay {
+        src_props += &format!(" relay={}", quote(r));
+    }
+    if let Some(b) = &args.common.bind {
+        src_props += &format!(" bind-address={}", quote(b));
+    }
+    let pipeline = gst::parse::launch(&pipeline::viewer_local(&ticket.to_string(), &src_props)?)?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| anyhow!("viewer description is not a pipeline"))?;
+    let appsink = pipeline
+        .by_name("out")
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        .ok_or_else(|| anyhow!("viewer pipeline has no appsink"))?;
+    let src = pipeline
+        .by_name("src")
+        .ok_or_else(|| anyhow!("viewer pipeline has no irohsrc"))?;
+    let fanout = Arc::new(Fanout::new(FanoutConfig {
+        burst_max_age: Duration::from_millis(300),
+        keep: Duration::from_secs(4),
+        ..Default::default()
+    }));
+    feed(&appsink, fanout.clone());
+
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow!("cannot listen on {listen}: {e}"))?;
+    let url = format!("http://{}/", listener.local_addr()?);
+    let mut bus = pipeline.bus().expect("pipeline has a bus").stream();
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|_| anyhow!("cannot start receiving"))?;
+    events.emit(Event::Url { url: url.clone() });
+
+    let mut gst_window = None;
+    let mut running = None;
+    let mut player = args.player;
+    if let Some(problem) = player::check(player) {
+        events.emit(Event::Warning {
+            message: format!("{problem}; open the URL in another player"),
+        });
+        player = Player::None;
+    }
+    match player {
+        Player::None => {
+            if !events.is_json() {
+                eprintln!("pixelpass: play it with: mpv --profile=low-latency --cache=no {url}");
+            }
+        }
+        Player::Gst => gst_window = Some(gst_player(&url)?),
+        p => match player::spawn(p, &url) {
+            Ok(r) => {
+                events.emit(Event::PlayerStarted {
+                    player: r.name.into(),
+                    pid: r.pid,
+                });
+                running = Some(r);
+            }
+            Err(e) => events.emit(Event::Warning {
+                message: format!("{e}; open {url} in a player"),
+            }),
+        },
+    }
+
+    let clients = cancel.child_token();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = (0u64, Instant::now());
+    let result = loop {
+        let player_exit = async {
+            match running.as_mut() {
+                Some(r) => (&mut r.exited).await.ok().flatten(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break Ok(()),
+            code = player_exit => {
+                let name = running.take().map_or("player", |r| r.name);
+                events.emit(Event::PlayerExited { player: name.into(), code });
+                events.emit(Event::Ended { reason: format!("{name} was closed: the viewer ends") });
+                break Ok(());
+            }
+            conn = listener.accept() => {
+                if let Ok((tcp, _)) = conn {
+                    tokio::spawn(serve_player(tcp, fanout.clone(), src.clone(), clients.clone()));
+                }
+            }
+            msg = bus.next() => {
+                let Some(msg) = msg else { break Err(anyhow!("the viewer pipeline stopped")) };
+                match msg.view() {
+                    gst::MessageView::Error(e) => break Err(anyhow!("{}", e.error())),
+                    gst::MessageView::Eos(_) => {
+                        events.emit(Event::Ended { reason: "the host ended the share".into() });
+                        break Ok(());
+                    }
+                    gst::MessageView::Element(el) => {
+                        let Some(s) = el.structure() else { continue };
+                        match s.name().as_str() {
+                            "iroh-connected" => events.emit(Event::Connected {
+                                path: s.get("path").unwrap_or_default(),
+                                rtt_ms: s.get("rtt-ms").unwrap_or(-1.0),
+                            }),
+                            "iroh-path-changed" => events.emit(Event::Path { path: s.get("path").unwrap_or_default() }),
+                            "iroh-reconnecting" => events.emit(Event::Warning {
+                                message: format!(
+                                    "{}; reconnecting (attempt {})",
+                                    s.get::<String>("reason").unwrap_or_default(),
+                                    s.get::<u32>("attempt").unwrap_or(0)
+                                ),
+                            }),
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = tick.tick() => {
+                if let Some(st) = src.property::<Option<gst::Structure>>("stats") {
+                    let bytes = st.get::<u64>("bytes-received").unwrap_or(0);
+                    let kbps = bytes.saturating_sub(last.0) as f64 * 8.0 / last.1.elapsed().as_secs_f64().max(0.001) / 1000.0;
+                    last = (bytes, Instant::now());
+                    events.emit(Event::ViewerStats {
+                        path: st.get("path").unwrap_or_default(),
+                        bitrate_kbps: kbps,
+                        latency_ms: st.get("latency-p50-ms").unwrap_or(-1.0),
+                        gops_skipped: st.get("gops-skipped").unwrap_or(0),
+                        reconnects: st.get("reconnects").unwrap_or(0),
+                        players: 0,
+                    });
+                }
+            }
+        }
+    };
+    clients.cancel();
+    fanout.end();
+    if let Some(w) = gst_window {
+        let _ = w.set_state(gst::State::Null);
+    }
+    // Closing irohsrc closes the connection, so the host sees this viewer leave at once.
+    let p = pipeline.clone();
+    let _ = tokio::task::spawn_blocking(move || p.set_state(gst::State::Null)).await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(ticket: &str, listen: &str) -> ViewArgs {
+        ViewArgs {
+            ticket: ticket.into(),
+            player: Player::None,
+            listen: listen.into(),
+            common: crate::cli::Common {
+                relay: None,
+                events: None,
+                bind: None,
+            },
+        }
+    }
+
+    #[test]
+    fn bad_tickets_and_non_loopback_listen_are_usage_errors() {
+        let e = check_args(&args("hello", "127.0.0.1:0")).unwrap_err();
+        assert!(e.downcast_ref::<UsageError>().is_some());
+        assert!(e.to_string().starts_with("ticket is not valid"), "{e}");
+        let t = Ticket {
+            addr: iroh::EndpointAddr::new(iroh::SecretKey::from_bytes(&[1; 32]).public()),
+            secret: [0; 16],
+        }
+        .to_string();
+        let e = check_args(&args(&t, "0.0.0.0:8080")).unwrap_err();
+        assert!(e.to_string().contains("not a loopback address"), "{e}");
+        assert!(check_args(&args(&t, "127.0.0.1:0")).is_ok());
+    }
+}
