@@ -284,6 +284,11 @@ impl Fanout {
         self.notify();
     }
 
+    /// Whether end of stream was reached (and nothing was pushed since).
+    pub fn is_eos(&self) -> bool {
+        self.lock().eos
+    }
+
     /// Forgets all cached data (flush, or caps renegotiation from scratch). Viewers wait for
     /// the next keyframe.
     pub fn flush(&self) {

@@ -223,6 +223,9 @@ pub enum Control {
     /// (host clock) of the newest frame it handed downstream. The host measures the viewer's
     /// real lag behind live from this, QUIC buffers included.
     Progress { seq: u64, capture_unix_ns: u64 },
+    /// Viewer → host: something downstream of the viewer wants a keyframe (a local player
+    /// joined); the host asks its encoder for one, rate-limited.
+    KeyframeRequest,
 }
 
 const MSG_HELLO: u8 = 1;
@@ -230,6 +233,7 @@ const MSG_WELCOME: u8 = 2;
 const MSG_REFUSE: u8 = 3;
 const MSG_END: u8 = 4;
 const MSG_PROGRESS: u8 = 5;
+const MSG_KEYFRAME_REQUEST: u8 = 6;
 
 impl Control {
     /// Encodes as `varint body length | type | body`.
@@ -256,6 +260,7 @@ impl Control {
                 put_varint(&mut body, *capture_unix_ns);
                 MSG_PROGRESS
             }
+            Control::KeyframeRequest => MSG_KEYFRAME_REQUEST,
         };
         let mut out = Vec::with_capacity(body.len() + 4);
         put_varint(&mut out, body.len() as u64 + 1);
@@ -310,6 +315,7 @@ impl Control {
                 seq: b.varint()?.ok_or_else(short)?,
                 capture_unix_ns: b.varint()?.ok_or_else(short)?,
             },
+            MSG_KEYFRAME_REQUEST => Control::KeyframeRequest,
             other => return Err(ProtocolError::UnknownMessage(other)),
         };
         if b.pos != b.buf.len() {
@@ -507,6 +513,7 @@ mod tests {
                 seq: 7,
                 capture_unix_ns: 1_790_000_000_123_456_789,
             },
+            Control::KeyframeRequest,
         ];
         for m in msgs {
             let b = m.encode();

@@ -185,3 +185,23 @@ fn capture_time_and_timing_travel_with_each_buffer() {
     let age = now.saturating_sub(meta.timestamp().nseconds());
     assert!(age < 10_000_000_000, "capture time is recent: {age} ns");
 }
+
+#[test]
+fn a_keyframe_request_downstream_of_the_viewer_reaches_the_host_encoder() {
+    let mut h = host(&[("keyframe-interval", &0u32)]);
+    h.set_src_caps_str("video/x-h264,stream-format=byte-stream,alignment=au");
+    h.push(buf(1, 10, false, 0)).unwrap();
+    let v = Viewer::new(&ticket(&h), "queue");
+    assert!(v.pull(Duration::from_secs(5)).is_some());
+    std::thread::sleep(Duration::from_millis(200));
+    while h.try_pull_upstream_event().is_some() {}
+    let ev = gst::event::CustomUpstream::builder(
+        gst::Structure::builder("GstForceKeyUnit")
+            .field("all-headers", true)
+            .build(),
+    )
+    .build();
+    assert!(v.sink.send_event(ev));
+    let fku = wait_fku(&mut h, Duration::from_secs(5)).expect("the host asked its encoder for a keyframe");
+    assert!(fku.all_headers);
+}

@@ -699,11 +699,10 @@ impl BaseSinkImpl for IrohSink {
         let state = std::mem::replace(&mut *self.state.lock().unwrap(), StateBox(State::Stopped));
         if let State::Started { shared, .. } = state.0 {
             net::block_on(async move {
-                let eos = shared.fanout.stats().gops > 0 && shared.tasks.len() > 2;
                 // After EOS, let viewers drain what they have (bounded); otherwise close now.
                 shared.tasks.close();
-                if eos {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                if shared.fanout.is_eos() {
+                    let _ = tokio::time::timeout(Duration::from_millis(500), async {
                         while shared
                             .viewers
                             .lock()
@@ -720,8 +719,8 @@ impl BaseSinkImpl for IrohSink {
                     v.close_as.lock().unwrap().get_or_insert(CloseCode::HostStopped);
                 }
                 shared.cancel.cancel();
-                let _ = tokio::time::timeout(Duration::from_secs(2), shared.tasks.wait()).await;
-                let _ = tokio::time::timeout(Duration::from_secs(1), shared.endpoint.close()).await;
+                let _ = tokio::time::timeout(Duration::from_millis(500), shared.tasks.wait()).await;
+                let _ = tokio::time::timeout(Duration::from_millis(500), shared.endpoint.close()).await;
             });
         }
         gst::info!(CAT, imp = self, "stopped");
@@ -1062,12 +1061,17 @@ async fn handle_viewer(shared: Arc<Shared>, conn: Connection) {
     );
 }
 
-/// Reads the viewer's progress reports until the control stream ends.
-async fn read_progress(viewer: Arc<Viewer>, mut recv: RecvStream, mut buf: BytesMut) {
+/// Reads the viewer's control messages (progress reports, keyframe requests) until the
+/// control stream ends.
+async fn read_control_stream(shared: Arc<Shared>, viewer: Arc<Viewer>, mut recv: RecvStream, mut buf: BytesMut) {
     while let Ok(msg) = read_control(&mut recv, &mut buf).await {
-        if let Control::Progress { seq, capture_unix_ns } = msg {
-            *viewer.progress.lock().unwrap() = (seq, capture_unix_ns);
-            *viewer.progress_at.lock().unwrap() = Instant::now();
+        match msg {
+            Control::Progress { seq, capture_unix_ns } => {
+                *viewer.progress.lock().unwrap() = (seq, capture_unix_ns);
+                *viewer.progress_at.lock().unwrap() = Instant::now();
+            }
+            Control::KeyframeRequest => shared.request_keyframe(),
+            _ => {}
         }
     }
 }
@@ -1102,7 +1106,7 @@ async fn serve(
     if need_keyframe {
         shared.request_keyframe();
     }
-    RUNTIME.spawn(read_progress(viewer.clone(), recv, buf));
+    RUNTIME.spawn(read_control_stream(shared.clone(), viewer.clone(), recv, buf));
     let mut changed = fanout.subscribe();
     let mut stream: Option<(u64, SendStream)> = None;
     let mut lagging_since: Option<Instant> = None;

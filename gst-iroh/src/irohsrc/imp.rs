@@ -90,6 +90,8 @@ struct Stats {
     /// Index (in accept order) of the GOP stream being played, and a wake-up for paused readers.
     playing: AtomicU64,
     drained: tokio::sync::Notify,
+    /// Downstream asked for a keyframe (a force-key-unit event): tell the host.
+    keyframe_wanted: AtomicBool,
 }
 
 impl Stats {
@@ -143,6 +145,7 @@ impl Stats {
 struct Started {
     rx: mpsc::Receiver<Item>,
     cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
     stats: Arc<Stats>,
     /// Timestamp mapping: local running time = host running time + offset (ns).
     offset: Option<i128>,
@@ -375,11 +378,12 @@ impl BaseSrcImpl for IrohSrc {
             cancel: cancel.clone(),
             stats: stats.clone(),
         };
-        RUNTIME.spawn(run(ctx));
+        let task = RUNTIME.spawn(run(ctx));
         *self.stats.lock().unwrap() = Some(stats.clone());
         *self.state.lock().unwrap() = Some(Started {
             rx,
             cancel,
+            task,
             stats,
             offset: None,
             discont: true,
@@ -391,8 +395,26 @@ impl BaseSrcImpl for IrohSrc {
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(st) = self.state.lock().unwrap().take() {
             st.cancel.cancel();
+            // Let the network task close the connection, so the host sees this viewer leave at
+            // once rather than after its idle timeout. Bounded.
+            let task = st.task;
+            net::block_on(async move {
+                let _ = tokio::time::timeout(Duration::from_millis(700), task).await;
+            });
         }
         Ok(())
+    }
+
+    fn event(&self, event: &gst::Event) -> bool {
+        if let gst::EventView::CustomUpstream(ev) = event.view()
+            && ev.structure().is_some_and(|s| s.name() == "GstForceKeyUnit")
+        {
+            if let Some(st) = self.stats.lock().unwrap().as_ref() {
+                st.keyframe_wanted.store(true, Ordering::Relaxed);
+            }
+            return true;
+        }
+        BaseSrcImplExt::parent_event(self, event)
     }
 
     fn is_seekable(&self) -> bool {
@@ -620,7 +642,7 @@ async fn run(ctx: Ctx) {
             }
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.close()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.close()).await;
 }
 
 /// Text for a person, and whether to reconnect, for a close code from the host.
@@ -892,6 +914,9 @@ async fn connected(ctx: &Ctx, conn: &Connection, ever_connected: &mut bool) -> E
             continue;
         }
         last_report = Instant::now();
+        if ctx.stats.keyframe_wanted.swap(false, Ordering::Relaxed) && !ending {
+            let _ = write_control(&mut control_send, &Control::KeyframeRequest).await;
+        }
         if progress != sent_progress && !ending {
             sent_progress = progress;
             let _ = write_control(
