@@ -10,13 +10,13 @@ PKGS=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x gstreamer1.0-pipewire
   # X11 capture and its tests
-  xvfb x11-utils x11-xserver-utils xdotool
+  xvfb x11-utils x11-xserver-utils x11-apps xdotool
   # audio: PipeWire + WirePlumber + pipewire-pulse, pactl, a session bus
   pipewire pipewire-pulse wireplumber pulseaudio-utils dbus
   # players and stream checks
   mpv ffmpeg vlc-bin vlc-plugin-base
   # test helpers
-  python3 procps iproute2
+  python3 procps iproute2 curl
 )
 
 missing=()

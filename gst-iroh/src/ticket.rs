@@ -106,6 +106,10 @@ impl Ticket {
                 Err(_) => Err(TicketError::BadAddress),
             }
         };
+        // version + id + secret + address count: anything shorter was cut in the copy
+        if b.len() < 2 + 32 + SECRET_LEN {
+            return Err(TicketError::Truncated);
+        }
         let mut pos = 0;
         let version = take(&mut pos, 1)?[0];
         if version != TICKET_VERSION {

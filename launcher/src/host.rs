@@ -384,3 +384,75 @@ async fn share(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::test_support as support;
+
+    /// Failed capture setups leak nothing: 20 bad window ids and 20 capture pipelines started
+    /// and torn down on a window that does not exist leave the fd count where it was.
+    #[test]
+    fn no_fd_growth_across_failed_capture_setups() {
+        if !support::have("Xvfb") || !support::have("xwininfo") {
+            eprintln!("SKIP: Xvfb/xwininfo not installed");
+            return;
+        }
+        gst::init().unwrap();
+        gstiroh::plugin_register_static().unwrap();
+        let x = support::Xvfb::start(320, 240);
+        // SAFETY: only this test reads DISPLAY in this process.
+        unsafe { std::env::set_var("DISPLAY", &x.display) };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let serve = gst::parse::launch("appsrc name=src ! fakesink").unwrap();
+        let serve = serve.downcast::<gst::Pipeline>().unwrap();
+        serve.set_state(gst::State::Playing).unwrap();
+        let appsrc = serve.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+        let args = crate::cli::HostArgs {
+            window: false,
+            window_id: Some("0x7ffff01".into()),
+            monitor: None,
+            display_server: Some(crate::cli::DisplayServer::X11),
+            source: Source::Screen,
+            no_hwencode: true,
+            encoder: None,
+            no_audio: true,
+            max_viewers: None,
+            quality: crate::cli::Quality::Low,
+            max_height: None,
+            bitrate: None,
+            framerate: None,
+            key_file: None,
+            common: crate::cli::Common {
+                relay: None,
+                events: None,
+                bind: None,
+            },
+        };
+        let desc = format!(
+            "ximagesrc display-name={} xid=0x7ffff01 ! videoconvert ! x264enc ! h264parse ! mpegtsmux ! appsink name=out",
+            x.display
+        );
+        let attempt = || {
+            let e = capture::plan(&args).unwrap_err();
+            assert!(e.to_string().contains("there is no X11 window"), "{e}");
+            rt.block_on(async {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                if let Ok(c) = start_capture(&desc, &appsrc, &serve, tx) {
+                    let _ = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+                    c.stop();
+                }
+            });
+        };
+        attempt();
+        let before = support::fd_count();
+        for _ in 0..20 {
+            attempt();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let after = support::fd_count();
+        assert!(after <= before, "fds before {before}, after 20 failed setups {after}");
+        serve.set_state(gst::State::Null).unwrap();
+    }
+}

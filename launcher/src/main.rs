@@ -15,6 +15,10 @@ mod player;
 mod quality;
 mod view;
 
+#[cfg(test)]
+#[path = "../../tests/support/mod.rs"]
+mod test_support;
+
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -1,0 +1,387 @@
+//! `pixelpass` end to end, as a user runs it: real Xvfb screen, real PipeWire audio, real iroh
+//! on loopback (relay off), real mpv. Processes are started and stopped by PID.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pixelpass");
+
+/// A running `pixelpass` with its stdout and stderr collected.
+struct Pixelpass {
+    proc: Proc,
+    out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
+}
+
+impl Pixelpass {
+    fn start(args: &[&str], env: &[(String, String)]) -> Pixelpass {
+        let cfg = std::env::temp_dir().join("pixelpass-e2e-noconfig");
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .args(["--relay", "disabled", "--bind", "127.0.0.1:0"])
+            .env("XDG_CONFIG_HOME", &cfg)
+            .env_remove("PIXELPASS_RELAY")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut proc = Proc::spawn("pixelpass", &mut cmd);
+        let child = proc.child.as_mut().unwrap();
+        let out = collect(child.stdout.take().unwrap());
+        let err = collect(child.stderr.take().unwrap());
+        Pixelpass { proc, out, err }
+    }
+
+    fn host(extra: &[&str], env: &[(String, String)]) -> (Pixelpass, String) {
+        let mut args = vec!["host"];
+        args.extend_from_slice(extra);
+        let p = Pixelpass::start(&args, env);
+        let out = wait_text(&p.out, "\n", Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("host printed no ticket; stderr:\n{}", p.err.lock().unwrap()));
+        let ticket = out.lines().next().unwrap().trim().to_string();
+        assert!(ticket.starts_with("pp1"), "stdout holds the ticket alone: {out:?}");
+        (p, ticket)
+    }
+
+    /// A viewer with `--player none --events json`; returns it and its local URL.
+    fn viewer(ticket: &str, env: &[(String, String)]) -> (Pixelpass, String) {
+        let p = Pixelpass::start(&["view", ticket, "--player", "none", "--events", "json"], env);
+        let out = wait_text(&p.out, "\"event\":\"url\"", Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("viewer printed no URL; stderr:\n{}", p.err.lock().unwrap()));
+        let url = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["event"] == "url")
+            .and_then(|v| v["url"].as_str().map(String::from))
+            .unwrap();
+        (p, url)
+    }
+}
+
+fn display_env(x: &Xvfb) -> Vec<(String, String)> {
+    vec![
+        ("DISPLAY".into(), x.display.clone()),
+        ("WAYLAND_DISPLAY".into(), String::new()),
+    ]
+}
+
+/// mpv with the low-latency profile, headless, told to stop after `frames` video frames.
+/// That profile skips stream probing, so mpv's own frame estimate is unavailable: `--frames`
+/// and mpv's exit code count the frames instead.
+fn mpv(url: &str, dir: &Path, frames: u32) -> (Proc, std::path::PathBuf) {
+    let sock = dir.join("mpv.sock");
+    let p = Proc::spawn(
+        "mpv",
+        Command::new("mpv")
+            .args([
+                "--no-config",
+                "--vo=null",
+                "--ao=null",
+                "--profile=low-latency",
+                "--cache=no",
+            ])
+            .arg(format!("--frames={frames}"))
+            .arg(format!("--input-ipc-server={}", sock.display()))
+            .arg(url)
+            .env("XDG_RUNTIME_DIR", dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    (p, sock)
+}
+
+/// The decoded video size, once mpv has one.
+fn mpv_size(sock: &Path) -> Option<(u64, u64)> {
+    let mut size = None;
+    wait_for(Duration::from_secs(20), || {
+        size = mpv_get(sock, "width")
+            .and_then(|w| w.as_u64())
+            .zip(mpv_get(sock, "height").and_then(|h| h.as_u64()));
+        size.is_some()
+    });
+    size
+}
+
+#[test]
+fn x11_screen_share_plays_in_mpv() {
+    require!("Xvfb", "mpv", "xwininfo");
+    let x = Xvfb::start(1280, 720);
+    let env = display_env(&x);
+    let (host, ticket) = Pixelpass::host(&["--no-audio"], &env);
+    let (_viewer, url) = Pixelpass::viewer(&ticket, &[]);
+    let dir = TempDir::new("mpv");
+    let t = Instant::now();
+    let (mut player, sock) = mpv(&url, dir.path(), 60);
+    assert_eq!(mpv_size(&sock), Some((1280, 720)));
+    let code = player.wait_timeout(Duration::from_secs(30));
+    assert_eq!(
+        code,
+        Ok(Some(0)),
+        "mpv played 60 frames and exited; host:\n{}",
+        host.err.lock().unwrap()
+    );
+    assert!(
+        t.elapsed() > Duration::from_millis(1500),
+        "60 live frames at 30 fps take about 2 s"
+    );
+    let err = host.err.lock().unwrap().clone();
+    assert!(
+        err.contains("encoder x264enc"),
+        "the host says which encoder and why: {err}"
+    );
+    assert!(err.contains("capturing the whole screen (1280x720)"), "{err}");
+}
+
+#[test]
+fn quality_low_on_a_1080p_screen_is_854x480() {
+    require!("Xvfb", "mpv", "xwininfo");
+    let x = Xvfb::start(1920, 1080);
+    let env = display_env(&x);
+    let (_host, ticket) = Pixelpass::host(&["--no-audio", "--quality", "low"], &env);
+    let (_viewer, url) = Pixelpass::viewer(&ticket, &[]);
+    let dir = TempDir::new("mpv");
+    let (_mpv, sock) = mpv(&url, dir.path(), 1000);
+    assert_eq!(mpv_size(&sock), Some((854, 480)));
+}
+
+/// Mean volume (dB) of the audio in the first seconds of `url`, from ffmpeg's volumedetect.
+fn mean_volume(url: &str, secs: u32) -> Option<f64> {
+    let out = Command::new("timeout")
+        .args(["30", "ffmpeg", "-nostdin", "-i", url, "-t", &secs.to_string()])
+        .args(["-vn", "-af", "volumedetect", "-f", "null", "-"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .find_map(|l| l.split("mean_volume:").nth(1))
+        .and_then(|v| v.trim().trim_end_matches(" dB").parse().ok())
+}
+
+#[test]
+fn a_tone_in_the_default_sink_reaches_the_viewer_as_aac() {
+    require!(
+        "Xvfb",
+        "pipewire",
+        "wireplumber",
+        "pipewire-pulse",
+        "pactl",
+        "dbus-daemon",
+        "ffmpeg",
+        "ffprobe"
+    );
+    let x = Xvfb::start(640, 480);
+    let mut audio = Audio::start();
+    audio.tone("tone-app", 440);
+    let mut env = display_env(&x);
+    env.extend(audio.env.clone());
+    let (host, ticket) = Pixelpass::host(&[], &env);
+    let (_viewer, url) = Pixelpass::viewer(&ticket, &[]);
+    let probe = Command::new("timeout")
+        .args([
+            "20",
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,sample_rate,channels",
+        ])
+        .args(["-of", "compact", &url])
+        .output()
+        .unwrap();
+    let streams = String::from_utf8_lossy(&probe.stdout).to_string();
+    assert!(streams.contains("codec_name=aac"), "an AAC track: {streams}");
+    let vol = mean_volume(&url, 3).expect("volumedetect output");
+    assert!(
+        vol > -40.0,
+        "the tone is audible: mean {vol} dB; host:\n{}",
+        host.err.lock().unwrap()
+    );
+    assert!(host.err.lock().unwrap().contains("with sound"));
+}
+
+#[test]
+fn max_viewers_2_refuses_the_third_with_host_is_full() {
+    require!("Xvfb", "xwininfo");
+    let x = Xvfb::start(640, 480);
+    let env = display_env(&x);
+    let (host, ticket) = Pixelpass::host(&["--no-audio", "--max-viewers", "2"], &env);
+    let (_a, _) = Pixelpass::viewer(&ticket, &[]);
+    let (_b, _) = Pixelpass::viewer(&ticket, &[]);
+    assert!(wait_for(Duration::from_secs(20), || host
+        .err
+        .lock()
+        .unwrap()
+        .matches("joined")
+        .count()
+        == 2));
+    let mut c = Pixelpass::start(&["view", &ticket, "--player", "none"], &[]);
+    let code = c
+        .proc
+        .wait_timeout(Duration::from_secs(30))
+        .expect("third viewer exits");
+    assert_eq!(code, Some(1), "runtime failure exit code");
+    let err = c.err.lock().unwrap().clone();
+    assert!(err.contains("host is full"), "{err}");
+}
+
+#[test]
+fn one_sigint_ends_a_viewer_mid_stream_within_a_second_and_the_host_sees_it() {
+    require!("Xvfb", "xwininfo", "curl");
+    let x = Xvfb::start(640, 480);
+    let env = display_env(&x);
+    let (host, ticket) = Pixelpass::host(&["--no-audio"], &env);
+    let (mut viewer, url) = Pixelpass::viewer(&ticket, &[]);
+    // A player mid-stream.
+    let _curl = Proc::spawn(
+        "curl",
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", &url])
+            .stdout(Stdio::null()),
+    );
+    assert!(wait_text(&viewer.out, "viewer-stats", Duration::from_secs(20)).is_some());
+    assert!(wait_text(&host.err, "capturing", Duration::from_secs(20)).is_some());
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Instant::now();
+    viewer.proc.signal(libc::SIGINT);
+    let code = viewer.proc.wait_timeout(Duration::from_secs(5)).expect("viewer exits");
+    let took = t.elapsed();
+    assert_eq!(code, Some(0));
+    assert!(
+        took <= Duration::from_secs(1),
+        "one SIGINT ended the viewer in {took:?}"
+    );
+    assert!(
+        wait_text(&host.err, "left: closed", Duration::from_secs(2)).is_some(),
+        "host logs the departure at once:\n{}",
+        host.err.lock().unwrap()
+    );
+    assert!(
+        wait_text(&host.err, "capture stopped: no viewers", Duration::from_secs(2)).is_some(),
+        "the last viewer leaving stops capture"
+    );
+}
+
+#[test]
+fn host_ctrl_c_ends_the_share_and_viewers_exit_cleanly() {
+    require!("Xvfb", "xwininfo");
+    let x = Xvfb::start(640, 480);
+    let env = display_env(&x);
+    let (mut host, ticket) = Pixelpass::host(&["--no-audio"], &env);
+    let (mut viewer, _) = Pixelpass::viewer(&ticket, &[]);
+    assert!(wait_text(&host.err, "capturing", Duration::from_secs(20)).is_some());
+    let t = Instant::now();
+    host.proc.signal(libc::SIGINT);
+    assert_eq!(host.proc.wait_timeout(Duration::from_secs(5)), Ok(Some(0)));
+    assert!(t.elapsed() <= Duration::from_secs(1), "host ended in {:?}", t.elapsed());
+    assert_eq!(viewer.proc.wait_timeout(Duration::from_secs(10)), Ok(Some(0)));
+    assert!(viewer.out.lock().unwrap().contains("the host ended the share"));
+}
+
+#[test]
+fn no_zombie_when_the_player_exits_under_a_running_viewer() {
+    require!("Xvfb", "xwininfo", "mpv");
+    let x = Xvfb::start(640, 480);
+    let env = display_env(&x);
+    let (_host, ticket) = Pixelpass::host(&["--no-audio"], &env);
+    let dir = TempDir::new("zombie");
+    let mut venv = display_env(&x);
+    venv.push(("XDG_RUNTIME_DIR".into(), dir.path().to_string_lossy().into()));
+    let mut viewer = Pixelpass::start(&["view", &ticket, "--player", "mpv", "--events", "json"], &venv);
+    let out = wait_text(&viewer.out, "player-started", Duration::from_secs(20)).expect("mpv started");
+    let pid = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "player-started")
+        .and_then(|v| v["pid"].as_u64())
+        .unwrap() as i32;
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: kill(2) on the player the viewer started (a grandchild of this test).
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    assert!(wait_text(&viewer.out, "player-exited", Duration::from_secs(5)).is_some());
+    let vpid = viewer.proc.pid();
+    assert!(
+        zombies_of(vpid).is_empty(),
+        "zombie children of the viewer: {:?}",
+        zombies_of(vpid)
+    );
+    assert_eq!(
+        viewer.proc.wait_timeout(Duration::from_secs(5)),
+        Ok(Some(0)),
+        "closing the player ends the viewer"
+    );
+}
+
+#[test]
+fn bad_tickets_exit_2_with_a_message() {
+    for (t, needle) in [
+        ("hello", "does not start with \"pp1\""),
+        ("pp1aaaa", "cut short"),
+        ("pp1abc!d", "characters a ticket never has"),
+    ] {
+        let mut v = Pixelpass::start(&["view", t, "--player", "none"], &[]);
+        assert_eq!(v.proc.wait_timeout(Duration::from_secs(10)), Ok(Some(2)), "{t}");
+        let err = v.err.lock().unwrap().clone();
+        assert!(
+            err.contains("ticket is not valid") && err.contains(needle),
+            "{t}: {err}"
+        );
+    }
+    // the seed's shortcut too
+    let mut v = Pixelpass::start(&["nonsense-ticket"], &[]);
+    assert_eq!(v.proc.wait_timeout(Duration::from_secs(10)), Ok(Some(2)));
+}
+
+#[test]
+fn a_missing_window_id_is_a_usage_error() {
+    require!("Xvfb", "xwininfo");
+    let x = Xvfb::start(640, 480);
+    let mut h = Pixelpass::start(&["host", "--no-audio", "--window-id", "0x7fffff0"], &display_env(&x));
+    assert_eq!(h.proc.wait_timeout(Duration::from_secs(10)), Ok(Some(2)));
+    assert!(h.err.lock().unwrap().contains("there is no X11 window 0x7fffff0"));
+}
+
+#[test]
+fn a_shared_window_that_closes_ends_the_share_cleanly() {
+    require!("Xvfb", "xwininfo", "xclock");
+    let mut x = Xvfb::start(640, 480);
+    let clock = x.client(
+        "xclock",
+        Command::new("xclock").args(["-geometry", "201x151+10+10", "-update", "1"]),
+    );
+    let id = x.window_id("xclock").expect("xclock window");
+    let (mut host, ticket) = Pixelpass::host(&["--no-audio", "--window-id", &id], &display_env(&x));
+    let (_viewer, url) = Pixelpass::viewer(&ticket, &[]);
+    let _curl = Proc::spawn("curl", Command::new("curl").args(["-s", "-o", "/dev/null", &url]));
+    assert!(wait_text(&host.err, "capturing window", Duration::from_secs(20)).is_some());
+    assert!(
+        host.err.lock().unwrap().contains("as 200x150"),
+        "odd size scaled to even: {}",
+        host.err.lock().unwrap()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    x.kill_client(clock);
+    let code = host.proc.wait_timeout(Duration::from_secs(10));
+    let err = host.err.lock().unwrap().clone();
+    assert_eq!(code, Ok(Some(0)), "{err}");
+    assert!(err.contains("the shared window was closed"), "{err}");
+    assert!(!err.contains("X Error"), "{err}");
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let out = Command::new(BIN).args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--max-viewers"));
+    let out = Command::new(BIN).arg("man").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH pixelpass"));
+}

@@ -1,0 +1,418 @@
+//! Real test environment for end-to-end tests: Xvfb, a private PipeWire session (PipeWire,
+//! WirePlumber, pipewire-pulse, its own D-Bus and XDG_RUNTIME_DIR), processes owned by PID
+//! and killed on drop, mpv's JSON IPC. Every fixture cleans up on every exit path.
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed (SIGKILL after SIGTERM) and reaped on drop.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child: Some(child),
+            name: name.into(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends a signal by PID.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    /// Waits up to `timeout` for exit; returns the exit code (None = signal) or Err on timeout.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<i32>, ()> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Ok(st.code());
+            }
+            if Instant::now() > deadline {
+                return Err(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().unwrap().try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if matches!(c.try_wait(), Ok(None)) {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe {
+                    libc::kill(c.id() as i32, libc::SIGTERM);
+                }
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("pixelpass-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn have(cmd: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+/// Skips the calling test (returns from it) when a tool is missing, with a clear message.
+#[macro_export]
+macro_rules! require {
+    ($($cmd:expr),+) => {
+        for c in [$($cmd),+] {
+            if !$crate::support::have(c) {
+                eprintln!("SKIP: {c} is not installed (bash scripts/install-deps.sh)");
+                return;
+            }
+        }
+    };
+}
+
+/// An Xvfb server on a free display, with something moving on it.
+pub struct Xvfb {
+    pub display: String,
+    procs: Vec<Proc>,
+}
+
+impl Xvfb {
+    pub fn start(width: u32, height: u32) -> Xvfb {
+        let (mut r, w) = std::io::pipe().unwrap();
+        let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
+        // The write end must survive exec into Xvfb.
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            libc::fcntl(wfd, libc::F_SETFD, 0);
+        }
+        let server = Proc::spawn(
+            "Xvfb",
+            Command::new("Xvfb")
+                .args([
+                    "-displayfd",
+                    &wfd.to_string(),
+                    "-screen",
+                    "0",
+                    &format!("{width}x{height}x24"),
+                ])
+                .args(["-nolisten", "tcp"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        drop(w);
+        let mut buf = String::new();
+        let mut byte = [0u8; 1];
+        while r.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            buf.push(byte[0] as char);
+        }
+        let display = format!(":{}", buf.trim());
+        assert!(display.len() > 1, "Xvfb did not report a display");
+        let mut x = Xvfb {
+            display,
+            procs: vec![server],
+        };
+        // Something that moves, so every frame differs.
+        let ball = Proc::spawn(
+            "ball",
+            Command::new("gst-launch-1.0")
+                .args(["-q", "videotestsrc", "pattern=ball", "is-live=true", "!"])
+                .args(["video/x-raw,width=320,height=240", "!", "ximagesink", "sync=false"])
+                .env("DISPLAY", &x.display)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        x.procs.push(ball);
+        x
+    }
+
+    /// Starts an X client (kept until the fixture drops).
+    pub fn client(&mut self, name: &str, cmd: &mut Command) -> u32 {
+        let p = Proc::spawn(
+            name,
+            cmd.env("DISPLAY", &self.display)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let pid = p.pid();
+        self.procs.push(p);
+        pid
+    }
+
+    /// Kills the client started with `pid`.
+    pub fn kill_client(&mut self, pid: u32) {
+        self.procs.retain(|p| p.child.as_ref().is_some_and(|c| c.id() != pid));
+    }
+
+    /// The id of the first window named `name`, waiting for it to map.
+    pub fn window_id(&self, name: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let out = Command::new("xwininfo")
+                .args(["-name", name])
+                .env("DISPLAY", &self.display)
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if let Some(id) = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("xwininfo: Window id:"))
+                .and_then(|r| r.split_whitespace().next())
+            {
+                return Some(id.to_string());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        // clients first, the server last
+        while let Some(p) = self.procs.pop() {
+            drop(p);
+        }
+    }
+}
+
+/// A private audio session: D-Bus, PipeWire, WirePlumber, pipewire-pulse, and a pinned default
+/// sink named `desktop`.
+pub struct Audio {
+    pub env: Vec<(String, String)>,
+    procs: Vec<Proc>,
+    dir: TempDir,
+}
+
+impl Audio {
+    pub fn start() -> Audio {
+        let dir = TempDir::new("audio");
+        let runtime = dir.path().to_string_lossy().into_owned();
+        let bus_path = dir.path().join("bus");
+        let mut procs = Vec::new();
+        let mut dbus = Proc::spawn(
+            "dbus-daemon",
+            Command::new("dbus-daemon")
+                .args(["--session", "--nofork", "--print-address=1"])
+                .arg(format!("--address=unix:path={}", bus_path.display()))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        );
+        let mut line = String::new();
+        BufReader::new(dbus.child.as_mut().unwrap().stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        procs.push(dbus);
+        let env = vec![
+            ("XDG_RUNTIME_DIR".to_string(), runtime.clone()),
+            ("DBUS_SESSION_BUS_ADDRESS".to_string(), line.trim().to_string()),
+        ];
+        let spawn = |name: &str, env: &[(String, String)]| {
+            let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+            Proc::spawn(
+                name,
+                Command::new(name)
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .stdout(Stdio::null())
+                    .stderr(log),
+            )
+        };
+        procs.push(spawn("pipewire", &env));
+        let sock = dir.path().join("pipewire-0");
+        wait_for(Duration::from_secs(10), || sock.exists());
+        procs.push(spawn("wireplumber", &env));
+        procs.push(spawn("pipewire-pulse", &env));
+        let a = Audio { env, procs, dir };
+        assert!(
+            wait_for(Duration::from_secs(15), || a
+                .pactl(&["get-default-sink"])
+                .is_some_and(|s| !s.is_empty())),
+            "the audio session did not come up"
+        );
+        a.pactl(&["load-module", "module-null-sink", "sink_name=desktop"])
+            .expect("desktop sink");
+        a.pactl(&["set-default-sink", "desktop"]).expect("default sink");
+        a
+    }
+
+    pub fn pactl(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("pactl")
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Plays a tone into the default sink as application `app`.
+    pub fn tone(&mut self, app: &str, freq: u32) {
+        let p = Proc::spawn(
+            "tone",
+            Command::new("gst-launch-1.0")
+                .args([
+                    "-q",
+                    "audiotestsrc",
+                    "wave=sine",
+                    &format!("freq={freq}"),
+                    "volume=0.5",
+                    "is-live=true",
+                ])
+                .args(["!", "audioconvert", "!", "pulsesink", &format!("client-name={app}")])
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        self.procs.push(p);
+    }
+
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+}
+
+impl Drop for Audio {
+    fn drop(&mut self) {
+        // clients, pipewire-pulse, wireplumber, pipewire, dbus: reverse start order
+        while let Some(p) = self.procs.pop() {
+            drop(p);
+        }
+        let _ = &self.dir;
+    }
+}
+
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+/// Reads lines from a child's stream into a shared buffer (so a test can wait for text).
+pub fn collect(stream: impl std::io::Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let mut s = b.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    buf
+}
+
+/// Waits until `buf` contains `needle`; returns the whole text.
+pub fn wait_text(buf: &std::sync::Mutex<String>, needle: &str, timeout: Duration) -> Option<String> {
+    let mut found = None;
+    wait_for(timeout, || {
+        let s = buf.lock().unwrap();
+        if s.contains(needle) {
+            found = Some(s.clone());
+            true
+        } else {
+            false
+        }
+    });
+    found
+}
+
+/// mpv's JSON IPC: one property.
+pub fn mpv_get(socket: &Path, prop: &str) -> Option<serde_json::Value> {
+    let mut s = UnixStream::connect(socket).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    writeln!(
+        s,
+        "{}",
+        serde_json::json!({"command": ["get_property", prop], "request_id": 1})
+    )
+    .ok()?;
+    let mut r = BufReader::new(s);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+        if v.get("request_id").and_then(|i| i.as_u64()) == Some(1) {
+            return v.get("data").cloned();
+        }
+    }
+}
+
+/// Number of open file descriptors of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+/// Child processes of `pid` in state Z (zombies).
+pub fn zombies_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let rest = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 2 && f[0] == "Z" && f[1] == pid.to_string() {
+            out.push(p);
+        }
+    }
+    out
+}
