@@ -22,6 +22,10 @@ pub enum Event {
         fps: u32,
         bitrate_kbps: u32,
         audio: bool,
+        /// Wall-clock time (ns since the Unix epoch) of the capture's running time 0: a frame
+        /// with MPEG-TS PTS `p` was captured at `epoch + (p − 3600 s)` (mpegtsmux starts PTS at
+        /// one hour). Lets a viewer measure capture → display latency.
+        epoch_unix_ns: u64,
     },
     /// Host: capture stopped (no viewer left, or the share ends).
     CaptureStopped { reason: String },

@@ -30,6 +30,15 @@ struct Capture {
 }
 
 impl Capture {
+    /// Wall-clock time of this pipeline's running time 0.
+    fn epoch_unix_ns(&self) -> u64 {
+        let now = gstiroh::net::unix_now_ns();
+        match (self.pipeline.clock(), self.pipeline.base_time()) {
+            (Some(c), Some(b)) => now.saturating_sub(c.time().saturating_sub(b).nseconds()),
+            _ => now,
+        }
+    }
+
     fn stop(self) {
         let _ = self.pipeline.set_state(gst::State::Null);
         self.bus.abort();
@@ -100,6 +109,7 @@ fn plan(args: &HostArgs, events: &Events) -> Result<(Plan, u32)> {
         fps: q.framerate,
         bitrate_kbps: q.bitrate_kbps,
         audio: audio_source.is_some(),
+        epoch_unix_ns: 0,
     };
     Ok((
         Plan {
@@ -311,8 +321,12 @@ async fn share(
                                     match start_capture(&plan.capture_desc, appsrc, serve, notes_tx.clone()) {
                                         Ok(c) => {
                                             *live_sink.lock().unwrap() = Some(c.appsink.clone());
+                                            let mut started = plan.started.clone();
+                                            if let Event::CaptureStarted { epoch_unix_ns, .. } = &mut started {
+                                                *epoch_unix_ns = c.epoch_unix_ns();
+                                            }
                                             capture = Some(c);
-                                            events.emit(plan.started.clone());
+                                            events.emit(started);
                                         }
                                         Err(e) => break Err(e.context("cannot start capturing")),
                                     }
