@@ -16,7 +16,7 @@ PKGS=(
   # players and stream checks
   mpv ffmpeg vlc-bin vlc-plugin-base
   # test helpers
-  python3 procps iproute2 curl
+  python3 procps iproute2 curl iptables tcpdump
 )
 
 missing=()

@@ -1109,11 +1109,13 @@ async fn serve(
     RUNTIME.spawn(read_control_stream(shared.clone(), viewer.clone(), recv, buf));
     let mut changed = fanout.subscribe();
     let mut stream: Option<(u64, SendStream)> = None;
-    let mut lagging_since: Option<Instant> = None;
+    let mut progressing = Instant::now();
+    let mut finished: std::collections::VecDeque<(u64, SendStream)> = std::collections::VecDeque::new();
     let mut skip_floor = 0u64;
     let code = loop {
         let step = fanout.next(&mut cursor, 64);
         gst::trace!(CAT, "viewer {}: {step:?}", viewer.id);
+        let gop_done = matches!(step, Step::Close);
         let res: Result<(), Interrupt> = match step {
             Step::Open { seq, caps, headers, .. } => {
                 if let Some((_, mut s)) = stream.take() {
@@ -1128,8 +1130,11 @@ async fn serve(
                         if skip_floor == u64::MAX {
                             skip_floor = seq;
                         }
-                        // Newer GOPs first: i32 priority wraps only after 2^31 GOPs.
-                        let _ = s.set_priority(seq as i32);
+                        // Older GOPs first: the viewer plays GOPs in order, so a newer GOP that
+                        // took the bandwidth would starve the tail of the one being played
+                        // (measured: a half-rate viewer stalled after 8 frames). Falling behind is
+                        // handled by resetting stale streams instead.
+                        let _ = s.set_priority(-((seq & 0x7fff_ffff) as i32));
                         let mut parts = vec![Bytes::from(
                             GopHeader {
                                 seq,
@@ -1174,8 +1179,13 @@ async fn serve(
                 }
             }
             Step::Close => {
-                if let Some((_, mut s)) = stream.take() {
+                if let Some((seq, mut s)) = stream.take() {
                     let _ = s.finish();
+                    // Finished is not delivered: keep it resettable while it may still queue.
+                    finished.push_back((seq, s));
+                    if finished.len() > 16 {
+                        finished.pop_front();
+                    }
                 }
                 Ok(())
             }
@@ -1211,20 +1221,32 @@ async fn serve(
         // Lag bookkeeping after every step.
         let lag = viewer_lag(fanout, &cursor, viewer, skip_floor);
         viewer.lag_ms.store(lag.as_millis() as u64, Ordering::Relaxed);
-        if lag > shared.max_lag {
-            let since = *lagging_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > shared.slow_timeout {
-                break CloseCode::Slow;
-            }
-        } else {
-            lagging_since = None;
+        // A viewer that has data outstanding but has not reported progress for slow-timeout
+        // (it stopped reading, or never started) is removed whatever the lag estimate says.
+        let acked = viewer.progress.lock().unwrap().1;
+        if viewer.written_capture.load(Ordering::Relaxed) > acked
+            && viewer.progress_at.lock().unwrap().elapsed() > shared.slow_timeout
+        {
+            break CloseCode::Slow;
         }
-        // An interrupted write left a partial frame: that GOP stream must go, whatever else.
-        if stale || (lag > shared.max_lag && fanout.newer_gop_exists(&cursor)) {
+        // Hopeless: neither within max-lag nor finishing a single GOP for slow-timeout. A
+        // viewer at half the stream rate still finishes GOPs between skips and stays.
+        if lag <= shared.max_lag || gop_done {
+            progressing = Instant::now();
+        } else if progressing.elapsed() > shared.slow_timeout {
+            break CloseCode::Slow;
+        }
+        // Behind by more than max-lag with older GOPs still queued for it (or a newer GOP to
+        // jump to): drop everything not yet delivered and resume at a GOP start. An interrupted
+        // write left a partial frame: that GOP stream must go, whatever else.
+        let acked_seq = viewer.progress.lock().unwrap().0;
+        let behind = lag > shared.max_lag
+            && (fanout.newer_gop_exists(&cursor) || finished.iter().any(|(seq, _)| *seq >= acked_seq));
+        if stale || behind {
             if !fanout.skip_to_newest(&mut cursor) {
                 fanout.abandon(&mut cursor);
             }
-            if let Some((seq, mut s)) = stream.take() {
+            for (seq, mut s) in finished.drain(..).chain(stream.take()) {
                 gst::debug!(CAT, "viewer {} is {lag:?} behind: dropping GOP {seq}", viewer.id);
                 let _ = s.reset(VarInt::from_u32(RESET_STALE));
             }

@@ -1,0 +1,633 @@
+//! Real networks: host behind a NAT router, viewers and a local iroh relay on the "internet",
+//! each in its own network namespace. Rate limits (tbf), loss (iptables statistic) and link
+//! outages (iptables drop) on the viewer links. `tc netem` is not in this kernel, so added delay
+//! is left out.
+//!
+//! Needs root (CI runs as root); skips with a message otherwise. Short CI mode by default;
+//! `NETBED_LONG=1` runs the long durations the figures in the README come from. Every test
+//! prints `FIGURE <name> <value>` lines (see them with `--nocapture`).
+
+#[path = "../../support/mod.rs"]
+mod support;
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const NETBED: &str = env!("CARGO_BIN_EXE_netbed");
+const RELAY_URL: &str = "http://198.51.100.2:3340";
+
+fn long() -> bool {
+    std::env::var_os("NETBED_LONG").is_some()
+}
+
+/// One test at a time: they share two cores and measure latency.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn figure(name: &str, value: impl std::fmt::Display) {
+    eprintln!("FIGURE {name} {value}");
+}
+
+/// A netbed process inside a namespace; stdin held open (closing it ends the process).
+struct Node {
+    proc: Proc,
+    out: Arc<Mutex<String>>,
+}
+
+impl Node {
+    fn stats(&self) -> Option<serde_json::Value> {
+        self.out
+            .lock()
+            .unwrap()
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("STATS ").and_then(|j| serde_json::from_str(j).ok()))
+    }
+
+    fn stat_u64(&self, key: &str) -> u64 {
+        self.stats().and_then(|s| s[key].as_u64()).unwrap_or(0)
+    }
+
+    fn stat_f64(&self, key: &str) -> f64 {
+        self.stats().and_then(|s| s[key].as_f64()).unwrap_or(-1.0)
+    }
+
+    fn path(&self) -> String {
+        self.stats()
+            .and_then(|s| s["path"].as_str().map(String::from))
+            .unwrap_or_default()
+    }
+
+    fn text(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+}
+
+/// The topology:
+/// host 10.10.1.2 — [router: MASQUERADE NAT, stateful] — viewer i 203.0.(112+i).2, relay 198.51.100.2
+struct Net {
+    prefix: String,
+    names: Vec<String>,
+    viewers: usize,
+    nodes: Vec<Node>,
+}
+
+impl Net {
+    fn up(viewers: usize) -> Option<Net> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !have("ip") || !have("iptables") || !have("tc") {
+            eprintln!("SKIP: network namespaces need root, iproute2 and iptables (CI runs as root)");
+            return None;
+        }
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let prefix = format!(
+            "ppnb{}x{}-",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut names = vec!["host".to_string(), "router".into(), "relay".into()];
+        names.extend((1..=viewers).map(|i| format!("v{i}")));
+        let net = Net {
+            prefix,
+            names,
+            viewers,
+            nodes: Vec::new(),
+        };
+        for n in net.names.clone() {
+            run("ip", &["netns", "add", &net.ns(&n)]);
+            net.sh(&n, "ip link set lo up");
+        }
+        let (h, r, y) = (net.ns("host"), net.ns("router"), net.ns("relay"));
+        run(
+            "ip",
+            &[
+                "link", "add", "h0", "netns", &h, "type", "veth", "peer", "name", "rl", "netns", &r,
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "link", "add", "y0", "netns", &y, "type", "veth", "peer", "name", "ry", "netns", &r,
+            ],
+        );
+        net.sh(
+            "host",
+            "ip addr add 10.10.1.2/24 dev h0 && ip link set h0 up && ip route add default via 10.10.1.1",
+        );
+        net.sh(
+            "relay",
+            "ip addr add 198.51.100.2/24 dev y0 && ip link set y0 up && ip route add default via 198.51.100.1",
+        );
+        net.sh(
+            "router",
+            "ip addr add 10.10.1.1/24 dev rl && ip link set rl up && \
+             ip addr add 198.51.100.1/24 dev ry && ip link set ry up && sysctl -qw net.ipv4.ip_forward=1 && \
+             iptables -t nat -A POSTROUTING -s 10.10.1.0/24 ! -o rl -j MASQUERADE && \
+             iptables -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT && \
+             iptables -A FORWARD -i rl -j ACCEPT && iptables -A FORWARD -o rl -j DROP",
+        );
+        for i in 1..=viewers {
+            let v = net.ns(&format!("v{i}"));
+            run(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    "v0",
+                    "netns",
+                    &v,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &format!("rw{i}"),
+                    "netns",
+                    &r,
+                ],
+            );
+            net.sh(
+                &format!("v{i}"),
+                &format!(
+                    "ip addr add 203.0.{}.2/24 dev v0 && ip link set v0 up && ip route add default via 203.0.{}.1",
+                    112 + i,
+                    112 + i
+                ),
+            );
+            net.sh(
+                "router",
+                &format!("ip addr add 203.0.{}.1/24 dev rw{i} && ip link set rw{i} up", 112 + i),
+            );
+        }
+        Some(net)
+    }
+
+    fn ns(&self, n: &str) -> String {
+        format!("{}{n}", self.prefix)
+    }
+
+    fn sh(&self, n: &str, cmd: &str) {
+        let st = Command::new("ip")
+            .args(["netns", "exec", &self.ns(n), "sh", "-c", cmd])
+            .status()
+            .unwrap();
+        assert!(st.success(), "in {n}: {cmd}");
+    }
+
+    /// Starts `netbed ARGS` in namespace `n`.
+    fn start(&mut self, n: &str, args: &[&str]) -> usize {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(n), NETBED])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut proc = Proc::spawn(n, &mut cmd);
+        let out = collect(proc.child.as_mut().unwrap().stdout.take().unwrap());
+        self.nodes.push(Node { proc, out });
+        self.nodes.len() - 1
+    }
+
+    fn stop(&mut self, idx: usize) {
+        if let Some(c) = self.nodes[idx].proc.child.as_mut()
+            && let Some(mut stdin) = c.stdin.take()
+        {
+            let _ = stdin.flush();
+        }
+        self.nodes[idx].proc.signal(libc::SIGTERM);
+        let _ = self.nodes[idx].proc.wait_timeout(Duration::from_secs(5));
+    }
+
+    fn relay(&mut self) -> usize {
+        let i = self.start("relay", &["relay", "198.51.100.2:3340"]);
+        assert!(
+            wait_text(&self.nodes[i].out, "READY", Duration::from_secs(10)).is_some(),
+            "relay up"
+        );
+        i
+    }
+
+    /// Starts the host; returns it and its ticket once the ticket names the relay.
+    fn host(&mut self, extra: &[&str]) -> (usize, String) {
+        let mut args = vec!["host", "--relay", RELAY_URL];
+        args.extend_from_slice(extra);
+        let i = self.start("host", &args);
+        let mut ticket = String::new();
+        let ok = wait_for(Duration::from_secs(20), || {
+            let text = self.nodes[i].text();
+            ticket = text
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("TICKET ").map(String::from))
+                .unwrap_or_default();
+            ticket
+                .parse::<gstiroh::ticket::Ticket>()
+                .is_ok_and(|t| t.addr.relay_urls().next().is_some())
+        });
+        assert!(
+            ok,
+            "host ticket with the relay in it; host said:\n{}",
+            self.nodes[i].text()
+        );
+        (i, ticket)
+    }
+
+    fn viewer(&mut self, n: usize, ticket: &str) -> usize {
+        self.start(&format!("v{n}"), &["view", ticket, "--relay", RELAY_URL])
+    }
+
+    fn node(&self, i: usize) -> &Node {
+        &self.nodes[i]
+    }
+
+    fn wait_frames(&self, i: usize, n: u64, timeout: Duration) -> bool {
+        wait_for(timeout, || self.node(i).stat_u64("frames") >= n)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        while let Some(n) = self.nodes.pop() {
+            drop(n);
+        }
+        for n in &self.names {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &format!("{}{n}", self.prefix)])
+                .status();
+        }
+        let _ = self.viewers;
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let st = Command::new(cmd).args(args).status().unwrap();
+    assert!(st.success(), "{cmd} {args:?}");
+}
+
+const BLOCK_DIRECT: &str = "iptables -I FORWARD -p udp -s 10.10.1.0/24 -d 203.0.0.0/16 -j DROP && \
+                            iptables -I FORWARD -p udp -s 203.0.0.0/16 -d 10.10.1.0/24 -j DROP";
+const UNBLOCK_DIRECT: &str = "iptables -D FORWARD -p udp -s 10.10.1.0/24 -d 203.0.0.0/16 -j DROP && \
+                              iptables -D FORWARD -p udp -s 203.0.0.0/16 -d 10.10.1.0/24 -j DROP";
+
+#[test]
+fn direct_through_the_nat() {
+    let _g = serial();
+    let Some(mut net) = Net::up(1) else { return };
+    net.relay();
+    let (_h, ticket) = net.host(&[]);
+    let t0 = Instant::now();
+    let v = net.viewer(1, &ticket);
+    assert!(
+        net.wait_frames(v, 60, Duration::from_secs(30)),
+        "viewer decodes: {}",
+        net.node(v).text()
+    );
+    figure("nat_first_60_frames_s", format!("{:.2}", t0.elapsed().as_secs_f64()));
+    let direct = wait_for(Duration::from_secs(20), || net.node(v).path() == "direct");
+    figure("nat_path", net.node(v).path());
+    assert!(direct, "hole-punched through the NAT: path {}", net.node(v).path());
+    std::thread::sleep(Duration::from_secs(if long() { 30 } else { 5 }));
+    let n = net.node(v);
+    figure("nat_direct_latency_p50_ms", format!("{:.1}", n.stat_f64("lat_p50")));
+    figure("nat_direct_latency_p99_ms", format!("{:.1}", n.stat_f64("lat_p99")));
+    assert_eq!(n.stat_u64("problems"), 0, "no decoder complaints");
+}
+
+#[test]
+fn relay_only_then_upgrade_to_direct_without_a_break() {
+    let _g = serial();
+    let Some(mut net) = Net::up(1) else { return };
+    net.sh("router", BLOCK_DIRECT);
+    net.relay();
+    let (_h, ticket) = net.host(&[]);
+    let v = net.viewer(1, &ticket);
+    assert!(
+        net.wait_frames(v, 60, Duration::from_secs(30)),
+        "decodes over the relay: {}",
+        net.node(v).text()
+    );
+    assert_eq!(net.node(v).path(), "relay");
+    std::thread::sleep(Duration::from_secs(if long() { 30 } else { 5 }));
+    figure(
+        "relay_latency_p50_ms",
+        format!("{:.1}", net.node(v).stat_f64("lat_p50")),
+    );
+    figure(
+        "relay_latency_p99_ms",
+        format!("{:.1}", net.node(v).stat_f64("lat_p99")),
+    );
+    let gap_before = net.node(v).stat_u64("max_gap_ms");
+    net.sh("router", UNBLOCK_DIRECT);
+    let t = Instant::now();
+    let upgraded = wait_for(Duration::from_secs(30), || net.node(v).path() == "direct");
+    figure("relay_to_direct_upgrade_s", format!("{:.1}", t.elapsed().as_secs_f64()));
+    assert!(
+        upgraded,
+        "the connection moved to the direct path: {}",
+        net.node(v).path()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let n = net.node(v);
+    figure("upgrade_max_frame_gap_ms", n.stat_u64("max_gap_ms"));
+    assert!(
+        n.stat_u64("max_gap_ms") < 500,
+        "no visible break (gap before {gap_before} ms)"
+    );
+    assert_eq!(n.stat_u64("reconnects"), 0);
+    assert_eq!(n.stat_u64("problems"), 0);
+}
+
+/// Viewer 1 on a link at half the stream rate, viewer 2 unconstrained. Returns
+/// (slow p99, fast p99, fast fps, slow skipped GOPs).
+fn slow_viewer_run(net: &mut Net, host_args: &[&str], secs: u64) -> (f64, f64, f64, u64) {
+    let (_h, ticket) = net.host(host_args);
+    let slow = net.viewer(1, &ticket);
+    let fast = net.viewer(2, &ticket);
+    assert!(net.wait_frames(fast, 30, Duration::from_secs(30)));
+    let f0 = (net.node(fast).stat_u64("frames"), Instant::now());
+    std::thread::sleep(Duration::from_secs(secs));
+    let fps = (net.node(fast).stat_u64("frames") - f0.0) as f64 / f0.1.elapsed().as_secs_f64();
+    for l in net
+        .node(slow)
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("MSG") || l.starts_with("ERROR"))
+    {
+        eprintln!("slow viewer: {l}");
+    }
+    eprintln!(
+        "slow viewer: {} bytes, {} frames, behind live p50 {} ms; fast viewer: {} bytes, {} frames",
+        net.node(slow).stat_u64("bytes"),
+        net.node(slow).stat_u64("frames"),
+        net.node(slow).stat_f64("behind_p50"),
+        net.node(fast).stat_u64("bytes"),
+        net.node(fast).stat_u64("frames")
+    );
+    let r = (
+        net.node(slow).stat_f64("behind_p99"),
+        net.node(fast).stat_f64("behind_p99"),
+        fps,
+        net.node(slow).stat_u64("gops_skipped"),
+    );
+    assert_eq!(
+        net.node(fast).stat_u64("problems"),
+        0,
+        "the fast viewer decodes cleanly"
+    );
+    r
+}
+
+#[test]
+fn a_slow_viewer_skips_gops_and_never_slows_the_others() {
+    let _g = serial();
+    let secs = if long() { 60 } else { 15 };
+    // Stream ~2 Mbit/s; viewer 1's link 1 Mbit/s.
+    let limit = "tc qdisc add dev rw1 root tbf rate 1mbit burst 32kbit latency 400ms";
+    let (ours, naive) = {
+        let Some(mut net) = Net::up(2) else { return };
+        net.sh("router", limit);
+        net.relay();
+        let ours = slow_viewer_run(&mut net, &["--pattern", "snow"], secs);
+        drop(net);
+        let mut net = Net::up(2).unwrap();
+        net.sh("router", limit);
+        net.relay();
+        // naive reliable fanout: a lag budget so large nothing is ever skipped
+        let naive = slow_viewer_run(&mut net, &["--pattern", "snow", "--max-lag", "600000"], secs);
+        (ours, naive)
+    };
+    figure("slow_viewer_p99_ms", format!("{:.0}", ours.0));
+    figure("slow_viewer_gops_skipped", ours.3);
+    figure("fast_viewer_p99_ms", format!("{:.0}", ours.1));
+    figure("fast_viewer_fps", format!("{:.1}", ours.2));
+    figure("naive_slow_viewer_p99_ms", format!("{:.0}", naive.0));
+    figure("naive_fast_viewer_p99_ms", format!("{:.0}", naive.1));
+    figure("naive_fast_viewer_fps", format!("{:.1}", naive.2));
+    assert!(
+        ours.0 <= 1500.0,
+        "slow viewer stays within 1.5 s of live: p99 {} ms",
+        ours.0
+    );
+    assert!(ours.3 > 0, "it got there by skipping GOPs");
+    assert!(
+        (27.0..=33.0).contains(&ours.2),
+        "fast viewer keeps 30 fps ±10 %: {}",
+        ours.2
+    );
+    assert!(ours.1 < 500.0, "fast viewer latency unaffected: p99 {} ms", ours.1);
+    assert!(
+        naive.0 > 2.0 * ours.0,
+        "the naive fanout falls behind: {} vs {} ms",
+        naive.0,
+        ours.0
+    );
+}
+
+#[test]
+fn five_percent_loss_and_a_three_second_outage() {
+    let _g = serial();
+    let Some(mut net) = Net::up(1) else { return };
+    net.relay();
+    let (_h, ticket) = net.host(&[]);
+    let v = net.viewer(1, &ticket);
+    assert!(net.wait_frames(v, 30, Duration::from_secs(30)));
+    net.sh(
+        "router",
+        "iptables -I FORWARD -i rw1 -m statistic --mode random --probability 0.05 -j DROP && \
+         iptables -I FORWARD -o rw1 -m statistic --mode random --probability 0.05 -j DROP",
+    );
+    let f0 = (net.node(v).stat_u64("frames"), Instant::now());
+    std::thread::sleep(Duration::from_secs(if long() { 60 } else { 10 }));
+    let fps = (net.node(v).stat_u64("frames") - f0.0) as f64 / f0.1.elapsed().as_secs_f64();
+    figure("loss5_fps", format!("{fps:.1}"));
+    figure(
+        "loss5_latency_p50_ms",
+        format!("{:.0}", net.node(v).stat_f64("lat_p50")),
+    );
+    figure(
+        "loss5_latency_p99_ms",
+        format!("{:.0}", net.node(v).stat_f64("lat_p99")),
+    );
+    figure("loss5_gops_skipped", net.node(v).stat_u64("gops_skipped"));
+    assert!(fps > 20.0, "the stream continues under 5 % loss: {fps:.1} fps");
+    net.sh(
+        "router",
+        "iptables -D FORWARD -i rw1 -m statistic --mode random --probability 0.05 -j DROP && \
+         iptables -D FORWARD -o rw1 -m statistic --mode random --probability 0.05 -j DROP",
+    );
+    // Link down for 3 s (every packet to and from the viewer dropped), then up.
+    std::thread::sleep(Duration::from_secs(2));
+    net.sh(
+        "router",
+        "iptables -I FORWARD -i rw1 -j DROP && iptables -I FORWARD -o rw1 -j DROP",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let frames_at_up = net.node(v).stat_u64("frames");
+    net.sh(
+        "router",
+        "iptables -D FORWARD -i rw1 -j DROP && iptables -D FORWARD -o rw1 -j DROP",
+    );
+    let up = Instant::now();
+    let back = wait_for(Duration::from_secs(30), || {
+        net.node(v).stat_u64("frames") > frames_at_up + 30
+    });
+    figure("outage3s_recovery_s", format!("{:.2}", up.elapsed().as_secs_f64()));
+    assert!(
+        back,
+        "the viewer resumed by itself: {}",
+        net.node(v).text().lines().last().unwrap_or("")
+    );
+    assert_eq!(
+        net.node(v).stat_u64("problems"),
+        0,
+        "first frames after recovery are clean"
+    );
+}
+
+#[test]
+fn host_restart_with_key_file_and_relay_loss() {
+    let _g = serial();
+    let Some(mut net) = Net::up(1) else { return };
+    let dir = TempDir::new("netbed-key");
+    let key = dir.path().join("host.key");
+    let relay = net.relay();
+    let (h, ticket) = net.host(&["--key-file", key.to_str().unwrap()]);
+    let v = net.viewer(1, &ticket);
+    assert!(net.wait_frames(v, 30, Duration::from_secs(30)));
+    // The relay dies while the direct path works: the stream goes on.
+    assert!(wait_for(Duration::from_secs(20), || net.node(v).path() == "direct"));
+    let f = net.node(v).stat_u64("frames");
+    net.stop(relay);
+    std::thread::sleep(Duration::from_secs(5));
+    figure("relay_killed_frames_in_5s", net.node(v).stat_u64("frames") - f);
+    assert!(
+        net.node(v).stat_u64("frames") > f + 100,
+        "the stream continued without the relay"
+    );
+    // Host restarts with the same key file: same ticket, the viewer comes back by itself.
+    net.relay();
+    net.stop(h);
+    let down = Instant::now();
+    let frames_down = net.node(v).stat_u64("frames");
+    let (_h2, ticket2) = net.host(&["--key-file", key.to_str().unwrap()]);
+    let same =
+        ticket2.parse::<gstiroh::ticket::Ticket>().unwrap() == ticket.parse::<gstiroh::ticket::Ticket>().unwrap();
+    assert!(same, "same ticket after a restart");
+    let back = wait_for(Duration::from_secs(40), || {
+        net.node(v).stat_u64("frames") > frames_down + 30
+    });
+    figure(
+        "host_restart_recovery_s",
+        format!("{:.1}", down.elapsed().as_secs_f64()),
+    );
+    assert!(
+        back,
+        "the viewer reconnected: {}",
+        net.node(v).text().lines().last().unwrap_or("")
+    );
+    assert!(net.node(v).stat_u64("reconnects") >= 1);
+    assert_eq!(net.node(v).stat_u64("problems"), 0);
+}
+
+#[test]
+fn churn_and_bad_peers_leave_the_watcher_alone_and_memory_flat() {
+    let _g = serial();
+    let Some(mut net) = Net::up(2) else { return };
+    net.relay();
+    let (h, ticket) = net.host(&[]);
+    let w = net.viewer(1, &ticket);
+    assert!(net.wait_frames(w, 60, Duration::from_secs(30)));
+    std::thread::sleep(Duration::from_secs(2));
+    let rss0 = net.node(h).stat_u64("rss_kb");
+    let cycles = if long() { "200" } else { "40" };
+    let c = net.start("v2", &["churn", &ticket, cycles, "--relay", RELAY_URL]);
+    assert!(
+        wait_text(&net.node(c).out, "CHURN-DONE", Duration::from_secs(600)).is_some(),
+        "churn finished: {}",
+        net.node(c).text()
+    );
+    let done = net.node(c).text();
+    let ok_joins = done
+        .lines()
+        .find_map(|l| l.strip_prefix("CHURN-DONE "))
+        .unwrap_or("")
+        .to_string();
+    figure("churn_cycles_and_successful_joins", &ok_joins);
+    let mut outcomes = Vec::new();
+    for kind in ["garbage", "streams", "mute", "version", "secret"] {
+        let a = net.start("v2", &["attack", &ticket, kind, "--relay", RELAY_URL]);
+        let line = wait_text(&net.node(a).out, "ATTACK", Duration::from_secs(60))
+            .and_then(|t| t.lines().find(|l| l.starts_with("ATTACK")).map(String::from))
+            .unwrap_or_else(|| format!("ATTACK {kind} no answer"));
+        eprintln!("{line}");
+        outcomes.push(line);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let rss1 = net.node(h).stat_u64("rss_kb");
+    figure("churn_host_rss_kb_before_after", format!("{rss0} {rss1}"));
+    let n = net.node(w);
+    figure("churn_watcher_max_frame_gap_ms", n.stat_u64("max_gap_ms"));
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.contains("closed by host") || o.contains("refused")),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().any(|o| o.contains("mute") && o.contains("slow")),
+        "a mute peer is removed as slow"
+    );
+    assert_eq!(n.stat_u64("problems"), 0, "the watcher decodes cleanly throughout");
+    assert_eq!(n.stat_u64("reconnects"), 0, "the watcher never lost its connection");
+    assert!(
+        n.stat_u64("max_gap_ms") < 1000,
+        "no visible discontinuity: {} ms",
+        n.stat_u64("max_gap_ms")
+    );
+    assert!(
+        (rss1 as f64) < rss0 as f64 * 1.1 + 4096.0,
+        "host RSS flat: {rss0} → {rss1} kB"
+    );
+    assert!(ok_joins.ends_with(&format!(" {cycles}")) || ok_joins.split(' ').nth(1) == Some(cycles));
+}
+
+#[test]
+fn nothing_on_the_wire_looks_like_mpeg_ts() {
+    let _g = serial();
+    if !have("tcpdump") {
+        eprintln!("SKIP: tcpdump not installed");
+        return;
+    }
+    let Some(mut net) = Net::up(1) else { return };
+    net.relay();
+    let (_h, ticket) = net.host(&[]);
+    let v = net.viewer(1, &ticket);
+    assert!(net.wait_frames(v, 30, Duration::from_secs(30)));
+    let dir = TempDir::new("pcap");
+    let pcap = dir.path().join("wire.pcap");
+    let mut dump = Proc::spawn(
+        "tcpdump",
+        Command::new("ip")
+            .args(["netns", "exec", &net.ns("router"), "tcpdump", "-i", "rw1", "-U", "-w"])
+            .arg(&pcap)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    dump.signal(libc::SIGINT);
+    let _ = dump.wait_timeout(Duration::from_secs(5));
+    let bytes = std::fs::read(&pcap).unwrap_or_default();
+    assert!(bytes.len() > 100_000, "captured the stream: {} bytes", bytes.len());
+    // Plaintext MPEG-TS shows as sync bytes 0x47 every 188 bytes.
+    let runs = bytes
+        .windows(188 * 3 + 1)
+        .filter(|w| w[0] == 0x47 && w[188] == 0x47 && w[376] == 0x47 && w[564] == 0x47)
+        .count();
+    figure("wire_ts_sync_patterns", runs);
+    assert_eq!(runs, 0, "the wire carries no plaintext TS");
+}
