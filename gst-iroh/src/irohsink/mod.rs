@@ -9,9 +9,9 @@
 //! started less than `burst-max-age` ago, otherwise the element sends one rate-limited
 //! force-key-unit event (all-headers) upstream and gates the viewer until the keyframe. For
 //! MPEG-TS the latest PAT/PMT go first; for other containers the caps `streamheader` does.
-//! Each GOP travels on its own QUIC uni stream, newer GOPs at higher priority; a viewer that
-//! falls more than `max-lag` behind live has its stale GOP stream reset (its backlog is
-//! discarded inside QUIC) and resumes at the newest GOP. A viewer behind for `slow-timeout`
+//! Each GOP travels on its own QUIC uni stream, older GOPs first (viewers play them in order);
+//! a viewer that falls more than `max-lag` behind live has its undelivered GOP streams reset
+//! (its backlog is discarded inside QUIC) and resumes at the newest GOP. A viewer behind for `slow-timeout`
 //! is removed with reason "slow". The streaming thread never waits for the network.
 //!
 //! Signals (emitted from network threads): `viewer-joined (id, name)`,
