@@ -616,10 +616,14 @@ impl BaseSinkImpl for IrohSink {
         let key = identity.key.clone();
         let alpns = vec![protocol::ALPN.to_vec(), protocol::ALPN_VERSION_PROBE.to_vec()];
         let endpoint = net::block_on(async move {
-            if !saved.is_empty()
-                && let Ok(ep) = net::bind(key.clone(), &relay, &saved, alpns.clone()).await
-            {
-                return Ok(ep);
+            // The previous run (a restart) may still be releasing the port: retry for a second.
+            if !saved.is_empty() {
+                for _ in 0..10 {
+                    if let Ok(ep) = net::bind(key.clone(), &relay, &saved, alpns.clone()).await {
+                        return Ok(ep);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
             net::bind(key, &relay, &fresh, alpns).await
         })
