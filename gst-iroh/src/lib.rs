@@ -19,6 +19,21 @@ pub mod ts;
 pub use irohsink::IrohSink;
 pub use irohsrc::IrohSrc;
 
+/// The wire-format flag bits (DELTA, HEADER, DISCONT) of a GStreamer buffer.
+pub fn wire_flags(flags: gst::BufferFlags) -> u8 {
+    let mut f = 0;
+    if flags.contains(gst::BufferFlags::DELTA_UNIT) {
+        f |= protocol::flags::DELTA;
+    }
+    if flags.contains(gst::BufferFlags::HEADER) {
+        f |= protocol::flags::HEADER;
+    }
+    if flags.contains(gst::BufferFlags::DISCONT) {
+        f |= protocol::flags::DISCONT;
+    }
+    f
+}
+
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     irohsink::register(plugin)?;
     irohsrc::register(plugin)?;

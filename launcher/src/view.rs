@@ -61,14 +61,8 @@ fn feed(appsink: &gst_app::AppSink, fanout: Arc<Fanout>) {
                 let Some(buffer) = sample.buffer_owned() else {
                     return Ok(gst::FlowSuccess::Ok);
                 };
-                let bf = buffer.flags();
-                let mut f = 0;
-                if bf.contains(gst::BufferFlags::DELTA_UNIT) {
-                    f |= flags::DELTA;
-                }
-                if bf.contains(gst::BufferFlags::HEADER) {
-                    f |= flags::HEADER;
-                }
+                // DISCONT is the viewer's own business: players resync on the MPEG-TS itself.
+                let f = gstiroh::wire_flags(buffer.flags()) & !flags::DISCONT;
                 let data = Bytes::from_owner(
                     buffer
                         .into_mapped_buffer_readable()

@@ -282,17 +282,7 @@ impl IrohSink {
     }
 
     fn meta_of(&self, buffer: &gst::BufferRef, segment: Option<&gst::FormattedSegment<gst::ClockTime>>) -> FrameMeta {
-        let bf = buffer.flags();
-        let mut f = 0;
-        if bf.contains(gst::BufferFlags::DELTA_UNIT) {
-            f |= flags::DELTA;
-        }
-        if bf.contains(gst::BufferFlags::HEADER) {
-            f |= flags::HEADER;
-        }
-        if bf.contains(gst::BufferFlags::DISCONT) {
-            f |= flags::DISCONT;
-        }
+        let f = crate::wire_flags(buffer.flags());
         let running = |t: Option<gst::ClockTime>| match segment {
             Some(s) => t.and_then(|t| s.to_running_time(t)),
             None => t,
