@@ -30,8 +30,6 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// Bytes GOP streams other than the one being played may hold before their readers pause
 /// (the one being played never pauses, so there is no flow-control deadlock).
 const AHEAD_BYTES: usize = 8 * 1024 * 1024;
-/// While on a relay path, how often to ask iroh to look for a direct one again.
-const RELAY_RETRY_DIRECT: Duration = Duration::from_secs(5);
 /// Latency samples kept for the percentiles in `stats`.
 const LATENCY_WINDOW: usize = 2048;
 
@@ -719,7 +717,7 @@ async fn session(ctx: &Ctx, endpoint: &Endpoint, ever_connected: &mut bool) -> E
         _ = ctx.cancel.cancelled() => return End::Cancelled,
     };
     let end = tokio::select! {
-        e = connected(ctx, endpoint, &conn, ever_connected) => e,
+        e = connected(ctx, &conn, ever_connected) => e,
         _ = ctx.cancel.cancelled() => End::Cancelled,
     };
     let code = match &end {
@@ -739,7 +737,7 @@ enum StreamItem {
     Finished,
 }
 
-async fn connected(ctx: &Ctx, endpoint: &Endpoint, conn: &Connection, ever_connected: &mut bool) -> End {
+async fn connected(ctx: &Ctx, conn: &Connection, ever_connected: &mut bool) -> End {
     // Hello / welcome on the control stream.
     let handshake = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| explain_conn_error(&e))?;
@@ -829,7 +827,6 @@ async fn connected(ctx: &Ctx, endpoint: &Endpoint, conn: &Connection, ever_conne
     let mut discont_next = false;
     let mut played = 0u64;
     let mut last_report = Instant::now() - PROGRESS_INTERVAL;
-    let mut last_nudge = Instant::now();
     loop {
         if current.is_none() {
             tokio::select! {
@@ -935,13 +932,6 @@ async fn connected(ctx: &Ctx, endpoint: &Endpoint, conn: &Connection, ever_conne
         ctx.stats
             .rtt_us
             .store(rtt.map_or(0, |d| d.as_micros() as u64), Ordering::Relaxed);
-        // iroh retries hole punching only when something changes: while relayed, tell it every
-        // few seconds that the network may have, so a path that became possible is found.
-        if path == "relay" && last_nudge.elapsed() > RELAY_RETRY_DIRECT {
-            last_nudge = Instant::now();
-            let ep = endpoint.clone();
-            RUNTIME.spawn(async move { ep.network_change().await });
-        }
         let prev = std::mem::replace(&mut *ctx.stats.path.lock().unwrap(), path);
         if prev != path {
             gst::info!(CAT, "path changed: {prev} -> {path}");

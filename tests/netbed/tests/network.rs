@@ -324,19 +324,10 @@ fn relayed(net: &mut Net) -> usize {
     v
 }
 
+/// Direct UDP becomes possible mid-stream: the connection moves off the relay with no visible
+/// break. iroh re-checks a relayed connection for a better path once a minute
+/// (UPGRADE_INTERVAL), so this takes up to about 65 s.
 #[test]
-fn relay_only() {
-    let _g = serial();
-    let Some(mut net) = Net::up(1) else { return };
-    relayed(&mut net);
-}
-
-/// Known gap: iroh 1.4 re-runs hole punching only from the dialing side, and the NAT'd host
-/// never learns its public address from a plain-HTTP relay (no QUIC address discovery), so a
-/// path that becomes possible mid-stream is not found (measured: still relayed after 30 s, with
-/// the viewer nudging iroh every 5 s). Run with `--ignored` to check a fix.
-#[test]
-#[ignore = "relay -> direct upgrade mid-stream is not achieved yet (see doc comment)"]
 fn relay_only_then_upgrade_to_direct_without_a_break() {
     let _g = serial();
     let Some(mut net) = Net::up(1) else { return };
@@ -344,7 +335,7 @@ fn relay_only_then_upgrade_to_direct_without_a_break() {
     let gap_before = net.node(v).stat_u64("max_gap_ms");
     net.sh("router", UNBLOCK_DIRECT);
     let t = Instant::now();
-    let upgraded = wait_for(Duration::from_secs(30), || net.node(v).path() == "direct");
+    let upgraded = wait_for(Duration::from_secs(90), || net.node(v).path() == "direct");
     figure("relay_to_direct_upgrade_s", format!("{:.1}", t.elapsed().as_secs_f64()));
     assert!(
         upgraded,
