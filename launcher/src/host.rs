@@ -264,7 +264,7 @@ pub async fn run(args: HostArgs, events: Arc<Events>, cancel: CancellationToken)
         drop(c);
     }
     let _ = appsrc.end_of_stream();
-    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+    let _ = tokio::time::timeout(Duration::from_millis(150), async {
         while let Some(msg) = bus.next().await {
             if matches!(msg.view(), gst::MessageView::Eos(_)) {
                 break;

@@ -692,11 +692,12 @@ impl BaseSinkImpl for IrohSink {
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         let state = std::mem::replace(&mut *self.state.lock().unwrap(), StateBox(State::Stopped));
         if let State::Started { shared, .. } = state.0 {
+            // Bounded (≤ 0.8 s) so a ctrl-c'd host ends within a second.
             net::block_on(async move {
-                // After EOS, let viewers drain what they have (bounded); otherwise close now.
                 shared.tasks.close();
+                // After EOS, let viewers drain what they have; otherwise close now.
                 if shared.fanout.is_eos() {
-                    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                    let _ = tokio::time::timeout(Duration::from_millis(400), async {
                         while shared
                             .viewers
                             .lock()
@@ -713,8 +714,8 @@ impl BaseSinkImpl for IrohSink {
                     v.close_as.lock().unwrap().get_or_insert(CloseCode::HostStopped);
                 }
                 shared.cancel.cancel();
-                let _ = tokio::time::timeout(Duration::from_millis(500), shared.tasks.wait()).await;
-                let _ = tokio::time::timeout(Duration::from_millis(500), shared.endpoint.close()).await;
+                let _ = tokio::time::timeout(Duration::from_millis(200), shared.tasks.wait()).await;
+                let _ = tokio::time::timeout(Duration::from_millis(200), shared.endpoint.close()).await;
             });
         }
         gst::info!(CAT, imp = self, "stopped");
