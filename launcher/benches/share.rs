@@ -99,24 +99,7 @@ fn main() {
         .and_then(|v| v["url"].as_str().map(String::from))
         .unwrap();
     let dir = TempDir::new("bench-mpv");
-    let sock = dir.path().join("mpv.sock");
-    let _mpv = Proc::spawn(
-        "mpv",
-        Command::new("mpv")
-            .args([
-                "--no-config",
-                "--vo=null",
-                "--ao=null",
-                "--profile=low-latency",
-                "--cache=no",
-            ])
-            .arg(format!("--input-ipc-server={}", sock.display()))
-            .arg(&url)
-            .env("XDG_RUNTIME_DIR", dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let (_mpv, sock) = mpv_headless(&url, dir.path(), None);
     assert!(wait_text(&host_out, "capture-started", Duration::from_secs(20)).is_some());
     let epoch = json_lines(&host_out)
         .into_iter()
@@ -129,7 +112,7 @@ fn main() {
     let end = Instant::now() + Duration::from_secs(if quick { 4 } else { 10 });
     while Instant::now() < end {
         if let Some(pos) = mpv_get(&sock, "time-pos").and_then(|v| v.as_f64()) {
-            let now = gstiroh_unix_now_ns();
+            let now = gstiroh::net::unix_now_ns();
             // mpegtsmux PTS start at one hour
             let captured = epoch as f64 + (pos - 3600.0) * 1e9;
             lat.push((now as f64 - captured) / 1e6);
@@ -152,10 +135,4 @@ fn main() {
         .and_then(|v| v["latency_ms"].as_f64())
         .unwrap_or(f64::NAN);
     metric("viewer_capture_to_receive_p50_ms", recv, "ms");
-}
-
-fn gstiroh_unix_now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }

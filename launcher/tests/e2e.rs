@@ -72,30 +72,8 @@ fn display_env(x: &Xvfb) -> Vec<(String, String)> {
     ]
 }
 
-/// mpv with the low-latency profile, headless, told to stop after `frames` video frames.
-/// That profile skips stream probing, so mpv's own frame estimate is unavailable: `--frames`
-/// and mpv's exit code count the frames instead.
 fn mpv(url: &str, dir: &Path, frames: u32) -> (Proc, std::path::PathBuf) {
-    let sock = dir.join("mpv.sock");
-    let p = Proc::spawn(
-        "mpv",
-        Command::new("mpv")
-            .args([
-                "--no-config",
-                "--vo=null",
-                "--ao=null",
-                "--profile=low-latency",
-                "--cache=no",
-            ])
-            .arg(format!("--frames={frames}"))
-            .arg(format!("--input-ipc-server={}", sock.display()))
-            .arg(url)
-            .env("XDG_RUNTIME_DIR", dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    (p, sock)
+    mpv_headless(url, dir, Some(frames))
 }
 
 /// The decoded video size, once mpv has one.

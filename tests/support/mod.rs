@@ -370,6 +370,31 @@ pub fn wait_text(buf: &std::sync::Mutex<String>, needle: &str, timeout: Duration
     found
 }
 
+/// mpv as a viewer's player, headless: the low-latency profile pixelpass uses, a JSON IPC
+/// socket in `dir`, and optionally `--frames=N` (mpv exits 0 after N video frames; that
+/// profile skips stream probing, so mpv's own frame estimate is unavailable).
+pub fn mpv_headless(url: &str, dir: &Path, frames: Option<u32>) -> (Proc, PathBuf) {
+    let sock = dir.join("mpv.sock");
+    let mut cmd = Command::new("mpv");
+    cmd.args([
+        "--no-config",
+        "--vo=null",
+        "--ao=null",
+        "--profile=low-latency",
+        "--cache=no",
+    ]);
+    if let Some(n) = frames {
+        cmd.arg(format!("--frames={n}"));
+    }
+    cmd.arg(format!("--input-ipc-server={}", sock.display()))
+        .arg(url)
+        .env("XDG_RUNTIME_DIR", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    (Proc::spawn("mpv", &mut cmd), sock)
+}
+
 /// mpv's JSON IPC: one property.
 pub fn mpv_get(socket: &Path, prop: &str) -> Option<serde_json::Value> {
     let mut s = UnixStream::connect(socket).ok()?;
