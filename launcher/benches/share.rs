@@ -44,13 +44,17 @@ fn json_lines(buf: &std::sync::Mutex<String>) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn spawn(args: &[&str], env: &[(String, String)]) -> (Proc, std::sync::Arc<std::sync::Mutex<String>>) {
+fn spawn(
+    args: &[&str],
+    env: &[(String, String)],
+    config: &TempDir,
+) -> (Proc, std::sync::Arc<std::sync::Mutex<String>>) {
     let mut p = Proc::spawn(
         "pixelpass",
         Command::new(BIN)
             .args(args)
             .args(["--relay", "disabled", "--bind", "127.0.0.1:0", "--events", "json"])
-            .env("XDG_CONFIG_HOME", std::env::temp_dir().join("pixelpass-bench-noconfig"))
+            .env("XDG_CONFIG_HOME", config.path())
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -71,7 +75,8 @@ fn main() {
         ("DISPLAY".to_string(), x.display.clone()),
         ("WAYLAND_DISPLAY".into(), String::new()),
     ];
-    let (host, host_out) = spawn(&["host", "--no-audio", "--quality", "high"], &env);
+    let config = TempDir::new("bench-config");
+    let (host, host_out) = spawn(&["host", "--no-audio", "--quality", "high"], &env, &config);
     assert!(
         wait_text(&host_out, "\"ticket\"", Duration::from_secs(30)).is_some(),
         "host ticket"
@@ -88,7 +93,7 @@ fn main() {
         "% of a core",
     );
 
-    let (_viewer, view_out) = spawn(&["view", &ticket, "--player", "none"], &[]);
+    let (_viewer, view_out) = spawn(&["view", &ticket, "--player", "none"], &[], &config);
     assert!(
         wait_text(&view_out, "\"url\"", Duration::from_secs(20)).is_some(),
         "viewer URL"

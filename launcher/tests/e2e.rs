@@ -16,17 +16,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_pixelpass");
 /// A running `pixelpass` with its stdout and stderr collected.
 struct Pixelpass {
     proc: Proc,
+    /// Its own (empty) XDG config home, removed with it.
+    _config: TempDir,
     out: Arc<Mutex<String>>,
     err: Arc<Mutex<String>>,
 }
 
 impl Pixelpass {
     fn start(args: &[&str], env: &[(String, String)]) -> Pixelpass {
-        let cfg = std::env::temp_dir().join("pixelpass-e2e-noconfig");
+        let config = TempDir::new("e2e-config");
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .args(["--relay", "disabled", "--bind", "127.0.0.1:0"])
-            .env("XDG_CONFIG_HOME", &cfg)
+            .env("XDG_CONFIG_HOME", config.path())
             .env_remove("PIXELPASS_RELAY")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -36,7 +38,12 @@ impl Pixelpass {
         let child = proc.child.as_mut().unwrap();
         let out = collect(child.stdout.take().unwrap());
         let err = collect(child.stderr.take().unwrap());
-        Pixelpass { proc, out, err }
+        Pixelpass {
+            proc,
+            _config: config,
+            out,
+            err,
+        }
     }
 
     fn host(extra: &[&str], env: &[(String, String)]) -> (Pixelpass, String) {
