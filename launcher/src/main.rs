@@ -41,10 +41,22 @@ fn main() -> ExitCode {
         // The seed's headless viewer: serve the stream and print the mpv command.
         (None, Some(ticket)) => parse_as(&["pixelpass", "view", &ticket, "--player", "none"]),
         (None, None) if cli.repair => {
-            eprintln!(
-                "pixelpass: --repair cleans up per-app audio routing, which this version does not create yet: nothing to do"
-            );
-            return ExitCode::SUCCESS;
+            return match audio::repair::repair() {
+                Ok(done) if done.is_empty() => {
+                    println!("nothing to repair: no orphaned pixelpass audio sinks or loopbacks");
+                    ExitCode::SUCCESS
+                }
+                Ok(done) => {
+                    for d in done {
+                        println!("{d}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pixelpass: --repair: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
         }
         (None, None) if cli.reconfigure => {
             eprintln!("pixelpass: --reconfigure (the upstream bandwidth test) is not available in this version yet");

@@ -370,3 +370,40 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     let out = Command::new(BIN).arg("man").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(".TH pixelpass"));
 }
+
+#[test]
+fn repair_unloads_what_a_crashed_host_left_and_only_that() {
+    require!("pipewire", "wireplumber", "pipewire-pulse", "pactl", "dbus-daemon");
+    let audio = Audio::start();
+    // A host that crashed: its PID is gone, its sink and loopback are still loaded.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let alive = std::process::id();
+    let sink = |pid: u32| format!("sink_name=pixelpass_capture_{pid}");
+    audio.pactl(&["load-module", "module-null-sink", &sink(dead)]).unwrap();
+    audio
+        .pactl(&[
+            "load-module",
+            "module-loopback",
+            &format!("source=pixelpass_capture_{dead}.monitor"),
+            "sink=desktop",
+        ])
+        .unwrap();
+    audio.pactl(&["load-module", "module-null-sink", &sink(alive)]).unwrap();
+    let run = || {
+        let out = audio.command(BIN).arg("--repair").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let first = run();
+    assert_eq!(first.lines().count(), 2, "sink and loopback removed: {first}");
+    assert!(first.contains(&format!("pixelpass_capture_{dead}")));
+    let modules = audio.pactl(&["list", "short", "modules"]).unwrap();
+    assert!(!modules.contains(&format!("pixelpass_capture_{dead}")), "{modules}");
+    assert!(
+        modules.contains(&format!("pixelpass_capture_{alive}")),
+        "a live host's sink stays"
+    );
+    assert!(run().contains("nothing to repair"));
+}
