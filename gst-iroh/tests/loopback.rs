@@ -213,8 +213,8 @@ fn stalled_viewer_skips_gops_without_slowing_the_others_and_memory_stays_bounded
 
 #[test]
 fn key_file_keeps_the_ticket_across_restarts() {
-    let dir = std::env::temp_dir().join(format!("gst-iroh-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new("test");
+    let dir = tmp.0.clone();
     let key = dir.join("host.key");
     let key_s = key.to_str().unwrap().to_string();
     let t1 = {
@@ -224,7 +224,6 @@ fn key_file_keeps_the_ticket_across_restarts() {
     let h = host(&[("key-file", &key_s)]);
     assert_eq!(ticket(&h), t1, "same key file, same ticket");
     drop(h);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -246,8 +245,8 @@ fn unlock_during_a_blocked_read_returns_promptly() {
 
 #[test]
 fn host_restart_with_key_file_viewer_reconnects_with_the_same_ticket() {
-    let dir = std::env::temp_dir().join(format!("gst-iroh-restart-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new("restart");
+    let dir = tmp.0.clone();
     let key_s = dir.join("host.key").to_str().unwrap().to_string();
     let mut h = host(&[("key-file", &key_s)]);
     h.set_src_caps_str("video/x-h264");
@@ -269,7 +268,6 @@ fn host_restart_with_key_file_viewer_reconnects_with_the_same_ticket() {
     assert_eq!(b.map_readable().unwrap()[0], 2);
     assert!(b.flags().contains(gst::BufferFlags::DISCONT));
     assert!(v.stats().get::<u64>("reconnects").unwrap() >= 1);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -341,8 +339,8 @@ fn raw_h264_and_audio_only_streams_work_end_to_end() {
 fn corruption_detector_flags_a_stream_cut_mid_gop() {
     init();
     let problems = decode_problems();
-    let dir = std::env::temp_dir().join(format!("gst-iroh-cut-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new("cut");
+    let dir = tmp.0.clone();
     let file = dir.join("full.ts");
     let enc = gst::parse::launch(&format!(
         "videotestsrc num-buffers=90 pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
@@ -370,7 +368,6 @@ fn corruption_detector_flags_a_stream_cut_mid_gop() {
         &[gst::MessageType::Eos, gst::MessageType::Error],
     );
     dec.set_state(gst::State::Null).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     let p = problems.lock().unwrap().clone();
     assert!(!p.is_empty(), "a mid-GOP start must be detected");
 }

@@ -168,3 +168,20 @@ pub fn decode_problems() -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
         })
         .clone()
 }
+
+/// A temporary directory removed on drop, so a failing test leaves nothing behind.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("gst-iroh-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
