@@ -44,6 +44,15 @@ fn json_lines(buf: &std::sync::Mutex<String>) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The string `field` of the first `event` in a JSON-lines output.
+fn event_text(buf: &std::sync::Mutex<String>, event: &str, field: &str) -> String {
+    json_lines(buf)
+        .into_iter()
+        .find(|v| v["event"] == event)
+        .and_then(|v| v[field].as_str().map(String::from))
+        .unwrap_or_else(|| panic!("no {event} event with {field}"))
+}
+
 fn spawn(
     args: &[&str],
     env: &[(String, String)],
@@ -81,11 +90,7 @@ fn main() {
         wait_text(&host_out, "\"ticket\"", Duration::from_secs(30)).is_some(),
         "host ticket"
     );
-    let ticket = json_lines(&host_out)
-        .into_iter()
-        .find(|v| v["event"] == "ticket")
-        .and_then(|v| v["ticket"].as_str().map(String::from))
-        .unwrap();
+    let ticket = event_text(&host_out, "ticket", "ticket");
     std::thread::sleep(Duration::from_secs(1));
     metric(
         "host_idle_cpu_pct",
@@ -98,11 +103,7 @@ fn main() {
         wait_text(&view_out, "\"url\"", Duration::from_secs(20)).is_some(),
         "viewer URL"
     );
-    let url = json_lines(&view_out)
-        .into_iter()
-        .find(|v| v["event"] == "url")
-        .and_then(|v| v["url"].as_str().map(String::from))
-        .unwrap();
+    let url = event_text(&view_out, "url", "url");
     let dir = TempDir::new("bench-mpv");
     let (_mpv, sock) = mpv_headless(&url, dir.path(), None);
     assert!(wait_text(&host_out, "capture-started", Duration::from_secs(20)).is_some());

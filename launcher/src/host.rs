@@ -100,7 +100,7 @@ fn plan(args: &HostArgs, events: &Events) -> Result<(Plan, u32)> {
         audio_source: audio_source.as_deref(),
     })?;
     // Fail now, not when the first viewer arrives, if an element is missing.
-    gst::parse::launch(&capture_desc).with_context(|| format!("cannot build the capture pipeline: {capture_desc}"))?;
+    pipeline::launch(&capture_desc, "capture").with_context(|| capture_desc.clone())?;
     let started = Event::CaptureStarted {
         what: cap.what.clone(),
         encoder: enc.name.clone(),
@@ -128,15 +128,10 @@ fn start_capture(
     serve: &gst::Pipeline,
     notes: tokio::sync::mpsc::UnboundedSender<CaptureNote>,
 ) -> Result<Capture> {
-    let pipeline = gst::parse::launch(desc)?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| anyhow!("capture description is not a pipeline"))?;
+    let pipeline = pipeline::launch(desc, "capture")?;
     // Same clock as the serve pipeline, so timestamps map across by base time alone.
     pipeline.use_clock(Some(&gst::SystemClock::obtain()));
-    let appsink = pipeline
-        .by_name("out")
-        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-        .ok_or_else(|| anyhow!("capture pipeline has no appsink named out"))?;
+    let appsink: gst_app::AppSink = pipeline::child(&pipeline, "out", "capture")?;
     let src = appsrc.clone();
     let serve_weak = serve.downgrade();
     let cap_weak = pipeline.downgrade();
@@ -219,17 +214,10 @@ pub async fn run(args: HostArgs, events: Arc<Events>, cancel: CancellationToken)
     if let Some(k) = &args.key_file {
         sink_props += &format!(" key-file={}", quote(&k.to_string_lossy()));
     }
-    let serve = gst::parse::launch(&pipeline::host_serve(&sink_props)?)?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| anyhow!("serve description is not a pipeline"))?;
+    let serve = pipeline::launch(&pipeline::host_serve(&sink_props)?, "serve")?;
     serve.use_clock(Some(&gst::SystemClock::obtain()));
-    let appsrc = serve
-        .by_name("src")
-        .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
-        .ok_or_else(|| anyhow!("serve pipeline has no appsrc"))?;
-    let sink = serve
-        .by_name("sink")
-        .ok_or_else(|| anyhow!("serve pipeline has no irohsink"))?;
+    let appsrc: gst_app::AppSrc = pipeline::child(&serve, "src", "serve")?;
+    let sink: gst::Element = pipeline::child(&serve, "sink", "serve")?;
 
     // Keyframe requests from irohsink (a viewer joined) go back to the live encoder.
     let live_sink: Arc<Mutex<Option<gst_app::AppSink>>> = Arc::new(Mutex::new(None));

@@ -1,6 +1,7 @@
 //! Fills the pipeline templates in `pipelines/` (compiled in) with the host's choices.
 
 use anyhow::{Result, anyhow};
+use gst::prelude::*;
 
 const HOST_CAPTURE: &str = include_str!("../../pipelines/host-capture.pipeline");
 const HOST_AUDIO: &str = include_str!("../../pipelines/host-audio.pipeline");
@@ -18,6 +19,22 @@ pub fn fill(template: &str, vars: &[(&str, &str)]) -> Result<String> {
         return Err(anyhow!("pipeline template placeholder {} was not filled", &s[i..end]));
     }
     Ok(s.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// Parses a pipeline description; `what` names it in errors.
+pub fn launch(desc: &str, what: &str) -> Result<gst::Pipeline> {
+    gst::parse::launch(desc)
+        .map_err(|e| anyhow!("cannot build the {what} pipeline: {e}"))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| anyhow!("the {what} description is not a pipeline"))
+}
+
+/// The element `name` of `pipeline`, as type `T`.
+pub fn child<T: IsA<gst::Element>>(pipeline: &gst::Pipeline, name: &str, what: &str) -> Result<T> {
+    pipeline
+        .by_name(name)
+        .and_then(|e| e.downcast::<T>().ok())
+        .ok_or_else(|| anyhow!("the {what} pipeline has no {} named {name}", T::static_type().name()))
 }
 
 /// A property value quoted for a pipeline description.

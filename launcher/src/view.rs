@@ -188,16 +188,9 @@ pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken)
     if let Some(b) = &args.common.bind {
         src_props += &format!(" bind-address={}", quote(b));
     }
-    let pipeline = gst::parse::launch(&pipeline::viewer_local(&ticket.to_string(), &src_props)?)?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| anyhow!("viewer description is not a pipeline"))?;
-    let appsink = pipeline
-        .by_name("out")
-        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-        .ok_or_else(|| anyhow!("viewer pipeline has no appsink"))?;
-    let src = pipeline
-        .by_name("src")
-        .ok_or_else(|| anyhow!("viewer pipeline has no irohsrc"))?;
+    let pipeline = pipeline::launch(&pipeline::viewer_local(&ticket.to_string(), &src_props)?, "viewer")?;
+    let appsink: gst_app::AppSink = pipeline::child(&pipeline, "out", "viewer")?;
+    let src: gst::Element = pipeline::child(&pipeline, "src", "viewer")?;
     let fanout = Arc::new(Fanout::new(FanoutConfig {
         burst_max_age: Duration::from_millis(300),
         keep: Duration::from_secs(4),
