@@ -100,7 +100,7 @@ pub enum Source {
 
 #[derive(Debug, Clone, Args)]
 pub struct HostArgs {
-    /// Pick a window to share (X11: click it)
+    /// Pick a window to share (X11: click it; Wayland: pick it in the portal dialog)
     #[arg(long, conflicts_with_all = ["window_id", "monitor"])]
     pub window: bool,
 
@@ -108,7 +108,8 @@ pub struct HostArgs {
     #[arg(long, value_name = "ID", conflicts_with = "monitor")]
     pub window_id: Option<String>,
 
-    /// Share one monitor (an xrandr output name such as HDMI-1)
+    /// Share one monitor (X11: an xrandr output name such as HDMI-1; on Wayland the portal
+    /// dialog picks it)
     #[arg(long, value_name = "NAME")]
     pub monitor: Option<String>,
 
@@ -131,6 +132,20 @@ pub struct HostArgs {
     /// Share video only
     #[arg(long)]
     pub no_audio: bool,
+
+    /// Share only the sound of this app (PipeWire application.name or binary, any case;
+    /// repeatable; also apps that start later). The host keeps hearing it as before
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["no_audio", "exclude_app"])]
+    pub app: Vec<String>,
+
+    /// Share all sound except this app's, e.g. your voice-chat app (repeatable)
+    #[arg(long, value_name = "NAME", conflicts_with = "no_audio")]
+    pub exclude_app: Vec<String>,
+
+    /// Wayland: forget the screen or window remembered from the last share, so the portal
+    /// dialog asks again
+    #[arg(long)]
+    pub forget_source: bool,
 
     /// Most viewers at once; default from the bandwidth test, else 2
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]

@@ -26,6 +26,9 @@ pub enum Event {
         /// with MPEG-TS PTS `p` was captured at `epoch + (p − 3600 s)` (mpegtsmux starts PTS at
         /// one hour). Lets a viewer measure capture → display latency.
         epoch_unix_ns: u64,
+        /// Wayland: the ScreenCast portal session's object path.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        portal_session: Option<String>,
     },
     /// Host: capture stopped (no viewer left, or the share ends).
     CaptureStopped { reason: String },

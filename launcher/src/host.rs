@@ -5,6 +5,8 @@
 //! *capture* (screen/audio → H.264/AAC → MPEG-TS → appsink), started by the first viewer and
 //! stopped by the last. Capture output is re-timed onto the serve pipeline's clock and pushed
 //! into the appsrc; keyframe requests from irohsink travel back to the capture encoder.
+//! On Wayland the first viewer also triggers the portal dialog; per-app audio sets up its
+//! capture sink for as long as the capture runs.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +16,8 @@ use futures_util::StreamExt as _;
 use gst::prelude::*;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture;
+use crate::audio::apps::{AppAudio, Rule};
+use crate::capture::{self, wayland};
 use crate::cli::{HostArgs, Source};
 use crate::config::Config;
 use crate::encoder;
@@ -22,11 +25,21 @@ use crate::events::{Event, Events};
 use crate::pipeline::{self, CaptureParts, quote};
 use crate::quality::{self, Overrides};
 
-/// A running capture session.
+/// A running capture session. Field order is teardown order after the pipeline stops: the
+/// watchers, the per-app sink, then the portal cast (its fd and session).
 struct Capture {
     pipeline: gst::Pipeline,
     appsink: gst_app::AppSink,
     bus: tokio::task::JoinHandle<()>,
+    watchers: Vec<Watcher>,
+    apps: Option<AppAudio>,
+    cast: Option<wayland::Cast>,
+}
+
+/// Something watching the capture from outside the pipeline.
+enum Watcher {
+    Task(tokio::task::JoinHandle<()>),
+    PipeWire(crate::pw::Client),
 }
 
 impl Capture {
@@ -39,25 +52,96 @@ impl Capture {
         }
     }
 
-    fn stop(self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-        self.bus.abort();
+    async fn stop(self) {
+        let Capture {
+            pipeline,
+            appsink,
+            bus,
+            watchers,
+            apps,
+            cast,
+        } = self;
+        let _ = tokio::task::spawn_blocking(move || pipeline.set_state(gst::State::Null)).await;
+        drop(appsink);
+        bus.abort();
+        for w in watchers {
+            match w {
+                Watcher::Task(t) => t.abort(),
+                Watcher::PipeWire(mut c) => {
+                    let _ = tokio::task::spawn_blocking(move || c.stop()).await;
+                }
+            }
+        }
+        if let Some(a) = apps {
+            let _ = tokio::task::spawn_blocking(move || drop(a)).await;
+        }
+        if let Some(c) = cast {
+            let _ = tokio::time::timeout(Duration::from_secs(1), c.close()).await;
+        }
     }
 }
 
-/// Why the capture pipeline asks the host loop to act.
+/// Why the capture asks the host loop to act.
 enum CaptureNote {
+    /// The pipeline failed.
     Error(String),
+    /// The desktop ended the screen cast (portal session closed, or its stream went away).
+    Ended(String),
 }
 
 /// Everything decided before the share starts.
 struct Plan {
-    capture_desc: String,
+    /// The capture pipeline for a known source; None for the portal (built once it answers).
+    capture_desc: Option<String>,
+    /// The encode/mux parts, for building the portal's pipeline later.
+    video: VideoParts,
+    audio_source: Option<String>,
     started: Event,
     window: Option<u64>,
+    /// Native size of a known source (the portal reports its own).
+    source_size: (u32, u32),
+    portal: Option<wayland::Portal>,
+    apps: Option<Rule>,
 }
 
-fn plan(args: &HostArgs, events: &Events) -> Result<(Plan, u32)> {
+struct VideoParts {
+    format: &'static str,
+    encoder: String,
+    fps: u32,
+    max_height: Option<u32>,
+}
+
+impl Plan {
+    fn output_size(&self, size: (u32, u32)) -> (u32, u32) {
+        quality::output_size(size.0, size.1, self.video.max_height)
+    }
+
+    fn capture_desc(&self, video_source: &str, size: (u32, u32)) -> Result<String> {
+        let (width, height) = self.output_size(size);
+        pipeline::host_capture(&CaptureParts {
+            video_source,
+            format: self.video.format,
+            width,
+            height,
+            fps: self.video.fps,
+            encoder: &self.video.encoder,
+            audio_source: self.audio_source.as_deref(),
+        })
+    }
+}
+
+/// The per-app rule the flags ask for, if any.
+fn app_rule(args: &HostArgs) -> Option<Rule> {
+    if !args.app.is_empty() {
+        Some(Rule::Only(args.app.clone()))
+    } else if !args.exclude_app.is_empty() {
+        Some(Rule::Except(args.exclude_app.clone()))
+    } else {
+        None
+    }
+}
+
+async fn plan(args: &HostArgs, events: &Arc<Events>) -> Result<(Plan, u32)> {
     let config = Config::load()?;
     let max_viewers = args.max_viewers.unwrap_or_else(|| config.default_max_viewers());
     let q = quality::resolve(
@@ -70,16 +154,40 @@ fn plan(args: &HostArgs, events: &Events) -> Result<(Plan, u32)> {
         config.upstream_mbps(),
         args.max_viewers.unwrap_or(1),
     );
-    let cap = capture::plan(args)?;
-    let (width, height) = quality::output_size(cap.width, cap.height, q.max_height);
-    let enc = encoder::choose(args.no_hwencode, args.encoder.as_deref())?;
+    if args.forget_source {
+        for p in wayland::forget_sources() {
+            eprintln!("pixelpass: forgot the remembered screen-cast source ({})", p.display());
+        }
+    }
+    let cap = {
+        let args = args.clone();
+        tokio::task::spawn_blocking(move || capture::plan(&args)).await??
+    };
+    let portal = if cap.portal {
+        Some(wayland::Portal::probe(args.window, None).await?)
+    } else {
+        None
+    };
+    let enc = {
+        let (no_hw, name) = (args.no_hwencode, args.encoder.clone());
+        tokio::task::spawn_blocking(move || encoder::choose(no_hw, name.as_deref())).await??
+    };
     eprintln!("pixelpass: encoder {}: {}", enc.name, enc.reason);
+    let apps = if args.no_audio { None } else { app_rule(args) };
     let audio_source = if args.no_audio {
         None
+    } else if let Some(rule) = &apps {
+        let rule = rule.clone();
+        let ev = events.clone();
+        tokio::task::spawn_blocking(move || app_audio_check(&rule, &ev)).await??;
+        Some(format!(
+            "pulsesrc device={} client-name=pixelpass",
+            quote(&format!("{}.monitor", crate::audio::apps::sink_name()))
+        ))
     } else if args.source == Source::Test {
         Some("audiotestsrc is-live=true wave=sine freq=440 volume=0.3".to_string())
     } else {
-        match crate::audio::monitor::default_monitor() {
+        match tokio::task::spawn_blocking(crate::audio::monitor::default_monitor).await? {
             Ok(dev) => Some(format!("pulsesrc device={} client-name=pixelpass", quote(&dev))),
             Err(e) => {
                 events.emit(Event::Warning {
@@ -89,46 +197,139 @@ fn plan(args: &HostArgs, events: &Events) -> Result<(Plan, u32)> {
             }
         }
     };
-    let encoder_desc = enc.description(q.bitrate_kbps, q.framerate);
-    let capture_desc = pipeline::host_capture(&CaptureParts {
-        video_source: &cap.source,
-        format: enc.format,
-        width,
-        height,
-        fps: q.framerate,
-        encoder: &encoder_desc,
-        audio_source: audio_source.as_deref(),
-    })?;
-    // Fail now, not when the first viewer arrives, if an element is missing.
-    pipeline::launch(&capture_desc, "capture").with_context(|| capture_desc.clone())?;
-    let started = Event::CaptureStarted {
-        what: cap.what.clone(),
-        encoder: enc.name.clone(),
-        width,
-        height,
-        fps: q.framerate,
-        bitrate_kbps: q.bitrate_kbps,
-        audio: audio_source.is_some(),
-        epoch_unix_ns: 0,
-    };
-    Ok((
-        Plan {
-            capture_desc,
-            started,
-            window: cap.window,
+    let plan = Plan {
+        capture_desc: None,
+        video: VideoParts {
+            format: enc.format,
+            encoder: enc.description(q.bitrate_kbps, q.framerate),
+            fps: q.framerate,
+            max_height: q.max_height,
         },
-        max_viewers,
-    ))
+        audio_source,
+        started: Event::CaptureStarted {
+            what: cap.what.clone(),
+            encoder: enc.name.clone(),
+            width: 0,
+            height: 0,
+            fps: q.framerate,
+            bitrate_kbps: q.bitrate_kbps,
+            audio: false,
+            epoch_unix_ns: 0,
+            portal_session: None,
+        },
+        window: cap.window,
+        source_size: (cap.width, cap.height),
+        portal,
+        apps,
+    };
+    // Fail now, not when the first viewer arrives, if an element is missing.
+    let (source, size) = if cap.portal {
+        ("pipewiresrc".to_string(), (1280, 720))
+    } else {
+        (cap.source.clone(), (cap.width, cap.height))
+    };
+    let desc = plan.capture_desc(&source, size)?;
+    pipeline::launch(&desc, "capture").with_context(|| desc.clone())?;
+    let plan = Plan {
+        capture_desc: (!cap.portal).then_some(desc),
+        ..plan
+    };
+    Ok((plan, max_viewers))
 }
 
-/// Starts the capture pipeline feeding `appsrc`.
-fn start_capture(
-    desc: &str,
+/// Per-app audio needs PipeWire; says which apps play now, so a typo is seen at once.
+fn app_audio_check(rule: &Rule, events: &Events) -> Result<()> {
+    let playing = crate::audio::apps::playing().context("per-app audio (--app/--exclude-app) needs PipeWire")?;
+    let shared: Vec<&str> = playing.iter().filter(|a| rule.shares(a)).map(|a| a.label()).collect();
+    let all: Vec<&str> = playing.iter().map(|a| a.label()).collect();
+    match rule {
+        Rule::Only(names) if shared.is_empty() => events.emit(Event::Warning {
+            message: format!(
+                "no app named {} is playing sound now; it is shared as soon as it does (playing now: {})",
+                names.join(", "),
+                if all.is_empty() {
+                    "none".to_string()
+                } else {
+                    all.join(", ")
+                }
+            ),
+        }),
+        _ => eprintln!(
+            "pixelpass: sharing {} (playing now: {})",
+            rule.describe(),
+            if shared.is_empty() {
+                "none".to_string()
+            } else {
+                shared.join(", ")
+            }
+        ),
+    }
+    Ok(())
+}
+
+/// Starts capturing: runs the portal handshake on Wayland, sets up per-app audio, and starts
+/// the capture pipeline feeding `appsrc`. Everything acquired is released on every error path
+/// (the fd, the portal session, the sink), because each lives in an owner that cleans up.
+async fn start_capture(
+    plan: &Plan,
     appsrc: &gst_app::AppSrc,
     serve: &gst::Pipeline,
     notes: tokio::sync::mpsc::UnboundedSender<CaptureNote>,
-) -> Result<Capture> {
-    let pipeline = pipeline::launch(desc, "capture")?;
+) -> Result<(Capture, Event)> {
+    let mut started = plan.started.clone();
+    let mut watchers = Vec::new();
+    let mut out_size = plan.output_size(plan.source_size);
+    let (desc, cast) = match &plan.portal {
+        Some(portal) => {
+            let cast = portal.start().await?;
+            // every portal reports the size; 1080p is a guess for one that does not
+            let size = cast.size.unwrap_or((1920, 1080));
+            out_size = plan.output_size(size);
+            let desc = plan.capture_desc(&cast.source(), size)?;
+            if let Event::CaptureStarted { portal_session, .. } = &mut started {
+                *portal_session = Some(cast.session_path());
+            }
+            // The desktop can end the cast: watch the session's Closed signal, and the stream
+            // node itself (some portals just remove it; pipewiresrc then stalls silently).
+            let n = notes.clone();
+            let closed = cast.closed_signal();
+            watchers.push(Watcher::Task(tokio::spawn(async move {
+                closed.await;
+                let _ = n.send(CaptureNote::Ended(
+                    "screen sharing was stopped from the desktop: the share ends".into(),
+                ));
+            })));
+            let mut cast = cast;
+            let fd = cast.watch_fd.take();
+            let (node, n) = (cast.node, notes.clone());
+            let client = crate::pw::Client::spawn("cast", fd, move |c| {
+                let n2 = n.clone();
+                let removed = c
+                    .registry
+                    .add_listener_local()
+                    .global_remove(move |id| {
+                        if id == node {
+                            let _ = n2.send(CaptureNote::Ended(
+                                "the desktop ended the screen cast: the share ends".into(),
+                            ));
+                        }
+                    })
+                    .register();
+                Ok(removed)
+            })?;
+            watchers.push(Watcher::PipeWire(client));
+            (desc, Some(cast))
+        }
+        None => (plan.capture_desc.clone().expect("known source has a pipeline"), None),
+    };
+    let apps = match &plan.apps {
+        Some(rule) => {
+            let rule = rule.clone();
+            Some(tokio::task::spawn_blocking(move || AppAudio::start(rule)).await??)
+        }
+        None => None,
+    };
+    let pipeline = pipeline::launch(&desc, "capture")?;
     // Same clock as the serve pipeline, so timestamps map across by base time alone.
     pipeline.use_clock(Some(&gst::SystemClock::obtain()));
     let appsink: gst_app::AppSink = pipeline::child(&pipeline, "out", "capture")?;
@@ -187,22 +388,38 @@ fn start_capture(
             }
         }
     });
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|_| anyhow!("cannot start capturing"))?;
-    Ok(Capture {
+    let capture = Capture {
         pipeline,
         appsink,
         bus: bus_task,
-    })
+        watchers,
+        apps,
+        cast,
+    };
+    if capture.pipeline.set_state(gst::State::Playing).is_err() {
+        capture.stop().await;
+        return Err(anyhow!("cannot start capturing"));
+    }
+    if let Event::CaptureStarted {
+        epoch_unix_ns,
+        width,
+        height,
+        audio,
+        ..
+    } = &mut started
+    {
+        *epoch_unix_ns = capture.epoch_unix_ns();
+        *audio = plan.audio_source.is_some();
+        (*width, *height) = out_size;
+    }
+    Ok((capture, started))
 }
 
 /// Runs a share until ctrl-c (`cancel`), a fatal error, or the shared window closing.
 pub async fn run(args: HostArgs, events: Arc<Events>, cancel: CancellationToken) -> Result<()> {
     let (plan, max_viewers) = {
         let args = args.clone();
-        let ev = events.clone();
-        tokio::task::spawn_blocking(move || plan(&args, &ev)).await??
+        plan(&args, &events).await?
     };
     let mut sink_props = format!("max-viewers={max_viewers}");
     if let Some(r) = &args.common.relay {
@@ -306,13 +523,15 @@ async fn share(
                                     path: s.get("path").unwrap_or_default(),
                                 });
                                 if capture.is_none() {
-                                    match start_capture(&plan.capture_desc, appsrc, serve, notes_tx.clone()) {
-                                        Ok(c) => {
+                                    // (on Wayland this waits for the portal dialog; ctrl-c still ends it)
+                                    let start = start_capture(&plan, appsrc, serve, notes_tx.clone());
+                                    let started = tokio::select! {
+                                        r = start => r,
+                                        _ = cancel.cancelled() => break Ok(()),
+                                    };
+                                    match started {
+                                        Ok((c, started)) => {
                                             *live_sink.lock().unwrap() = Some(c.appsink.clone());
-                                            let mut started = plan.started.clone();
-                                            if let Event::CaptureStarted { epoch_unix_ns, .. } = &mut started {
-                                                *epoch_unix_ns = c.epoch_unix_ns();
-                                            }
                                             capture = Some(c);
                                             events.emit(started);
                                         }
@@ -329,7 +548,7 @@ async fn share(
                                     && let Some(c) = capture.take()
                                 {
                                     *live_sink.lock().unwrap() = None;
-                                    c.stop();
+                                    c.stop().await;
                                     events.emit(Event::CaptureStopped { reason: "no viewers".into() });
                                 }
                             }
@@ -340,7 +559,14 @@ async fn share(
                 }
             }
             note = notes.recv() => {
-                let Some(CaptureNote::Error(e)) = note else { continue };
+                let e = match note {
+                    Some(CaptureNote::Error(e)) => e,
+                    Some(CaptureNote::Ended(reason)) => {
+                        events.emit(Event::Ended { reason });
+                        break Ok(());
+                    }
+                    None => continue,
+                };
                 if let Some(id) = plan.window
                     && tokio::task::spawn_blocking(move || capture::x11::window_gone(id)).await.unwrap_or(true)
                 {
@@ -379,7 +605,7 @@ async fn share(
     };
     if let Some(c) = capture.take() {
         *live_sink.lock().unwrap() = None;
-        c.stop();
+        c.stop().await;
         events.emit(Event::CaptureStopped {
             reason: "the share ended".into(),
         });
@@ -420,6 +646,9 @@ mod tests {
             no_hwencode: true,
             encoder: None,
             no_audio: true,
+            app: vec![],
+            exclude_app: vec![],
+            forget_source: false,
             max_viewers: None,
             quality: crate::cli::Quality::Low,
             max_height: None,

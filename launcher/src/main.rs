@@ -12,6 +12,7 @@ mod events;
 mod host;
 mod pipeline;
 mod player;
+mod pw;
 mod quality;
 mod view;
 

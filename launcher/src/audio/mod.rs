@@ -1,5 +1,6 @@
-//! Audio sources. Swappable: the default sink's monitor today; per-app routing next, and
-//! `--repair` for what a crashed per-app host leaves behind.
+//! Audio sources: the default sink's monitor (system sound), per-app capture (`--app`,
+//! `--exclude-app`), and `--repair` for what older hosts left in the audio server.
 
+pub mod apps;
 pub mod monitor;
 pub mod repair;

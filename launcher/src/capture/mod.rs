@@ -1,5 +1,5 @@
 //! Capture backends: each turns the host options into a GStreamer video source description
-//! and the size of what it captures. Swappable: X11 today, the Wayland portal next.
+//! and the size of what it captures. Swappable: X11 (`ximagesrc`) and the Wayland ScreenCast portal (`pipewiresrc`).
 
 pub mod wayland;
 pub mod x11;
@@ -48,6 +48,9 @@ pub struct Plan {
     pub what: String,
     /// The X11 window being shared, watched so its closing ends the share cleanly.
     pub window: Option<u64>,
+    /// Captured through the ScreenCast portal: source and size are known only once the
+    /// portal has answered (when the first viewer connects).
+    pub portal: bool,
 }
 
 /// Resolves the capture plan for the host options.
@@ -59,6 +62,7 @@ pub fn plan(args: &HostArgs) -> Result<Plan> {
             height: 720,
             what: "a test pattern".into(),
             window: None,
+            portal: false,
         });
     }
     match detect(args.display_server, &|k| std::env::var(k).ok()) {

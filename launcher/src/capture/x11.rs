@@ -30,6 +30,7 @@ pub fn plan(args: &HostArgs) -> Result<Plan> {
             height: h,
             what: format!("window {id:#x} ({w}x{h})"),
             window: Some(id),
+            portal: false,
         });
     }
     if let Some(name) = &args.monitor {
@@ -46,6 +47,7 @@ pub fn plan(args: &HostArgs) -> Result<Plan> {
             height: m.height,
             what: format!("monitor {name} ({}x{}+{}+{})", m.width, m.height, m.x, m.y),
             window: None,
+            portal: false,
         });
     }
     let (w, h) = root_size()?;
@@ -55,6 +57,7 @@ pub fn plan(args: &HostArgs) -> Result<Plan> {
         height: h,
         what: format!("the whole screen ({w}x{h})"),
         window: None,
+        portal: false,
     })
 }
 
