@@ -36,10 +36,20 @@ struct Capture {
     cast: Option<wayland::Cast>,
 }
 
-/// Something watching the capture from outside the pipeline.
+/// Something watching the capture from outside the pipeline; dropping it stops it.
 enum Watcher {
-    Task(tokio::task::JoinHandle<()>),
+    Task(AbortOnDrop),
     PipeWire(crate::pw::Client),
+}
+
+/// A task that ends with its handle (a dropped JoinHandle alone would leave it running, and
+/// with it whatever it holds: a portal session, a bus connection).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Capture {
@@ -64,17 +74,8 @@ impl Capture {
         let _ = tokio::task::spawn_blocking(move || pipeline.set_state(gst::State::Null)).await;
         drop(appsink);
         bus.abort();
-        for w in watchers {
-            match w {
-                Watcher::Task(t) => t.abort(),
-                Watcher::PipeWire(mut c) => {
-                    let _ = tokio::task::spawn_blocking(move || c.stop()).await;
-                }
-            }
-        }
-        if let Some(a) = apps {
-            let _ = tokio::task::spawn_blocking(move || drop(a)).await;
-        }
+        // (stopping a PipeWire client joins its thread: not on the async workers)
+        let _ = tokio::task::spawn_blocking(move || drop((watchers, apps))).await;
         if let Some(c) = cast {
             let _ = tokio::time::timeout(Duration::from_secs(1), c.close()).await;
         }
@@ -293,12 +294,12 @@ async fn start_capture(
             // node itself (some portals just remove it; pipewiresrc then stalls silently).
             let n = notes.clone();
             let closed = cast.closed_signal();
-            watchers.push(Watcher::Task(tokio::spawn(async move {
+            watchers.push(Watcher::Task(AbortOnDrop(tokio::spawn(async move {
                 closed.await;
                 let _ = n.send(CaptureNote::Ended(
                     "screen sharing was stopped from the desktop: the share ends".into(),
                 ));
-            })));
+            }))));
             let mut cast = cast;
             let fd = cast.watch_fd.take();
             let (node, n) = (cast.node, notes.clone());
@@ -619,6 +620,25 @@ mod tests {
 
     use crate::test_support as support;
 
+    /// A plan for a known capture pipeline (`desc`) or for the portal.
+    pub(super) fn test_plan(desc: Option<String>, encoder: &str, portal: Option<wayland::Portal>) -> Plan {
+        Plan {
+            capture_desc: desc,
+            video: VideoParts {
+                format: "I420",
+                encoder: encoder.into(),
+                fps: 30,
+                max_height: None,
+            },
+            audio_source: None,
+            started: Event::Ended { reason: String::new() },
+            window: None,
+            source_size: (320, 240),
+            portal,
+            apps: None,
+        }
+    }
+
     /// Failed capture setups leak nothing: 20 bad window ids and 20 capture pipelines started
     /// and torn down on a window that does not exist leave the fd count where it was.
     #[test]
@@ -627,6 +647,7 @@ mod tests {
             eprintln!("SKIP: Xvfb/xwininfo not installed");
             return;
         }
+        let _serial = support::FD_COUNTING.lock().unwrap_or_else(|e| e.into_inner());
         gst::init().unwrap();
         gstiroh::plugin_register_static().unwrap();
         let x = support::Xvfb::start(320, 240);
@@ -670,9 +691,10 @@ mod tests {
             assert!(e.to_string().contains("there is no X11 window"), "{e}");
             rt.block_on(async {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-                if let Ok(c) = start_capture(&desc, &appsrc, &serve, tx) {
+                let plan = test_plan(Some(desc.clone()), "x264enc", None);
+                if let Ok((c, _)) = start_capture(&plan, &appsrc, &serve, tx).await {
                     let _ = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
-                    c.stop();
+                    c.stop().await;
                 }
             });
         };
@@ -685,5 +707,55 @@ mod tests {
         let after = support::fd_count();
         assert!(after <= before, "fds before {before}, after 20 failed setups {after}");
         serve.set_state(gst::State::Null).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod portal_tests {
+    use super::*;
+
+    use crate::test_support as support;
+
+    /// 20 portal setups that fail after the portal answered (the capture pipeline cannot be
+    /// built) leave no fd behind, and every portal session they opened is closed.
+    #[test]
+    fn no_fd_or_session_left_after_failed_portal_setups() {
+        let tools = ["sway", "unshare", "gdbus", "pipewire", "wireplumber", "pipewire-pulse", "dbus-daemon"];
+        if support::xdpw().is_none() || tools.iter().any(|t| !support::have(t)) {
+            eprintln!("SKIP: no headless Wayland session here (bash scripts/install-deps.sh)");
+            return;
+        }
+        let _serial = support::FD_COUNTING.lock().unwrap_or_else(|e| e.into_inner());
+        gst::init().unwrap();
+        let w = support::Wayland::start(320, 240);
+        let bus = w.env.iter().find(|(k, _)| k == "DBUS_SESSION_BUS_ADDRESS").unwrap().1.clone();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let serve = gst::parse::launch("appsrc name=src ! fakesink").unwrap();
+        let serve = serve.downcast::<gst::Pipeline>().unwrap();
+        let appsrc = serve.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+        let portal = rt.block_on(wayland::Portal::probe(false, Some(bus))).unwrap();
+        let plan = super::tests::test_plan(None, "no-such-encoder", Some(portal));
+        let attempt = || {
+            rt.block_on(async {
+                let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+                let r = start_capture(&plan, &appsrc, &serve, tx).await;
+                assert!(r.is_err(), "the pipeline cannot be built");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            })
+        };
+        let sessions = || w.xdpw_log().matches("dbus: destroying session").count();
+        attempt();
+        let before = support::fd_count();
+        for _ in 0..20 {
+            attempt();
+        }
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+        let after = support::fd_count();
+        assert!(after <= before, "fds before {before}, after 20 failed portal setups {after}");
+        assert!(
+            support::wait_for(Duration::from_secs(5), || sessions() == 21),
+            "all 21 portal sessions closed, saw {}",
+            sessions()
+        );
     }
 }

@@ -21,9 +21,11 @@ pub fn fill(template: &str, vars: &[(&str, &str)]) -> Result<String> {
     Ok(s.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
-/// Parses a pipeline description; `what` names it in errors.
+/// Parses a pipeline description; `what` names it in errors. FATAL_ERRORS: without it a
+/// missing element still yields a partial pipeline next to the error, which the bindings never
+/// free (two fds leaked per failed parse, measured).
 pub fn launch(desc: &str, what: &str) -> Result<gst::Pipeline> {
-    gst::parse::launch(desc)
+    gst::parse::launch_full(desc, None, gst::ParseFlags::FATAL_ERRORS)
         .map_err(|e| anyhow!("cannot build the {what} pipeline: {e}"))?
         .downcast::<gst::Pipeline>()
         .map_err(|_| anyhow!("the {what} description is not a pipeline"))

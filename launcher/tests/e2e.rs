@@ -407,3 +407,303 @@ fn repair_unloads_what_a_crashed_host_left_and_only_that() {
     );
     assert!(run().contains("nothing to repair"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Wayland: a real headless sway + xdg-desktop-portal(-wlr) + PipeWire session.
+
+/// Skips the test unless the Wayland session can be built here.
+macro_rules! require_wayland {
+    () => {
+        require!(
+            "sway",
+            "unshare",
+            "gdbus",
+            "pipewire",
+            "wireplumber",
+            "pipewire-pulse",
+            "pactl",
+            "dbus-daemon"
+        );
+        if xdpw().is_none() || !Path::new("/usr/libexec/xdg-desktop-portal").exists() {
+            eprintln!("SKIP: no xdg-desktop-portal / built xdpw (bash scripts/install-deps.sh)");
+            return;
+        }
+    };
+}
+
+/// A host with `--events json`: its ticket, and a way to read its events.
+fn host_json(extra: &[&str], env: &[(String, String)]) -> (Pixelpass, String) {
+    let mut args = vec!["host", "--events", "json"];
+    args.extend_from_slice(extra);
+    let p = Pixelpass::start(&args, env);
+    let out = wait_text(&p.out, "\"event\":\"ticket\"", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("host printed no ticket; stderr:\n{}", p.err.lock().unwrap()));
+    let ticket = events_of(&out, "ticket")[0]["ticket"].as_str().unwrap().to_string();
+    (p, ticket)
+}
+
+fn events_of(out: &str, kind: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == kind)
+        .collect()
+}
+
+fn wayland_env(w: &Wayland) -> Vec<(String, String)> {
+    let mut env = w.env.clone();
+    env.push(("DISPLAY".into(), String::new()));
+    env
+}
+
+#[test]
+fn wayland_portal_share_plays_in_mpv() {
+    require_wayland!();
+    require!("mpv");
+    let w = Wayland::start(1280, 720);
+    let (host, ticket) = Pixelpass::host(&["--no-audio"], &wayland_env(&w));
+    assert!(
+        !host.err.lock().unwrap().contains("capturing"),
+        "no capture (and no portal dialog) before a viewer"
+    );
+    let (_viewer, url) = Pixelpass::viewer(&ticket, &[]);
+    let dir = TempDir::new("mpv");
+    let (mut player, sock) = mpv(&url, dir.path(), 60);
+    assert_eq!(mpv_size(&sock), Some((1280, 720)), "host:\n{}", host.err.lock().unwrap());
+    assert_eq!(
+        player.wait_timeout(Duration::from_secs(30)),
+        Ok(Some(0)),
+        "mpv played 60 frames of the headless output; host:\n{}",
+        host.err.lock().unwrap()
+    );
+    let err = host.err.lock().unwrap().clone();
+    assert!(err.contains("capturing the screen (picked in the portal dialog)"), "{err}");
+}
+
+#[test]
+fn wayland_frames_show_the_desktop_not_black() {
+    require_wayland!();
+    require!("ffmpeg");
+    let w = Wayland::start(640, 480);
+    let (host, ticket) = Pixelpass::host(&["--no-audio"], &wayland_env(&w));
+    let (_viewer, url) = Pixelpass::viewer(&ticket, &[]);
+    // brightest pixel over 2 s of decoded video: the ball pattern is white on black
+    let out = Command::new("timeout")
+        .args(["30", "ffmpeg", "-nostdin", "-i", &url, "-t", "2", "-an"])
+        .args(["-vf", "signalstats,metadata=print:key=lavfi.signalstats.YMAX", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    let ymax = text
+        .lines()
+        .filter_map(|l| l.split("YMAX=").nth(1)?.trim().parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    assert!(ymax > 100.0, "decoded frames show content (YMAX {ymax}); host:\n{}", host.err.lock().unwrap());
+}
+
+#[test]
+fn wayland_stop_sharing_from_the_desktop_ends_the_host_cleanly() {
+    require_wayland!();
+    let w = Wayland::start(640, 480);
+    let (mut host, ticket) = host_json(&["--no-audio"], &wayland_env(&w));
+    let (mut viewer, _url) = Pixelpass::viewer(&ticket, &[]);
+    let out = wait_text(&host.out, "\"portal_session\"", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("capture started; stderr:\n{}", host.err.lock().unwrap()));
+    let session = events_of(&out, "capture-started")[0]["portal_session"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(session.starts_with("/org/freedesktop/portal/desktop/session/"), "{session}");
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    assert!(w.stop_cast(&session), "the portal backend closed the session");
+    let code = host.proc.wait_timeout(Duration::from_secs(10));
+    assert_eq!(code, Ok(Some(0)), "the host ends by itself, cleanly; stderr:\n{}", host.err.lock().unwrap());
+    eprintln!("host ended {} ms after the desktop stopped the cast", t.elapsed().as_millis());
+    let out = host.out.lock().unwrap().clone();
+    let ended = events_of(&out, "ended");
+    assert!(
+        ended[0]["reason"].as_str().unwrap().contains("the share ends"),
+        "says why: {ended:?}"
+    );
+    assert_eq!(viewer.proc.wait_timeout(Duration::from_secs(5)), Ok(Some(0)), "the viewer ends too");
+}
+
+#[test]
+fn wayland_restore_token_skips_the_dialog_next_time_and_forget_source_drops_it() {
+    require_wayland!();
+    let w = Wayland::start(640, 480);
+    let config = TempDir::new("wl-config");
+    let mut env = wayland_env(&w);
+    env.push(("XDG_CONFIG_HOME".into(), config.path().to_string_lossy().into_owned()));
+    let token_file = config.path().join("pixelpass/screencast-monitor.token");
+    let restores = || w.xdpw_log().matches("restore data available").count();
+    let share = |extra: &[&str]| {
+        let mut args = vec!["--no-audio"];
+        args.extend_from_slice(extra);
+        let (mut host, ticket) = host_json(&args, &env);
+        let (_viewer, _url) = Pixelpass::viewer(&ticket, &[]);
+        wait_text(&host.out, "capture-started", Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("capture started; stderr:\n{}", host.err.lock().unwrap()));
+        host.proc.signal(libc::SIGINT);
+        assert_eq!(host.proc.wait_timeout(Duration::from_secs(5)), Ok(Some(0)));
+        let err = host.err.lock().unwrap().clone();
+        (std::fs::read_to_string(&token_file).unwrap_or_default(), err)
+    };
+    let (first, _) = share(&[]);
+    assert!(!first.trim().is_empty(), "the portal's restore token is kept");
+    assert_eq!(restores(), 0);
+    let (second, _) = share(&[]);
+    assert_eq!(restores(), 1, "the second share hands the token back to the portal");
+    assert!(!second.trim().is_empty(), "and keeps the one the portal returned (it may reuse it)");
+    let (_, err) = share(&["--forget-source"]);
+    assert!(err.contains("forgot the remembered screen-cast source"), "{err}");
+    assert_eq!(restores(), 1, "after --forget-source the portal is asked afresh");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-app audio on a real PipeWire session: tones from apps with their own application.name,
+// told apart by frequency (a narrow band-pass per tone, then ffmpeg's volumedetect).
+
+const TONE_A: u32 = 440;
+const TONE_B: u32 = 3000;
+
+/// Mean level (dB) of `input`'s sound in a narrow band around `freq`.
+fn band_level(input: &str, secs: u32, freq: u32) -> f64 {
+    let out = Command::new("timeout")
+        .args(["30", "ffmpeg", "-nostdin", "-i", input, "-t", &secs.to_string(), "-vn"])
+        // four band-passes in a row: the other tone leaks ~35 dB less through each
+        .args(["-af", &format!("{}volumedetect", format!("bandpass=f={freq}:width_type=q:w=8,").repeat(4))])
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .find_map(|l| l.split("mean_volume:").nth(1))
+        .and_then(|v| v.trim().trim_end_matches(" dB").parse().ok())
+        .unwrap_or_else(|| panic!("no level from ffmpeg: {text}"))
+}
+
+/// What the host's own speakers get: 2 s of the default sink's monitor, recorded to a file.
+fn desktop_levels(audio: &Audio, dir: &Path) -> (f64, f64) {
+    let wav = dir.join("desktop.wav");
+    let st = audio
+        .command("gst-launch-1.0")
+        .args(["-q", "pulsesrc", "device=desktop.monitor", "num-buffers=100", "!", "audioconvert"])
+        .args(["!", "wavenc", "!", "filesink", &format!("location={}", wav.display())])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let w = wav.to_string_lossy();
+    (band_level(&w, 2, TONE_A), band_level(&w, 2, TONE_B))
+}
+
+fn capture_sinks(audio: &Audio) -> String {
+    audio
+        .pactl(&["list", "short", "sinks"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("pixelpass_capture_"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+macro_rules! require_audio {
+    () => {
+        require!(
+            "Xvfb",
+            "pipewire",
+            "wireplumber",
+            "pipewire-pulse",
+            "pactl",
+            "dbus-daemon",
+            "ffmpeg"
+        );
+    };
+}
+
+const AUDIBLE: f64 = -35.0;
+const ABSENT: f64 = -55.0;
+
+#[test]
+fn app_shares_only_that_apps_sound_also_when_it_starts_later() {
+    require_audio!();
+    let x = Xvfb::start(320, 240);
+    let mut audio = Audio::start();
+    audio.tone("tone-b", TONE_B);
+    let mut env = display_env(&x);
+    env.extend(audio.env.clone());
+    let (mut host, ticket) = Pixelpass::host(&["--app", "tone-a"], &env);
+    let (_viewer, url) = Pixelpass::viewer(&ticket, &[]);
+    wait_text(&host.err, "with sound", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("capture started; stderr:\n{}", host.err.lock().unwrap()));
+    assert!(
+        host.err.lock().unwrap().contains("no app named tone-a is playing sound now"),
+        "warns that the app is not playing yet"
+    );
+    audio.tone("tone-a", TONE_A); // starts after the share did
+    std::thread::sleep(Duration::from_millis(800));
+    let (a, b) = (band_level(&url, 3, TONE_A), band_level(&url, 3, TONE_B));
+    eprintln!("--app tone-a: stream band levels {TONE_A} Hz {a:.1} dB, {TONE_B} Hz {b:.1} dB");
+    assert!(a > AUDIBLE, "tone-a is in the stream: {a} dB");
+    assert!(b < ABSENT, "tone-b is not: {b} dB");
+    let sinks = capture_sinks(&audio);
+    assert!(sinks.contains(&format!("pixelpass_capture_{}", host.proc.pid())), "{sinks}");
+    let dir = TempDir::new("levels");
+    let (da, db) = desktop_levels(&audio, dir.path());
+    eprintln!("host speakers meanwhile: {da:.1} dB / {db:.1} dB");
+    assert!(da > AUDIBLE && db > AUDIBLE, "the host still hears both apps");
+    host.proc.signal(libc::SIGINT);
+    assert_eq!(host.proc.wait_timeout(Duration::from_secs(5)), Ok(Some(0)));
+    assert_eq!(capture_sinks(&audio), "", "the capture sink is gone after the share");
+    let (da, _) = desktop_levels(&audio, dir.path());
+    assert!(da > AUDIBLE, "tone-a still plays where it played");
+}
+
+#[test]
+fn exclude_app_shares_everything_but_that_app() {
+    require_audio!();
+    let x = Xvfb::start(320, 240);
+    let mut audio = Audio::start();
+    audio.tone("tone-a", TONE_A);
+    audio.tone("voice-chat", TONE_B);
+    let mut env = display_env(&x);
+    env.extend(audio.env.clone());
+    let (host, ticket) = Pixelpass::host(&["--exclude-app", "Voice-Chat"], &env);
+    let (_viewer, url) = Pixelpass::viewer(&ticket, &[]);
+    wait_text(&host.err, "with sound", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("capture started; stderr:\n{}", host.err.lock().unwrap()));
+    assert!(host.err.lock().unwrap().contains("sharing all sound except Voice-Chat (playing now: tone-a)"));
+    std::thread::sleep(Duration::from_millis(500));
+    let (a, b) = (band_level(&url, 3, TONE_A), band_level(&url, 3, TONE_B));
+    eprintln!("--exclude-app voice-chat: stream band levels {TONE_A} Hz {a:.1} dB, {TONE_B} Hz {b:.1} dB");
+    assert!(a > AUDIBLE, "other apps are in the stream: {a} dB");
+    assert!(b < ABSENT, "the excluded app is not (no echo of the call): {b} dB");
+}
+
+#[test]
+fn a_killed_per_app_host_leaves_nothing_in_pipewire() {
+    require_audio!();
+    let x = Xvfb::start(320, 240);
+    let mut audio = Audio::start();
+    audio.tone("tone-a", TONE_A);
+    let mut env = display_env(&x);
+    env.extend(audio.env.clone());
+    let (mut host, ticket) = Pixelpass::host(&["--app", "tone-a"], &env);
+    let (_viewer, _url) = Pixelpass::viewer(&ticket, &[]);
+    wait_text(&host.err, "with sound", Duration::from_secs(20)).expect("capture started");
+    let name = format!("pixelpass_capture_{}", host.proc.pid());
+    assert!(capture_sinks(&audio).contains(&name));
+    host.proc.signal(libc::SIGKILL);
+    let _ = host.proc.wait_timeout(Duration::from_secs(5));
+    assert!(
+        wait_for(Duration::from_secs(5), || capture_sinks(&audio).is_empty()),
+        "PipeWire removed the dead host's sink itself: {}",
+        capture_sinks(&audio)
+    );
+    let out = audio.command(BIN).arg("--repair").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing to repair"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -100,6 +100,9 @@ impl Drop for TempDir {
     }
 }
 
+/// Held by tests that count this process's fds, so they do not count each other's.
+pub static FD_COUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub fn have(cmd: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
 }
@@ -327,6 +330,172 @@ impl Drop for Audio {
             drop(p);
         }
         let _ = &self.dir;
+    }
+}
+
+/// The xdg-desktop-portal-wlr the Wayland tests run (`scripts/build-xdpw.sh` builds it; on a
+/// GPU-less machine the stock one cannot start a screen cast). `PIXELPASS_XDPW` overrides.
+pub fn xdpw() -> Option<PathBuf> {
+    let p = std::env::var_os("PIXELPASS_XDPW").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/xdpw/xdg-desktop-portal-wlr")
+    });
+    p.is_file().then_some(p)
+}
+
+/// A headless Wayland desktop with a real ScreenCast portal, on top of a private audio session:
+/// sway (headless, pixman renderer, in a user namespace because sway refuses to run as root),
+/// a moving test pattern in a window, xdg-desktop-portal-wlr and xdg-desktop-portal.
+pub struct Wayland {
+    /// Everything a client needs: the audio session's variables plus WAYLAND_DISPLAY.
+    pub env: Vec<(String, String)>,
+    procs: Vec<Proc>,
+    dir: TempDir,
+    pub audio: Audio,
+}
+
+impl Wayland {
+    pub fn start(width: u32, height: u32) -> Wayland {
+        let xdpw = xdpw().expect("xdpw built (bash scripts/build-xdpw.sh)");
+        let audio = Audio::start();
+        let dir = TempDir::new("wayland");
+        let runtime = PathBuf::from(&audio.env.iter().find(|(k, _)| k == "XDG_RUNTIME_DIR").unwrap().1);
+        std::fs::write(
+            dir.path().join("sway.conf"),
+            format!("xwayland disable\noutput HEADLESS-1 mode {width}x{height}@30Hz\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("xdpw.conf"),
+            "[screencast]\noutput_name=HEADLESS-1\nmax_fps=30\nchooser_type=none\n",
+        )
+        .unwrap();
+        let log = |name: &str| std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+        let mut env = audio.env.clone();
+        env.push(("XDG_CURRENT_DESKTOP".into(), "sway".into()));
+        let mut procs = Vec::new();
+        procs.push(Proc::spawn(
+            "sway",
+            Command::new("unshare")
+                .args(["--user", "--map-user=1000", "--map-group=1000", "sway", "-c"])
+                .arg(dir.path().join("sway.conf"))
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .env("WLR_BACKENDS", "headless")
+                .env("WLR_LIBINPUT_NO_DEVICES", "1")
+                .env("WLR_RENDERER", "pixman")
+                .stdout(Stdio::null())
+                .stderr(log("sway")),
+        ));
+        let mut display = None;
+        wait_for(Duration::from_secs(15), || {
+            display = std::fs::read_dir(&runtime).ok().and_then(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .find(|n| n.starts_with("wayland-") && !n.ends_with(".lock"))
+            });
+            display.is_some()
+        });
+        let display = display.expect("sway came up (see its log)");
+        env.push(("WAYLAND_DISPLAY".into(), display));
+        let mut w = Wayland {
+            env,
+            procs,
+            dir,
+            audio,
+        };
+        w.spawn(
+            "content",
+            Command::new("gst-launch-1.0").args([
+                "-q",
+                "videotestsrc",
+                "pattern=ball",
+                "is-live=true",
+                "!",
+                "video/x-raw,width=640,height=480",
+                "!",
+                "waylandsink",
+            ]),
+        );
+        // The backend first, so the frontend does not D-Bus-activate the stock one.
+        let conf = w.dir.path().join("xdpw.conf");
+        w.spawn(
+            "xdpw",
+            Command::new(&xdpw).args(["-l", "DEBUG", "-c"]).arg(conf),
+        );
+        assert!(
+            wait_for(Duration::from_secs(10), || w.bus_has("org.freedesktop.impl.portal.desktop.wlr")),
+            "xdg-desktop-portal-wlr is on the bus"
+        );
+        w.spawn("xdp", &mut Command::new("/usr/libexec/xdg-desktop-portal"));
+        assert!(
+            wait_for(Duration::from_secs(10), || w.bus_has("org.freedesktop.portal.Desktop")),
+            "xdg-desktop-portal is on the bus"
+        );
+        w
+    }
+
+    fn spawn(&mut self, name: &str, cmd: &mut Command) {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        let p = Proc::spawn(
+            name,
+            cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::null())
+                .stderr(log),
+        );
+        self.procs.push(p);
+    }
+
+    /// Whether a name is owned on the session bus (without activating it).
+    pub fn bus_has(&self, name: &str) -> bool {
+        self.gdbus(&[
+            "--dest",
+            "org.freedesktop.DBus",
+            "--object-path",
+            "/org/freedesktop/DBus",
+            "--method",
+            "org.freedesktop.DBus.NameHasOwner",
+            name,
+        ])
+        .is_some_and(|o| o.contains("true"))
+    }
+
+    /// `gdbus call --session ARGS`; the output when it succeeded.
+    pub fn gdbus(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("gdbus")
+            .args(["call", "--session"])
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Ends a screen cast from the desktop side, as the compositor's "stop sharing" does: the
+    /// portal backend drops the session and its stream. (xdg-desktop-portal refuses Close from
+    /// anyone but the session's owner, so this goes to the backend.)
+    pub fn stop_cast(&self, session: &str) -> bool {
+        self.gdbus(&[
+            "--dest",
+            "org.freedesktop.impl.portal.desktop.wlr",
+            "--object-path",
+            session,
+            "--method",
+            "org.freedesktop.impl.portal.Session.Close",
+        ])
+        .is_some()
+    }
+
+    /// The portal backend's log so far.
+    pub fn xdpw_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("xdpw.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Wayland {
+    fn drop(&mut self) {
+        while let Some(p) = self.procs.pop() {
+            drop(p);
+        }
     }
 }
 
