@@ -4,8 +4,8 @@
 set -euo pipefail
 
 PKGS=(
-  # build
-  pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+  # build (libpipewire + libclang: the pipewire crate's bindings)
+  pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libpipewire-0.3-dev libclang-dev
   # GStreamer runtime: capture, encode, mux, decode, tools
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x gstreamer1.0-pipewire
@@ -13,6 +13,9 @@ PKGS=(
   xvfb x11-utils x11-xserver-utils x11-apps xdotool
   # audio: PipeWire + WirePlumber + pipewire-pulse, pactl, a session bus
   pipewire pipewire-pulse wireplumber pulseaudio-utils dbus
+  # Wayland capture tests: headless sway, the ScreenCast portal, gdbus; the portal backend is
+  # rebuilt by scripts/build-xdpw.sh (the packaged one cannot cast without a GPU)
+  sway xdg-desktop-portal xdg-desktop-portal-wlr libglib2.0-bin util-linux
   # players and stream checks
   mpv ffmpeg vlc-bin vlc-plugin-base
   # test helpers
@@ -24,6 +27,7 @@ for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
+  bash "$(dirname "$0")/build-xdpw.sh"
   exit 0
 fi
 SUDO=""
@@ -31,3 +35,4 @@ SUDO=""
 echo "installing: ${missing[*]}" >&2
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+bash "$(dirname "$0")/build-xdpw.sh"

@@ -31,15 +31,17 @@ struct Capture {
     pipeline: gst::Pipeline,
     appsink: gst_app::AppSink,
     bus: tokio::task::JoinHandle<()>,
-    watchers: Vec<Watcher>,
+    watch: Option<CastWatch>,
     apps: Option<AppAudio>,
     cast: Option<wayland::Cast>,
 }
 
-/// Something watching the capture from outside the pipeline; dropping it stops it.
-enum Watcher {
-    Task(AbortOnDrop),
-    PipeWire(crate::pw::Client),
+/// What watches a portal cast from outside the pipeline; dropping it stops watching.
+struct CastWatch {
+    /// waits for the session's Closed signal
+    _closed: AbortOnDrop,
+    /// a PipeWire client that sees the stream node go away
+    _node: crate::pw::Client,
 }
 
 /// A task that ends with its handle (a dropped JoinHandle alone would leave it running, and
@@ -67,7 +69,7 @@ impl Capture {
             pipeline,
             appsink,
             bus,
-            watchers,
+            watch,
             apps,
             cast,
         } = self;
@@ -75,7 +77,7 @@ impl Capture {
         drop(appsink);
         bus.abort();
         // (stopping a PipeWire client joins its thread: not on the async workers)
-        let _ = tokio::task::spawn_blocking(move || drop((watchers, apps))).await;
+        let _ = tokio::task::spawn_blocking(move || drop((watch, apps))).await;
         if let Some(c) = cast {
             let _ = tokio::time::timeout(Duration::from_secs(1), c.close()).await;
         }
@@ -278,7 +280,7 @@ async fn start_capture(
     notes: tokio::sync::mpsc::UnboundedSender<CaptureNote>,
 ) -> Result<(Capture, Event)> {
     let mut started = plan.started.clone();
-    let mut watchers = Vec::new();
+    let mut watch = None;
     let mut out_size = plan.output_size(plan.source_size);
     let (desc, cast) = match &plan.portal {
         Some(portal) => {
@@ -294,12 +296,12 @@ async fn start_capture(
             // node itself (some portals just remove it; pipewiresrc then stalls silently).
             let n = notes.clone();
             let closed = cast.closed_signal();
-            watchers.push(Watcher::Task(AbortOnDrop(tokio::spawn(async move {
+            let closed = AbortOnDrop(tokio::spawn(async move {
                 closed.await;
                 let _ = n.send(CaptureNote::Ended(
                     "screen sharing was stopped from the desktop: the share ends".into(),
                 ));
-            }))));
+            }));
             let mut cast = cast;
             let fd = cast.watch_fd.take();
             let (node, n) = (cast.node, notes.clone());
@@ -318,7 +320,10 @@ async fn start_capture(
                     .register();
                 Ok(removed)
             })?;
-            watchers.push(Watcher::PipeWire(client));
+            watch = Some(CastWatch {
+                _closed: closed,
+                _node: client,
+            });
             (desc, Some(cast))
         }
         None => (plan.capture_desc.clone().expect("known source has a pipeline"), None),
@@ -393,7 +398,7 @@ async fn start_capture(
         pipeline,
         appsink,
         bus: bus_task,
-        watchers,
+        watch,
         apps,
         cast,
     };
@@ -720,7 +725,15 @@ mod portal_tests {
     /// built) leave no fd behind, and every portal session they opened is closed.
     #[test]
     fn no_fd_or_session_left_after_failed_portal_setups() {
-        let tools = ["sway", "unshare", "gdbus", "pipewire", "wireplumber", "pipewire-pulse", "dbus-daemon"];
+        let tools = [
+            "sway",
+            "unshare",
+            "gdbus",
+            "pipewire",
+            "wireplumber",
+            "pipewire-pulse",
+            "dbus-daemon",
+        ];
         if support::xdpw().is_none() || tools.iter().any(|t| !support::have(t)) {
             eprintln!("SKIP: no headless Wayland session here (bash scripts/install-deps.sh)");
             return;
@@ -728,7 +741,13 @@ mod portal_tests {
         let _serial = support::FD_COUNTING.lock().unwrap_or_else(|e| e.into_inner());
         gst::init().unwrap();
         let w = support::Wayland::start(320, 240);
-        let bus = w.env.iter().find(|(k, _)| k == "DBUS_SESSION_BUS_ADDRESS").unwrap().1.clone();
+        let bus = w
+            .env
+            .iter()
+            .find(|(k, _)| k == "DBUS_SESSION_BUS_ADDRESS")
+            .unwrap()
+            .1
+            .clone();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let serve = gst::parse::launch("appsrc name=src ! fakesink").unwrap();
         let serve = serve.downcast::<gst::Pipeline>().unwrap();
@@ -751,7 +770,10 @@ mod portal_tests {
         }
         rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
         let after = support::fd_count();
-        assert!(after <= before, "fds before {before}, after 20 failed portal setups {after}");
+        assert!(
+            after <= before,
+            "fds before {before}, after 20 failed portal setups {after}"
+        );
         assert!(
             support::wait_for(Duration::from_secs(5), || sessions() == 21),
             "all 21 portal sessions closed, saw {}",

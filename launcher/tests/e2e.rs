@@ -468,7 +468,12 @@ fn wayland_portal_share_plays_in_mpv() {
     let (_viewer, url) = Pixelpass::viewer(&ticket, &[]);
     let dir = TempDir::new("mpv");
     let (mut player, sock) = mpv(&url, dir.path(), 60);
-    assert_eq!(mpv_size(&sock), Some((1280, 720)), "host:\n{}", host.err.lock().unwrap());
+    assert_eq!(
+        mpv_size(&sock),
+        Some((1280, 720)),
+        "host:\n{}",
+        host.err.lock().unwrap()
+    );
     assert_eq!(
         player.wait_timeout(Duration::from_secs(30)),
         Ok(Some(0)),
@@ -476,7 +481,10 @@ fn wayland_portal_share_plays_in_mpv() {
         host.err.lock().unwrap()
     );
     let err = host.err.lock().unwrap().clone();
-    assert!(err.contains("capturing the screen (picked in the portal dialog)"), "{err}");
+    assert!(
+        err.contains("capturing the screen (picked in the portal dialog)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -489,7 +497,13 @@ fn wayland_frames_show_the_desktop_not_black() {
     // brightest pixel over 2 s of decoded video: the ball pattern is white on black
     let out = Command::new("timeout")
         .args(["30", "ffmpeg", "-nostdin", "-i", &url, "-t", "2", "-an"])
-        .args(["-vf", "signalstats,metadata=print:key=lavfi.signalstats.YMAX", "-f", "null", "-"])
+        .args([
+            "-vf",
+            "signalstats,metadata=print:key=lavfi.signalstats.YMAX",
+            "-f",
+            "null",
+            "-",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
@@ -497,7 +511,11 @@ fn wayland_frames_show_the_desktop_not_black() {
         .lines()
         .filter_map(|l| l.split("YMAX=").nth(1)?.trim().parse::<f64>().ok())
         .fold(0.0, f64::max);
-    assert!(ymax > 100.0, "decoded frames show content (YMAX {ymax}); host:\n{}", host.err.lock().unwrap());
+    assert!(
+        ymax > 100.0,
+        "decoded frames show content (YMAX {ymax}); host:\n{}",
+        host.err.lock().unwrap()
+    );
 }
 
 #[test]
@@ -512,20 +530,35 @@ fn wayland_stop_sharing_from_the_desktop_ends_the_host_cleanly() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(session.starts_with("/org/freedesktop/portal/desktop/session/"), "{session}");
+    assert!(
+        session.starts_with("/org/freedesktop/portal/desktop/session/"),
+        "{session}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     assert!(w.stop_cast(&session), "the portal backend closed the session");
     let code = host.proc.wait_timeout(Duration::from_secs(10));
-    assert_eq!(code, Ok(Some(0)), "the host ends by itself, cleanly; stderr:\n{}", host.err.lock().unwrap());
-    eprintln!("host ended {} ms after the desktop stopped the cast", t.elapsed().as_millis());
+    assert_eq!(
+        code,
+        Ok(Some(0)),
+        "the host ends by itself, cleanly; stderr:\n{}",
+        host.err.lock().unwrap()
+    );
+    eprintln!(
+        "host ended {} ms after the desktop stopped the cast",
+        t.elapsed().as_millis()
+    );
     let out = host.out.lock().unwrap().clone();
     let ended = events_of(&out, "ended");
     assert!(
         ended[0]["reason"].as_str().unwrap().contains("the share ends"),
         "says why: {ended:?}"
     );
-    assert_eq!(viewer.proc.wait_timeout(Duration::from_secs(5)), Ok(Some(0)), "the viewer ends too");
+    assert_eq!(
+        viewer.proc.wait_timeout(Duration::from_secs(5)),
+        Ok(Some(0)),
+        "the viewer ends too"
+    );
 }
 
 #[test]
@@ -554,7 +587,10 @@ fn wayland_restore_token_skips_the_dialog_next_time_and_forget_source_drops_it()
     assert_eq!(restores(), 0);
     let (second, _) = share(&[]);
     assert_eq!(restores(), 1, "the second share hands the token back to the portal");
-    assert!(!second.trim().is_empty(), "and keeps the one the portal returned (it may reuse it)");
+    assert!(
+        !second.trim().is_empty(),
+        "and keeps the one the portal returned (it may reuse it)"
+    );
     let (_, err) = share(&["--forget-source"]);
     assert!(err.contains("forgot the remembered screen-cast source"), "{err}");
     assert_eq!(restores(), 1, "after --forget-source the portal is asked afresh");
@@ -572,7 +608,13 @@ fn band_level(input: &str, secs: u32, freq: u32) -> f64 {
     let out = Command::new("timeout")
         .args(["30", "ffmpeg", "-nostdin", "-i", input, "-t", &secs.to_string(), "-vn"])
         // four band-passes in a row: the other tone leaks ~35 dB less through each
-        .args(["-af", &format!("{}volumedetect", format!("bandpass=f={freq}:width_type=q:w=8,").repeat(4))])
+        .args([
+            "-af",
+            &format!(
+                "{}volumedetect",
+                format!("bandpass=f={freq}:width_type=q:w=8,").repeat(4)
+            ),
+        ])
         .args(["-f", "null", "-"])
         .output()
         .unwrap();
@@ -588,7 +630,14 @@ fn desktop_levels(audio: &Audio, dir: &Path) -> (f64, f64) {
     let wav = dir.join("desktop.wav");
     let st = audio
         .command("gst-launch-1.0")
-        .args(["-q", "pulsesrc", "device=desktop.monitor", "num-buffers=100", "!", "audioconvert"])
+        .args([
+            "-q",
+            "pulsesrc",
+            "device=desktop.monitor",
+            "num-buffers=100",
+            "!",
+            "audioconvert",
+        ])
         .args(["!", "wavenc", "!", "filesink", &format!("location={}", wav.display())])
         .status()
         .unwrap();
@@ -637,7 +686,10 @@ fn app_shares_only_that_apps_sound_also_when_it_starts_later() {
     wait_text(&host.err, "with sound", Duration::from_secs(20))
         .unwrap_or_else(|| panic!("capture started; stderr:\n{}", host.err.lock().unwrap()));
     assert!(
-        host.err.lock().unwrap().contains("no app named tone-a is playing sound now"),
+        host.err
+            .lock()
+            .unwrap()
+            .contains("no app named tone-a is playing sound now"),
         "warns that the app is not playing yet"
     );
     audio.tone("tone-a", TONE_A); // starts after the share did
@@ -647,7 +699,10 @@ fn app_shares_only_that_apps_sound_also_when_it_starts_later() {
     assert!(a > AUDIBLE, "tone-a is in the stream: {a} dB");
     assert!(b < ABSENT, "tone-b is not: {b} dB");
     let sinks = capture_sinks(&audio);
-    assert!(sinks.contains(&format!("pixelpass_capture_{}", host.proc.pid())), "{sinks}");
+    assert!(
+        sinks.contains(&format!("pixelpass_capture_{}", host.proc.pid())),
+        "{sinks}"
+    );
     let dir = TempDir::new("levels");
     let (da, db) = desktop_levels(&audio, dir.path());
     eprintln!("host speakers meanwhile: {da:.1} dB / {db:.1} dB");
@@ -672,7 +727,12 @@ fn exclude_app_shares_everything_but_that_app() {
     let (_viewer, url) = Pixelpass::viewer(&ticket, &[]);
     wait_text(&host.err, "with sound", Duration::from_secs(20))
         .unwrap_or_else(|| panic!("capture started; stderr:\n{}", host.err.lock().unwrap()));
-    assert!(host.err.lock().unwrap().contains("sharing all sound except Voice-Chat (playing now: tone-a)"));
+    assert!(
+        host.err
+            .lock()
+            .unwrap()
+            .contains("sharing all sound except Voice-Chat (playing now: tone-a)")
+    );
     std::thread::sleep(Duration::from_millis(500));
     let (a, b) = (band_level(&url, 3, TONE_A), band_level(&url, 3, TONE_B));
     eprintln!("--exclude-app voice-chat: stream band levels {TONE_A} Hz {a:.1} dB, {TONE_B} Hz {b:.1} dB");

@@ -336,9 +336,9 @@ impl Drop for Audio {
 /// The xdg-desktop-portal-wlr the Wayland tests run (`scripts/build-xdpw.sh` builds it; on a
 /// GPU-less machine the stock one cannot start a screen cast). `PIXELPASS_XDPW` overrides.
 pub fn xdpw() -> Option<PathBuf> {
-    let p = std::env::var_os("PIXELPASS_XDPW").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/xdpw/xdg-desktop-portal-wlr")
-    });
+    let p = std::env::var_os("PIXELPASS_XDPW")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/xdpw/xdg-desktop-portal-wlr"));
     p.is_file().then_some(p)
 }
 
@@ -372,8 +372,7 @@ impl Wayland {
         let log = |name: &str| std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
         let mut env = audio.env.clone();
         env.push(("XDG_CURRENT_DESKTOP".into(), "sway".into()));
-        let mut procs = Vec::new();
-        procs.push(Proc::spawn(
+        let procs = vec![Proc::spawn(
             "sway",
             Command::new("unshare")
                 .args(["--user", "--map-user=1000", "--map-group=1000", "sway", "-c"])
@@ -384,7 +383,7 @@ impl Wayland {
                 .env("WLR_RENDERER", "pixman")
                 .stdout(Stdio::null())
                 .stderr(log("sway")),
-        ));
+        )];
         let mut display = None;
         wait_for(Duration::from_secs(15), || {
             display = std::fs::read_dir(&runtime).ok().and_then(|d| {
@@ -395,12 +394,7 @@ impl Wayland {
         });
         let display = display.expect("sway came up (see its log)");
         env.push(("WAYLAND_DISPLAY".into(), display));
-        let mut w = Wayland {
-            env,
-            procs,
-            dir,
-            audio,
-        };
+        let mut w = Wayland { env, procs, dir, audio };
         w.spawn(
             "content",
             Command::new("gst-launch-1.0").args([
@@ -416,12 +410,10 @@ impl Wayland {
         );
         // The backend first, so the frontend does not D-Bus-activate the stock one.
         let conf = w.dir.path().join("xdpw.conf");
-        w.spawn(
-            "xdpw",
-            Command::new(&xdpw).args(["-l", "DEBUG", "-c"]).arg(conf),
-        );
+        w.spawn("xdpw", Command::new(&xdpw).args(["-l", "DEBUG", "-c"]).arg(conf));
         assert!(
-            wait_for(Duration::from_secs(10), || w.bus_has("org.freedesktop.impl.portal.desktop.wlr")),
+            wait_for(Duration::from_secs(10), || w
+                .bus_has("org.freedesktop.impl.portal.desktop.wlr")),
             "xdg-desktop-portal-wlr is on the bus"
         );
         w.spawn("xdp", &mut Command::new("/usr/libexec/xdg-desktop-portal"));
