@@ -725,17 +725,8 @@ mod portal_tests {
     /// built) leave no fd behind, and every portal session they opened is closed.
     #[test]
     fn no_fd_or_session_left_after_failed_portal_setups() {
-        let tools = [
-            "sway",
-            "unshare",
-            "gdbus",
-            "pipewire",
-            "wireplumber",
-            "pipewire-pulse",
-            "dbus-daemon",
-        ];
-        if support::xdpw().is_none() || tools.iter().any(|t| !support::have(t)) {
-            eprintln!("SKIP: no headless Wayland session here (bash scripts/install-deps.sh)");
+        if let Some(why) = support::wayland_missing() {
+            eprintln!("SKIP: {why} (bash scripts/install-deps.sh)");
             return;
         }
         let _serial = support::FD_COUNTING.lock().unwrap_or_else(|e| e.into_inner());

@@ -414,18 +414,8 @@ fn repair_unloads_what_a_crashed_host_left_and_only_that() {
 /// Skips the test unless the Wayland session can be built here.
 macro_rules! require_wayland {
     () => {
-        require!(
-            "sway",
-            "unshare",
-            "gdbus",
-            "pipewire",
-            "wireplumber",
-            "pipewire-pulse",
-            "pactl",
-            "dbus-daemon"
-        );
-        if xdpw().is_none() || !Path::new("/usr/libexec/xdg-desktop-portal").exists() {
-            eprintln!("SKIP: no xdg-desktop-portal / built xdpw (bash scripts/install-deps.sh)");
+        if let Some(why) = wayland_missing() {
+            eprintln!("SKIP: {why} (bash scripts/install-deps.sh)");
             return;
         }
     };
@@ -670,21 +660,36 @@ macro_rules! require_audio {
     };
 }
 
+/// An Xvfb screen, an audio session with `tones` (app, Hz) playing, a host with `flags` and a
+/// viewer, once capture (with sound) has started.
+fn per_app_share(tones: &[(&str, u32)], flags: &[&str]) -> (Xvfb, Audio, Pixelpass, Pixelpass, String) {
+    let x = Xvfb::start(320, 240);
+    let mut audio = Audio::start();
+    for (app, freq) in tones {
+        audio.tone(app, *freq);
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || audio
+            .pactl(&["list", "short", "sink-inputs"])
+            .is_some_and(|s| s.lines().count() >= tones.len())),
+        "the tones are playing"
+    );
+    let mut env = display_env(&x);
+    env.extend(audio.env.clone());
+    let (host, ticket) = Pixelpass::host(flags, &env);
+    let (viewer, url) = Pixelpass::viewer(&ticket, &[]);
+    wait_text(&host.err, "with sound", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("capture started; stderr:\n{}", host.err.lock().unwrap()));
+    (x, audio, host, viewer, url)
+}
+
 const AUDIBLE: f64 = -35.0;
 const ABSENT: f64 = -55.0;
 
 #[test]
 fn app_shares_only_that_apps_sound_also_when_it_starts_later() {
     require_audio!();
-    let x = Xvfb::start(320, 240);
-    let mut audio = Audio::start();
-    audio.tone("tone-b", TONE_B);
-    let mut env = display_env(&x);
-    env.extend(audio.env.clone());
-    let (mut host, ticket) = Pixelpass::host(&["--app", "tone-a"], &env);
-    let (_viewer, url) = Pixelpass::viewer(&ticket, &[]);
-    wait_text(&host.err, "with sound", Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("capture started; stderr:\n{}", host.err.lock().unwrap()));
+    let (_x, mut audio, mut host, _viewer, url) = per_app_share(&[("tone-b", TONE_B)], &["--app", "tone-a"]);
     assert!(
         host.err
             .lock()
@@ -717,16 +722,10 @@ fn app_shares_only_that_apps_sound_also_when_it_starts_later() {
 #[test]
 fn exclude_app_shares_everything_but_that_app() {
     require_audio!();
-    let x = Xvfb::start(320, 240);
-    let mut audio = Audio::start();
-    audio.tone("tone-a", TONE_A);
-    audio.tone("voice-chat", TONE_B);
-    let mut env = display_env(&x);
-    env.extend(audio.env.clone());
-    let (host, ticket) = Pixelpass::host(&["--exclude-app", "Voice-Chat"], &env);
-    let (_viewer, url) = Pixelpass::viewer(&ticket, &[]);
-    wait_text(&host.err, "with sound", Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("capture started; stderr:\n{}", host.err.lock().unwrap()));
+    let (_x, _audio, host, _viewer, url) = per_app_share(
+        &[("tone-a", TONE_A), ("voice-chat", TONE_B)],
+        &["--exclude-app", "Voice-Chat"],
+    );
     assert!(
         host.err
             .lock()
@@ -743,14 +742,7 @@ fn exclude_app_shares_everything_but_that_app() {
 #[test]
 fn a_killed_per_app_host_leaves_nothing_in_pipewire() {
     require_audio!();
-    let x = Xvfb::start(320, 240);
-    let mut audio = Audio::start();
-    audio.tone("tone-a", TONE_A);
-    let mut env = display_env(&x);
-    env.extend(audio.env.clone());
-    let (mut host, ticket) = Pixelpass::host(&["--app", "tone-a"], &env);
-    let (_viewer, _url) = Pixelpass::viewer(&ticket, &[]);
-    wait_text(&host.err, "with sound", Duration::from_secs(20)).expect("capture started");
+    let (_x, audio, mut host, _viewer, _url) = per_app_share(&[("tone-a", TONE_A)], &["--app", "tone-a"]);
     let name = format!("pixelpass_capture_{}", host.proc.pid());
     assert!(capture_sinks(&audio).contains(&name));
     host.proc.signal(libc::SIGKILL);

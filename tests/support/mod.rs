@@ -280,19 +280,19 @@ impl Audio {
         );
         a.pactl(&["load-module", "module-null-sink", "sink_name=desktop"])
             .expect("desktop sink");
-        a.pactl(&["set-default-sink", "desktop"]).expect("default sink");
+        // (the new sink can take a moment to be known; pin it as the default once it is)
+        assert!(
+            wait_for(Duration::from_secs(10), || a
+                .pactl(&["set-default-sink", "desktop"])
+                .is_some()
+                && a.pactl(&["get-default-sink"]).as_deref() == Some("desktop")),
+            "the desktop sink became the default"
+        );
         a
     }
 
     pub fn pactl(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("pactl")
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        output_in(&self.env, "pactl", args).map(|o| o.trim().to_string())
     }
 
     /// Plays a tone into the default sink as application `app`.
@@ -451,15 +451,9 @@ impl Wayland {
 
     /// `gdbus call --session ARGS`; the output when it succeeded.
     pub fn gdbus(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("gdbus")
-            .args(["call", "--session"])
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        let mut all = vec!["call", "--session"];
+        all.extend_from_slice(args);
+        output_in(&self.env, "gdbus", &all)
     }
 
     /// Ends a screen cast from the desktop side, as the compositor's "stop sharing" does: the
@@ -489,6 +483,41 @@ impl Drop for Wayland {
             drop(p);
         }
     }
+}
+
+/// Runs `program args` with `env` added; its stdout when it succeeded.
+pub fn output_in(env: &[(String, String)], program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Why the headless Wayland session cannot be built here, if it cannot.
+pub fn wayland_missing() -> Option<String> {
+    let tools = [
+        "sway",
+        "unshare",
+        "gdbus",
+        "pipewire",
+        "wireplumber",
+        "pipewire-pulse",
+        "pactl",
+        "dbus-daemon",
+    ];
+    if let Some(t) = tools.iter().find(|t| !have(t)) {
+        return Some(format!("{t} is not installed"));
+    }
+    if !Path::new("/usr/libexec/xdg-desktop-portal").exists() {
+        return Some("xdg-desktop-portal is not installed".into());
+    }
+    xdpw()
+        .is_none()
+        .then(|| "the test portal backend is not built (scripts/build-xdpw.sh)".into())
 }
 
 pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
