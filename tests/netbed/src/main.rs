@@ -160,9 +160,11 @@ fn view(args: &[String]) -> Result<()> {
         for cat in ["libav", "h264parse"] {
             gst::log::set_threshold_for_name(cat, gst::DebugLevel::Warning);
         }
-        gst::log::add_log_function(move |cat, level, _f, _fn, _l, _o, _m| {
+        gst::log::add_log_function(move |cat, level, _f, _fn, _l, _o, m| {
             if matches!(cat.name(), "libav" | "h264parse") && level <= gst::DebugLevel::Warning {
                 p.fetch_add(1, Ordering::Relaxed);
+                // what the decoder said, for the test's failure message
+                out(format!("PROBLEM {}: {}", cat.name(), m.get().map(|s| s.to_string()).unwrap_or_default()));
             }
         });
     }

@@ -496,7 +496,13 @@ fn five_percent_loss_and_a_three_second_outage() {
     assert_eq!(
         net.node(v).stat_u64("problems"),
         0,
-        "first frames after recovery are clean"
+        "first frames after recovery are clean: {}",
+        net.node(v)
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("PROBLEM") || l.contains("reconnect"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
