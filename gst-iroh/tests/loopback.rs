@@ -407,3 +407,50 @@ fn newer_host_protocol_is_reported_by_version() {
     drop(v);
     RUNTIME.block_on(ep.close());
 }
+
+/// A buffer list (what mpegtsmux pushes for one frame) reaches the viewer as one buffer, however
+/// big: a chunk boundary inside a frame would let a GOP reset leave a truncated frame behind.
+#[test]
+fn a_big_buffer_list_arrives_whole() {
+    init();
+    let host = gst::parse::launch(
+        "appsrc name=src format=time caps=video/mpegts,systemstream=true,packetsize=188 \
+         ! irohsink name=sink relay=disabled bind-address=127.0.0.1:0",
+    )
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    host.set_state(gst::State::Playing).unwrap();
+    let src = host.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+    let sink = host.by_name("sink").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || sink
+        .property::<Option<String>>("ticket")
+        .is_some()));
+    let v = Viewer::new(&pipeline_ticket(&host), "queue");
+    assert!(wait_until(Duration::from_secs(10), || sink
+        .property::<u32>("num-viewers")
+        == 1));
+    let sizes = [2000usize, 40, 900]; // 376 KB (a big keyframe), then smaller delta frames
+    for (i, n) in sizes.iter().enumerate() {
+        let mut list = gst::BufferList::new_sized(*n);
+        {
+            let list = list.get_mut().unwrap();
+            for j in 0..*n {
+                // only the first packet of the keyframe list is a keyframe, as mpegtsmux marks it
+                list.add(buf((i * 7 + j % 251) as u8, 188, i > 0 || j > 0, i as u64 * 33));
+            }
+        }
+        src.push_buffer_list(list).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    let mut got = Vec::new();
+    while let Some(s) = v.pull(Duration::from_secs(10)) {
+        got.push(s.buffer().unwrap().size());
+    }
+    host.set_state(gst::State::Null).unwrap();
+    assert_eq!(
+        got,
+        sizes.iter().map(|n| n * 188).collect::<Vec<_>>(),
+        "one buffer per list"
+    );
+}

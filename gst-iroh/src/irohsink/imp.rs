@@ -34,8 +34,6 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const RESET_STALE: u32 = 1;
 /// How long a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upper bound of coalesced bytes per chunk in `render_list`.
-const MAX_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -800,7 +798,12 @@ impl BaseSinkImpl for IrohSink {
     }
 
     /// mpegtsmux pushes lists of single 188-byte packets: coalesce runs of them into chunks,
-    /// cutting at keyframes, headers and discontinuities so GOP boundaries stay exact.
+    /// cutting at keyframes, headers and discontinuities so GOP boundaries stay exact, and
+    /// nowhere else. A list is what upstream produced at once (for mpegtsmux, whole PES
+    /// packets), so a chunk never ends inside a frame: when a slow viewer's GOP stream is reset,
+    /// what it already got ends on a frame boundary. (Chunks used to be capped at 64 KiB; a
+    /// reset between two pieces of a big frame left a truncated PES that tsdemux, told DISCONT,
+    /// pushed to the decoder: "error while decoding MB", seen in the 3 s outage test.)
     fn render_list(&self, list: &gst::BufferList) -> Result<gst::FlowSuccess, gst::FlowError> {
         let segment = self.time_segment();
         let now = Instant::now();
@@ -819,7 +822,6 @@ impl BaseSinkImpl for IrohSink {
             })?;
             if let Some((meta, data)) = &mut cur
                 && !boundary
-                && data.len() + map.len() <= MAX_CHUNK
             {
                 if meta.pts.is_none() && buffer.pts().is_some() {
                     let m = self.meta_of(buffer, segment.as_ref());
@@ -837,7 +839,7 @@ impl BaseSinkImpl for IrohSink {
                     arrived: now,
                 });
             }
-            let mut data = BytesMut::with_capacity(MAX_CHUNK.min(map.len() * list.len()));
+            let mut data = BytesMut::with_capacity(map.len() * list.len());
             data.extend_from_slice(&map);
             cur = Some((self.meta_of(buffer, segment.as_ref()), data));
         }

@@ -164,7 +164,11 @@ fn view(args: &[String]) -> Result<()> {
             if matches!(cat.name(), "libav" | "h264parse") && level <= gst::DebugLevel::Warning {
                 p.fetch_add(1, Ordering::Relaxed);
                 // what the decoder said, for the test's failure message
-                out(format!("PROBLEM {}: {}", cat.name(), m.get().map(|s| s.to_string()).unwrap_or_default()));
+                out(format!(
+                    "PROBLEM {}: {}",
+                    cat.name(),
+                    m.get().map(|s| s.to_string()).unwrap_or_default()
+                ));
             }
         });
     }
