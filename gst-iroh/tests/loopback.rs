@@ -409,7 +409,8 @@ fn newer_host_protocol_is_reported_by_version() {
 }
 
 /// A buffer list (what mpegtsmux pushes for one frame) reaches the viewer as one buffer, however
-/// big: a chunk boundary inside a frame would let a GOP reset leave a truncated frame behind.
+/// big and however flagged: a chunk boundary inside a frame would let a GOP reset leave a
+/// truncated frame behind.
 #[test]
 fn a_big_buffer_list_arrives_whole() {
     init();
@@ -436,8 +437,13 @@ fn a_big_buffer_list_arrives_whole() {
         {
             let list = list.get_mut().unwrap();
             for j in 0..*n {
-                // only the first packet of the keyframe list is a keyframe, as mpegtsmux marks it
-                list.add(buf((i * 7 + j % 251) as u8, 188, i > 0 || j > 0, i as u64 * 33));
+                // as mpegtsmux marks a keyframe list: the first packet (the PAT) is the one
+                // non-DELTA buffer, and every packet of it is HEADER
+                let mut b = buf((i * 7 + j % 251) as u8, 188, i > 0 || j > 0, i as u64 * 33);
+                if i == 0 {
+                    b.get_mut().unwrap().set_flags(gst::BufferFlags::HEADER);
+                }
+                list.add(b);
             }
         }
         src.push_buffer_list(list).unwrap();

@@ -797,25 +797,27 @@ impl BaseSinkImpl for IrohSink {
         }])
     }
 
-    /// mpegtsmux pushes lists of single 188-byte packets: coalesce runs of them into chunks,
-    /// cutting at keyframes, headers and discontinuities so GOP boundaries stay exact, and
-    /// nowhere else. A list is what upstream produced at once (for mpegtsmux, whole PES
-    /// packets), so a chunk never ends inside a frame: when a slow viewer's GOP stream is reset,
-    /// what it already got ends on a frame boundary. (Chunks used to be capped at 64 KiB; a
-    /// reset between two pieces of a big frame left a truncated PES that tsdemux, told DISCONT,
-    /// pushed to the decoder: "error while decoding MB", seen in the 3 s outage test.)
+    /// mpegtsmux pushes lists of single 188-byte packets: coalesce them into chunks, cutting
+    /// only where a keyframe run starts (mpegtsmux marks the PAT it sends before a keyframe as
+    /// the one non-DELTA packet) or at a discontinuity, so GOP boundaries stay exact and a chunk
+    /// never ends inside a frame. (Chunks used to be cut at every HEADER packet too — mpegtsmux
+    /// flags every packet of a keyframe PES as HEADER — and at 64 KiB: a keyframe went out as
+    /// single packets, and a GOP reset between two of them left a truncated keyframe that
+    /// tsdemux, told DISCONT, pushed to the decoder: "error while decoding MB" after an outage.)
     fn render_list(&self, list: &gst::BufferList) -> Result<gst::FlowSuccess, gst::FlowError> {
         let segment = self.time_segment();
         let now = Instant::now();
         let mut chunks = Vec::new();
         let mut cur: Option<(FrameMeta, BytesMut)> = None;
+        let mut prev_key = false;
         for buffer in list.iter() {
             if self.skip_in_caps_header(buffer) {
                 continue;
             }
             let bf = buffer.flags();
-            let boundary = !bf.contains(gst::BufferFlags::DELTA_UNIT)
-                || bf.intersects(gst::BufferFlags::HEADER | gst::BufferFlags::DISCONT);
+            let key = !bf.contains(gst::BufferFlags::DELTA_UNIT);
+            let boundary = (key && !prev_key) || bf.contains(gst::BufferFlags::DISCONT);
+            prev_key = key;
             let map = buffer.map_readable().map_err(|_| {
                 gst::element_imp_error!(self, gst::ResourceError::Read, ("cannot map buffer"));
                 gst::FlowError::Error

@@ -155,14 +155,21 @@ fn view(args: &[String]) -> Result<()> {
          ! appsink name=out sync=false"
     );
     let problems = Arc::new(AtomicU64::new(0));
+    // The last buffers irohsrc pushed, described, for the first decoder complaint.
+    let recent: Arc<Mutex<std::collections::VecDeque<String>>> = Arc::default();
     {
         let p = problems.clone();
+        let recent = recent.clone();
         for cat in ["libav", "h264parse"] {
             gst::log::set_threshold_for_name(cat, gst::DebugLevel::Warning);
         }
         gst::log::add_log_function(move |cat, level, _f, _fn, _l, _o, m| {
             if matches!(cat.name(), "libav" | "h264parse") && level <= gst::DebugLevel::Warning {
-                p.fetch_add(1, Ordering::Relaxed);
+                if p.fetch_add(1, Ordering::Relaxed) == 0 {
+                    for l in recent.lock().unwrap().iter() {
+                        out(format!("RECENT {l}"));
+                    }
+                }
                 // what the decoder said, for the test's failure message
                 out(format!(
                     "PROBLEM {}: {}",
@@ -184,9 +191,17 @@ fn view(args: &[String]) -> Result<()> {
         let lat = lat.clone();
         let newest = newest_capture.clone();
         let unix = gst::Caps::builder("timestamp/x-unix").build();
+        let recent = recent.clone();
         src.static_pad("src")
             .unwrap()
             .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                if let Some(gst::PadProbeData::Buffer(b)) = &info.data {
+                    let mut r = recent.lock().unwrap();
+                    r.push_back(describe_ts(b));
+                    if r.len() > 24 {
+                        r.pop_front();
+                    }
+                }
                 if let Some(gst::PadProbeData::Buffer(b)) = &info.data
                     && let Some(m) = b
                         .iter_meta::<gst::ReferenceTimestampMeta>()
@@ -410,4 +425,45 @@ fn main() {
         eprintln!("netbed: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// One line about a TS buffer: size, flags, and per PID the packets, PES starts and the
+/// continuity counters at both ends (to see a cut frame).
+fn describe_ts(b: &gst::BufferRef) -> String {
+    let Ok(m) = b.map_readable() else {
+        return "unmappable".into();
+    };
+    let mut pids: std::collections::BTreeMap<u16, (u32, u32, u8, u8)> = Default::default();
+    for p in m.chunks(188) {
+        if p.len() < 4 || p[0] != 0x47 {
+            continue;
+        }
+        let pid = (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
+        let cc = p[3] & 0x0f;
+        let e = pids.entry(pid).or_insert((0, 0, cc, cc));
+        e.0 += 1;
+        if p[1] & 0x40 != 0 {
+            e.1 += 1;
+        }
+        e.3 = cc;
+    }
+    format!(
+        "{} B{}{} pts {:?} {}",
+        m.len(),
+        if b.flags().contains(gst::BufferFlags::DISCONT) {
+            " DISCONT"
+        } else {
+            ""
+        },
+        if b.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+            ""
+        } else {
+            " KEY"
+        },
+        b.pts().map(|t| t.mseconds()),
+        pids.iter()
+            .map(|(pid, (n, s, c0, c1))| format!("pid{pid}:{n}p/{s}s cc{c0}-{c1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
 }
