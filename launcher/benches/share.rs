@@ -1,5 +1,7 @@
 //! `cargo bench -p pixelpass`: a real share on this machine (Xvfb 1920x1080 screen, x264,
-//! iroh on loopback, mpv with its low-latency profile), printing `METRIC <name> <value> <unit>`.
+//! iroh on loopback, mpv with its low-latency profile), printing `METRIC <name> <value> <unit>`;
+//! then the same through the Wayland ScreenCast portal (headless sway 1920x1080, the figures
+//! prefixed `wayland_`) when that session can be built here.
 //!
 //! - host_idle_cpu_pct: the host with its ticket out and no viewer (capture is off).
 //! - host_sharing_cpu_pct: the host capturing and encoding 1080p30 for one viewer.
@@ -79,13 +81,30 @@ fn main() {
         return;
     }
     let quick = std::env::var_os("BENCH_QUICK").is_some();
-    let x = Xvfb::start(1920, 1080);
-    let env = vec![
-        ("DISPLAY".to_string(), x.display.clone()),
-        ("WAYLAND_DISPLAY".into(), String::new()),
-    ];
+    {
+        let x = Xvfb::start(1920, 1080);
+        let env = vec![
+            ("DISPLAY".to_string(), x.display.clone()),
+            ("WAYLAND_DISPLAY".into(), String::new()),
+        ];
+        measure("", &env, quick);
+    }
+    match wayland_missing() {
+        Some(why) => eprintln!("SKIP wayland figures: {why}"),
+        None => {
+            let w = Wayland::start(1920, 1080);
+            let mut env = w.env.clone();
+            env.push(("DISPLAY".into(), String::new()));
+            measure("wayland_", &env, quick);
+        }
+    }
+}
+
+/// One share in `env`: idle and sharing CPU, capture → mpv and capture → viewer latency.
+fn measure(prefix: &str, env: &[(String, String)], quick: bool) {
+    let metric = |name: &str, value: f64, unit: &str| metric(&format!("{prefix}{name}"), value, unit);
     let config = TempDir::new("bench-config");
-    let (host, host_out) = spawn(&["host", "--no-audio", "--quality", "high"], &env, &config);
+    let (host, host_out) = spawn(&["host", "--no-audio", "--quality", "high"], env, &config);
     assert!(
         wait_text(&host_out, "\"ticket\"", Duration::from_secs(30)).is_some(),
         "host ticket"
