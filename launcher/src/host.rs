@@ -84,6 +84,9 @@ impl Capture {
     }
 }
 
+/// What the host says when the desktop ends the screen cast, whichever way it learns it.
+const CAST_ENDED: &str = "screen sharing was stopped from the desktop: the share ends";
+
 /// Why the capture asks the host loop to act.
 enum CaptureNote {
     /// The pipeline failed.
@@ -130,6 +133,20 @@ impl Plan {
             encoder: &self.video.encoder,
             audio_source: self.audio_source.as_deref(),
         })
+    }
+}
+
+/// A `pulsesrc` recording `device` (a monitor source).
+fn pulse_source(device: &str) -> String {
+    format!("pulsesrc device={} client-name=pixelpass", quote(device))
+}
+
+/// "a, b", or "none".
+fn list_or_none(items: &[&str]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
     }
 }
 
@@ -183,15 +200,12 @@ async fn plan(args: &HostArgs, events: &Arc<Events>) -> Result<(Plan, u32)> {
         let rule = rule.clone();
         let ev = events.clone();
         tokio::task::spawn_blocking(move || app_audio_check(&rule, &ev)).await??;
-        Some(format!(
-            "pulsesrc device={} client-name=pixelpass",
-            quote(&format!("{}.monitor", crate::audio::apps::sink_name()))
-        ))
+        Some(pulse_source(&format!("{}.monitor", crate::audio::apps::sink_name())))
     } else if args.source == Source::Test {
         Some("audiotestsrc is-live=true wave=sine freq=440 volume=0.3".to_string())
     } else {
         match tokio::task::spawn_blocking(crate::audio::monitor::default_monitor).await? {
-            Ok(dev) => Some(format!("pulsesrc device={} client-name=pixelpass", quote(&dev))),
+            Ok(dev) => Some(pulse_source(&dev)),
             Err(e) => {
                 events.emit(Event::Warning {
                     message: format!("sharing video without sound: {e} (use --no-audio to silence this)"),
@@ -250,21 +264,13 @@ fn app_audio_check(rule: &Rule, events: &Events) -> Result<()> {
             message: format!(
                 "no app named {} is playing sound now; it is shared as soon as it does (playing now: {})",
                 names.join(", "),
-                if all.is_empty() {
-                    "none".to_string()
-                } else {
-                    all.join(", ")
-                }
+                list_or_none(&all)
             ),
         }),
         _ => eprintln!(
             "pixelpass: sharing {} (playing now: {})",
             rule.describe(),
-            if shared.is_empty() {
-                "none".to_string()
-            } else {
-                shared.join(", ")
-            }
+            list_or_none(&shared)
         ),
     }
     Ok(())
@@ -298,27 +304,20 @@ async fn start_capture(
             let closed = cast.closed_signal();
             let closed = AbortOnDrop(tokio::spawn(async move {
                 closed.await;
-                let _ = n.send(CaptureNote::Ended(
-                    "screen sharing was stopped from the desktop: the share ends".into(),
-                ));
+                let _ = n.send(CaptureNote::Ended(CAST_ENDED.into()));
             }));
             let mut cast = cast;
             let fd = cast.watch_fd.take();
             let (node, n) = (cast.node, notes.clone());
             let client = crate::pw::Client::spawn("cast", fd, move |c| {
-                let n2 = n.clone();
-                let removed = c
-                    .registry
+                Ok(c.registry
                     .add_listener_local()
                     .global_remove(move |id| {
                         if id == node {
-                            let _ = n2.send(CaptureNote::Ended(
-                                "the desktop ended the screen cast: the share ends".into(),
-                            ));
+                            let _ = n.send(CaptureNote::Ended(CAST_ENDED.into()));
                         }
                     })
-                    .register();
-                Ok(removed)
+                    .register())
             })?;
             watch = Some(CastWatch {
                 _closed: closed,

@@ -369,21 +369,24 @@ impl Wayland {
             "[screencast]\noutput_name=HEADLESS-1\nmax_fps=30\nchooser_type=none\n",
         )
         .unwrap();
-        let log = |name: &str| std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
         let mut env = audio.env.clone();
         env.push(("XDG_CURRENT_DESKTOP".into(), "sway".into()));
-        let procs = vec![Proc::spawn(
+        let mut w = Wayland {
+            env,
+            procs: Vec::new(),
+            dir,
+            audio,
+        };
+        let conf = w.dir.path().join("sway.conf");
+        w.spawn(
             "sway",
             Command::new("unshare")
                 .args(["--user", "--map-user=1000", "--map-group=1000", "sway", "-c"])
-                .arg(dir.path().join("sway.conf"))
-                .envs(env.iter().map(|(k, v)| (k, v)))
+                .arg(conf)
                 .env("WLR_BACKENDS", "headless")
                 .env("WLR_LIBINPUT_NO_DEVICES", "1")
-                .env("WLR_RENDERER", "pixman")
-                .stdout(Stdio::null())
-                .stderr(log("sway")),
-        )];
+                .env("WLR_RENDERER", "pixman"),
+        );
         let mut display = None;
         wait_for(Duration::from_secs(15), || {
             display = std::fs::read_dir(&runtime).ok().and_then(|d| {
@@ -393,8 +396,7 @@ impl Wayland {
             display.is_some()
         });
         let display = display.expect("sway came up (see its log)");
-        env.push(("WAYLAND_DISPLAY".into(), display));
-        let mut w = Wayland { env, procs, dir, audio };
+        w.env.push(("WAYLAND_DISPLAY".into(), display));
         w.spawn(
             "content",
             Command::new("gst-launch-1.0").args([

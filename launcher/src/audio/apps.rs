@@ -53,6 +53,11 @@ impl App {
         !w.is_empty() && (self.name.eq_ignore_ascii_case(w) || self.binary.eq_ignore_ascii_case(w))
     }
 
+    /// pixelpass's own streams: never shared back into the capture, never listed.
+    fn is_ours(&self) -> bool {
+        self.name == "pixelpass"
+    }
+
     /// How people see it: the name, else the binary.
     pub fn label(&self) -> &str {
         if self.name.is_empty() { &self.binary } else { &self.name }
@@ -62,7 +67,7 @@ impl App {
 impl Rule {
     /// Whether a stream of `app` is shared. Our own streams (the capture itself) never are.
     pub fn shares(&self, app: &App) -> bool {
-        if app.name == "pixelpass" {
+        if app.is_ours() {
             return false;
         }
         match self {
@@ -108,7 +113,7 @@ pub fn playing() -> Result<Vec<App>> {
                 if prop(obj, "media.class") == Some("Stream/Output/Audio") {
                     let app = App::of(obj);
                     let mut f = f.borrow_mut();
-                    if !f.contains(&app) && app.name != "pixelpass" {
+                    if !f.contains(&app) && !app.is_ours() {
                         f.push(app);
                     }
                 }
