@@ -810,7 +810,11 @@ impl BaseSinkImpl for IrohSink {
         let mut chunks = Vec::new();
         let mut cur: Option<(FrameMeta, BytesMut)> = None;
         let mut prev_key = false;
+        // bytes of the list from the current buffer on: a chunk never needs more room
+        let mut left = list.calculate_size();
         for buffer in list.iter() {
+            let here = left;
+            left -= buffer.size();
             if self.skip_in_caps_header(buffer) {
                 continue;
             }
@@ -841,7 +845,9 @@ impl BaseSinkImpl for IrohSink {
                     arrived: now,
                 });
             }
-            let mut data = BytesMut::with_capacity(map.len() * list.len());
+            // (sized to what is left of the list, not the whole list: a frozen chunk keeps its
+            // allocation in the GOP cache)
+            let mut data = BytesMut::with_capacity(here);
             data.extend_from_slice(&map);
             cur = Some((self.meta_of(buffer, segment.as_ref()), data));
         }
