@@ -8,13 +8,13 @@
 
 use gst::glib;
 
-pub mod fanout;
+pub mod gop_cache;
 mod irohsink;
 mod irohsrc;
 pub mod net;
 pub mod protocol;
+pub mod psi_cache;
 pub mod ticket;
-pub mod ts;
 
 pub use irohsink::IrohSink;
 pub use irohsrc::IrohSrc;

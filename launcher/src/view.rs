@@ -9,7 +9,7 @@ use anyhow::{Result, anyhow};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use gst::prelude::*;
-use gstiroh::fanout::{Chunk, Fanout, FanoutConfig, Step};
+use gstiroh::gop_cache::{Chunk, GopCache, GopCacheConfig, Step};
 use gstiroh::protocol::{FrameMeta, flags};
 use gstiroh::ticket::Ticket;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -45,8 +45,8 @@ fn check_args(args: &ViewArgs) -> Result<(Ticket, SocketAddr)> {
 }
 
 /// Feeds what irohsrc outputs into the local fanout (and its MPEG-TS table cache).
-fn feed(appsink: &gst_app::AppSink, fanout: Arc<Fanout>) {
-    let mut psi = gstiroh::ts::PsiCache::default();
+fn feed(appsink: &gst_app::AppSink, fanout: Arc<GopCache>) {
+    let mut psi = gstiroh::psi_cache::PsiCache::default();
     let mut caps_seen: Option<gst::Caps> = None;
     appsink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
@@ -95,7 +95,7 @@ fn feed(appsink: &gst_app::AppSink, fanout: Arc<Fanout>) {
 }
 
 /// Serves one local player: a plain HTTP/1.1 response streaming MPEG-TS from a keyframe on.
-async fn serve_player(mut tcp: TcpStream, fanout: Arc<Fanout>, src: gst::Element, cancel: CancellationToken) {
+async fn serve_player(mut tcp: TcpStream, fanout: Arc<GopCache>, src: gst::Element, cancel: CancellationToken) {
     let _ = tcp.set_nodelay(true);
     // Read the request head (bounded); any path is the stream.
     let mut head = Vec::with_capacity(1024);
@@ -191,7 +191,7 @@ pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken)
     let pipeline = pipeline::launch(&pipeline::viewer_local(&ticket.to_string(), &src_props)?, "viewer")?;
     let appsink: gst_app::AppSink = pipeline::child(&pipeline, "out", "viewer")?;
     let src: gst::Element = pipeline::child(&pipeline, "src", "viewer")?;
-    let fanout = Arc::new(Fanout::new(FanoutConfig {
+    let fanout = Arc::new(GopCache::new(GopCacheConfig {
         burst_max_age: Duration::from_millis(300),
         keep: Duration::from_secs(4),
         ..Default::default()

@@ -1,4 +1,8 @@
+//! The irohsink GObject shell: properties, signals, state changes and render. A viewer's life
+//! on the host is in `session.rs` (admission) and `sender.rs` (what it is sent).
+
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -10,19 +14,18 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
-use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
 use iroh::{Endpoint, Watcher as _};
 use n0_future::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::fanout::{Chunk, Cursor, Fanout, FanoutConfig, Step};
-use crate::net::{self, Identity, RUNTIME, Relay, read_control, write_control};
-use crate::protocol::{self, CloseCode, Control, FrameMeta, GopHeader, flags};
-use crate::ticket::Ticket;
-use crate::ts::PsiCache;
+use super::session::{self, Limits, Shared, Totals};
+use crate::gop_cache::{Chunk, GopCache, GopCacheConfig};
+use crate::net::{self, Identity, RUNTIME, Relay};
+use crate::protocol::{self, CloseCode, FrameMeta};
+use crate::psi_cache::PsiCache;
 
-static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "irohsink",
         gst::DebugColorFlags::empty(),
@@ -30,11 +33,7 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-/// Stream reset code for a GOP dropped because the viewer fell behind.
-const RESET_STALE: u32 = 1;
-/// How long a new connection has to say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
+/// The properties as set (strings and integers).
 #[derive(Debug, Clone)]
 struct Settings {
     relay: String,
@@ -62,169 +61,38 @@ impl Default for Settings {
     }
 }
 
-/// One admitted viewer.
-#[derive(Debug)]
-struct Viewer {
-    id: String,
-    name: String,
-    endpoint_id: iroh::EndpointId,
-    conn: Connection,
-    cancel: CancellationToken,
-    close_as: Mutex<Option<CloseCode>>,
-    joined: Instant,
-    bytes_sent: AtomicU64,
-    dropped_gops: AtomicU64,
-    lag_ms: AtomicU64,
-    /// Capture time of the newest chunk written to QUIC for this viewer.
-    written_capture: AtomicU64,
-    /// Capture time of the first chunk written: stands for "acknowledged" until the viewer
-    /// sends its first progress report, so a viewer that never reports still counts as behind.
-    first_capture: AtomicU64,
-    /// (GOP seq, capture time) of the viewer's newest progress report.
-    progress: Mutex<(u64, u64)>,
-    progress_at: Mutex<Instant>,
-}
-
-impl Viewer {
-    fn stats(&self) -> gst::Structure {
-        let (path, rtt) = net::path_info(&self.conn);
-        gst::Structure::builder("viewer")
-            .field("id", &self.id)
-            .field("name", &self.name)
-            .field("endpoint-id", self.endpoint_id.to_string())
-            .field("path", path)
-            .field("rtt-ms", rtt.map_or(-1.0, |d| d.as_secs_f64() * 1000.0))
-            .field("bytes-sent", self.bytes_sent.load(Ordering::Relaxed))
-            .field("dropped-gops", self.dropped_gops.load(Ordering::Relaxed))
-            .field("lag-ms", self.lag_ms.load(Ordering::Relaxed))
-            .field("connected-s", self.joined.elapsed().as_secs_f64())
-            .build()
-    }
-}
-
-/// State shared between the element and its network tasks.
-struct Shared {
-    element: glib::WeakRef<super::IrohSink>,
-    fanout: Fanout,
-    identity: Mutex<Identity>,
+/// The settings as typed values, resolved once at NULL→READY.
+#[derive(Debug, Clone)]
+struct Resolved {
+    relay: Relay,
+    bind_addr: Option<SocketAddr>,
     key_file: Option<PathBuf>,
-    endpoint: Endpoint,
-    ticket: Mutex<String>,
-    viewers: Mutex<BTreeMap<String, Arc<Viewer>>>,
-    next_viewer: AtomicU64,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
-    max_viewers: AtomicU32,
-    max_lag: Duration,
-    slow_timeout: Duration,
-    keyframe_interval: Duration,
-    fku: Mutex<(Option<Instant>, bool)>,
-    // totals over the element's life
-    viewers_total: AtomicU64,
-    bytes_sent_done: AtomicU64,
-    dropped_gops_done: AtomicU64,
-    keyframe_requests: AtomicU64,
+    limits: Limits,
+    burst_max_age: Duration,
 }
 
-impl Shared {
-    fn post(&self, s: gst::Structure) {
-        if let Some(el) = self.element.upgrade() {
-            let _ = el.post_message(gst::message::Element::builder(s).src(&el).build());
-        }
-    }
+impl TryFrom<&Settings> for Resolved {
+    type Error = gst::ErrorMessage;
 
-    /// Asks upstream for a keyframe with all headers, at most once per `keyframe_interval`
-    /// (the encoder base class does not throttle these); a request inside the interval is
-    /// deferred to its end, not lost.
-    fn request_keyframe(self: &Arc<Self>) {
-        let mut fku = self.fku.lock().unwrap();
-        let now = Instant::now();
-        match fku.0 {
-            Some(last) if now.duration_since(last) < self.keyframe_interval => {
-                if !fku.1 {
-                    fku.1 = true;
-                    let this = self.clone();
-                    let at = last + self.keyframe_interval;
-                    RUNTIME.spawn(async move {
-                        tokio::select! {
-                            _ = tokio::time::sleep_until(at.into()) => {}
-                            _ = this.cancel.cancelled() => return,
-                        }
-                        let mut fku = this.fku.lock().unwrap();
-                        fku.1 = false;
-                        fku.0 = Some(Instant::now());
-                        drop(fku);
-                        this.send_keyframe_event();
-                    });
-                }
-            }
-            _ => {
-                fku.0 = Some(now);
-                drop(fku);
-                self.send_keyframe_event();
-            }
-        }
-    }
-
-    fn send_keyframe_event(&self) {
-        let Some(el) = self.element.upgrade() else { return };
-        self.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-        let ev = gst_video::UpstreamForceKeyUnitEvent::builder()
-            .all_headers(true)
-            .build();
-        gst::debug!(CAT, obj = el, "requesting a keyframe upstream");
-        if !el.static_pad("sink").is_some_and(|p| p.push_event(ev)) {
-            gst::debug!(CAT, obj = el, "upstream did not handle the force-key-unit event");
-        }
-    }
-
-    fn update_ticket(&self) -> Option<String> {
-        let id = self.identity.lock().unwrap();
-        let t = Ticket {
-            addr: self.endpoint.addr(),
-            secret: id.secret,
-        }
-        .to_string();
-        let mut cur = self.ticket.lock().unwrap();
-        if *cur == t {
-            return None;
-        }
-        *cur = t.clone();
-        Some(t)
-    }
-
-    fn announce_ticket(&self, ticket: &str) {
-        self.post(gst::Structure::builder("iroh-ticket").field("ticket", ticket).build());
-        if let Some(el) = self.element.upgrade() {
-            el.notify("ticket");
-        }
-    }
-
-    fn stats(&self) -> gst::Structure {
-        let viewers = self.viewers.lock().unwrap();
-        let list: Vec<gst::Structure> = viewers.values().map(|v| v.stats()).collect();
-        let bytes: u64 = self.bytes_sent_done.load(Ordering::Relaxed)
-            + viewers
-                .values()
-                .map(|v| v.bytes_sent.load(Ordering::Relaxed))
-                .sum::<u64>();
-        let dropped: u64 = self.dropped_gops_done.load(Ordering::Relaxed)
-            + viewers
-                .values()
-                .map(|v| v.dropped_gops.load(Ordering::Relaxed))
-                .sum::<u64>();
-        let f = self.fanout.stats();
-        gst::Structure::builder("application/x-irohsink-stats")
-            .field("viewers", viewers.len() as u32)
-            .field("viewers-total", self.viewers_total.load(Ordering::Relaxed))
-            .field("bytes-sent", bytes)
-            .field("dropped-gops", dropped)
-            .field("gops", f.gops)
-            .field("cached-bytes", f.cached_bytes as u64)
-            .field("waiting-keyframe", f.waiting_keyframe as u32)
-            .field("keyframe-requests", self.keyframe_requests.load(Ordering::Relaxed))
-            .field("viewer-stats", gst::Array::new(list))
-            .build()
+    fn try_from(s: &Settings) -> Result<Self, Self::Error> {
+        let relay = s
+            .relay
+            .parse()
+            .map_err(|e: String| gst::error_msg!(gst::ResourceError::Settings, ("property relay: {e}")))?;
+        let bind_addr = net::parse_bind_addr(&s.bind_address)
+            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("property bind-address: {e}")))?;
+        let ms = |v: u32| Duration::from_millis(v.into());
+        Ok(Self {
+            relay,
+            bind_addr,
+            key_file: s.key_file.as_ref().map(PathBuf::from),
+            limits: Limits {
+                max_lag: ms(s.max_lag_ms),
+                slow_timeout: ms(s.slow_timeout_ms),
+                keyframe_interval: ms(s.keyframe_interval_ms),
+            },
+            burst_max_age: ms(s.burst_max_age_ms),
+        })
     }
 }
 
@@ -242,6 +110,7 @@ enum State {
 #[derive(Default)]
 pub struct IrohSink {
     settings: Mutex<Settings>,
+    resolved: Mutex<Option<Resolved>>,
     state: Mutex<StateBox>,
 }
 
@@ -299,7 +168,7 @@ impl IrohSink {
         self.obj().segment().downcast::<gst::ClockTime>().ok()
     }
 
-    /// Hands chunks to the fanout, caching MPEG-TS tables on the way.
+    /// Hands chunks to the GOP cache, caching MPEG-TS tables on the way.
     fn push_chunks(&self, chunks: Vec<Chunk>) -> Result<gst::FlowSuccess, gst::FlowError> {
         let mut state = self.state.lock().unwrap();
         let State::Started { shared, psi, .. } = &mut state.0 else {
@@ -312,20 +181,13 @@ impl IrohSink {
                 changed |= psi.scan(&c.data);
             }
             if changed && let Some(t) = psi.tables() {
-                shared.fanout.set_headers(vec![Chunk {
-                    meta: FrameMeta {
-                        flags: flags::HEADER | flags::DELTA,
-                        ..Default::default()
-                    },
-                    data: t,
-                    arrived: Instant::now(),
-                }]);
+                shared.gops.set_headers(vec![Chunk::header(t)]);
             }
         }
         drop(state);
         gst::trace!(CAT, imp = self, "pushing {} chunks", chunks.len());
         for c in chunks {
-            shared.fanout.push(c);
+            shared.gops.push(c);
         }
         Ok(gst::FlowSuccess::Ok)
     }
@@ -562,14 +424,13 @@ impl ElementImpl for IrohSink {
 
     fn change_state(&self, transition: gst::StateChange) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         if transition == gst::StateChange::NullToReady {
-            let s = self.settings.lock().unwrap().clone();
-            if let Err(e) = s.relay.parse::<Relay>() {
-                gst::element_imp_error!(self, gst::ResourceError::Settings, ("property relay: {e}"));
-                return Err(gst::StateChangeError);
-            }
-            if let Err(e) = net::parse_bind_addr(&s.bind_address) {
-                gst::element_imp_error!(self, gst::ResourceError::Settings, ("property bind-address: {e}"));
-                return Err(gst::StateChangeError);
+            let resolved = Resolved::try_from(&*self.settings.lock().unwrap());
+            match resolved {
+                Ok(r) => *self.resolved.lock().unwrap() = Some(r),
+                Err(e) => {
+                    self.post_error_message(e);
+                    return Err(gst::StateChangeError);
+                }
             }
         }
         self.parent_change_state(transition)
@@ -578,83 +439,36 @@ impl ElementImpl for IrohSink {
 
 impl BaseSinkImpl for IrohSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let s = self.settings.lock().unwrap().clone();
-        let relay: Relay = s
-            .relay
-            .parse()
-            .map_err(|e: String| gst::error_msg!(gst::ResourceError::Settings, ("property relay: {e}")))?;
-        let bind_addr = net::parse_bind_addr(&s.bind_address)
-            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("property bind-address: {e}")))?;
-        let key_file = s.key_file.as_ref().map(PathBuf::from);
-        let identity = match &key_file {
+        let r = match self.resolved.lock().unwrap().clone() {
+            Some(r) => r,
+            None => Resolved::try_from(&*self.settings.lock().unwrap())?,
+        };
+        let mut identity = match &r.key_file {
             Some(p) => Identity::load_or_create(p)
                 .map_err(|e| gst::error_msg!(gst::ResourceError::OpenReadWrite, ("property key-file: {e}")))?,
             None => Identity::generate(),
         };
-        // With a key file, rebind the port of last time so the ticket stays the same.
-        let saved: Vec<std::net::SocketAddr> = match (identity.port, bind_addr) {
-            (Some(p), None) if key_file.is_some() => vec![
-                (std::net::Ipv4Addr::UNSPECIFIED, p).into(),
-                (std::net::Ipv6Addr::UNSPECIFIED, p).into(),
-            ],
-            (Some(p), Some(a)) if key_file.is_some() && a.port() == 0 => vec![std::net::SocketAddr::new(a.ip(), p)],
-            _ => Vec::new(),
-        };
-        let fresh: Vec<std::net::SocketAddr> = bind_addr.into_iter().collect();
-        let key = identity.key.clone();
-        let alpns = vec![protocol::ALPN.to_vec(), protocol::ALPN_VERSION_PROBE.to_vec()];
-        let endpoint = net::block_on(async move {
-            // The previous run (a restart) may still be releasing the port: retry for a second.
-            if !saved.is_empty() {
-                for _ in 0..10 {
-                    if let Ok(ep) = net::bind(key.clone(), &relay, &saved, alpns.clone()).await {
-                        return Ok(ep);
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-            net::bind(key, &relay, &fresh, alpns).await
-        })
-        .map_err(|e| gst::error_msg!(gst::ResourceError::OpenWrite, ("{e}")))?;
-        let mut identity = identity;
-        let port = endpoint.bound_sockets().iter().find(|a| a.is_ipv4()).map(|a| a.port());
-        if let Some(p) = &key_file
-            && port != identity.port
-        {
-            identity.port = port;
-            if let Err(e) = identity.save(p) {
-                gst::element_imp_warning!(
-                    self,
-                    gst::ResourceError::Write,
-                    ("the ticket will change on restart: {e}")
-                );
-            }
-        }
-
+        let endpoint = bind_endpoint(&r, &identity)?;
+        self.remember_port(&endpoint, &r, &mut identity);
         let shared = Arc::new(Shared {
             element: self.obj().downgrade(),
-            fanout: Fanout::new(FanoutConfig {
-                burst_max_age: Duration::from_millis(s.burst_max_age_ms.into()),
-                keep: Duration::from_millis(u64::from(s.max_lag_ms) * 2).max(Duration::from_secs(2)),
+            gops: GopCache::new(GopCacheConfig {
+                burst_max_age: r.burst_max_age,
+                keep: (r.limits.max_lag * 2).max(Duration::from_secs(2)),
                 ..Default::default()
             }),
             identity: Mutex::new(identity),
-            key_file,
+            key_file: r.key_file,
             endpoint: endpoint.clone(),
             ticket: Mutex::new(String::new()),
             viewers: Mutex::new(BTreeMap::new()),
             next_viewer: AtomicU64::new(1),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            max_viewers: AtomicU32::new(s.max_viewers),
-            max_lag: Duration::from_millis(s.max_lag_ms.into()),
-            slow_timeout: Duration::from_millis(s.slow_timeout_ms.into()),
-            keyframe_interval: Duration::from_millis(s.keyframe_interval_ms.into()),
+            max_viewers: AtomicU32::new(self.settings.lock().unwrap().max_viewers),
+            limits: r.limits,
             fku: Mutex::new((None, false)),
-            viewers_total: AtomicU64::new(0),
-            bytes_sent_done: AtomicU64::new(0),
-            dropped_gops_done: AtomicU64::new(0),
-            keyframe_requests: AtomicU64::new(0),
+            totals: Totals::default(),
         });
         let ticket = shared.update_ticket().unwrap_or_default();
         gst::info!(CAT, imp = self, "serving as {} with ticket {ticket}", endpoint.id());
@@ -664,26 +478,11 @@ impl BaseSinkImpl for IrohSink {
             caps_headers: Vec::new(),
         });
         shared.announce_ticket(&ticket);
-
-        // Accept loop and ticket watcher; both end with the element's cancel token.
-        let sh = shared.clone();
-        shared.tasks.spawn_on(accept_loop(sh), RUNTIME.handle());
-        let sh = shared.clone();
-        shared.tasks.spawn_on(
-            async move {
-                let mut addrs = sh.endpoint.watch_addr().stream();
-                loop {
-                    tokio::select! {
-                        _ = sh.cancel.cancelled() => break,
-                        a = addrs.next() => if a.is_none() { break },
-                    }
-                    if let Some(t) = sh.update_ticket() {
-                        sh.announce_ticket(&t);
-                    }
-                }
-            },
-            RUNTIME.handle(),
-        );
+        // Both end with the element's cancel token.
+        shared
+            .tasks
+            .spawn_on(session::accept_loop(shared.clone()), RUNTIME.handle());
+        shared.tasks.spawn_on(watch_ticket(shared.clone()), RUNTIME.handle());
         Ok(())
     }
 
@@ -691,30 +490,7 @@ impl BaseSinkImpl for IrohSink {
         let state = std::mem::replace(&mut *self.state.lock().unwrap(), StateBox(State::Stopped));
         if let State::Started { shared, .. } = state.0 {
             // Bounded (≤ 0.8 s) so a ctrl-c'd host ends within a second.
-            net::block_on(async move {
-                shared.tasks.close();
-                // After EOS, let viewers drain what they have; otherwise close now.
-                if shared.fanout.is_eos() {
-                    let _ = tokio::time::timeout(Duration::from_millis(400), async {
-                        while shared
-                            .viewers
-                            .lock()
-                            .unwrap()
-                            .values()
-                            .any(|v| !v.cancel.is_cancelled())
-                        {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    })
-                    .await;
-                }
-                for v in shared.viewers.lock().unwrap().values() {
-                    v.close_as.lock().unwrap().get_or_insert(CloseCode::HostStopped);
-                }
-                shared.cancel.cancel();
-                let _ = tokio::time::timeout(Duration::from_millis(200), shared.tasks.wait()).await;
-                let _ = tokio::time::timeout(Duration::from_millis(200), shared.endpoint.close()).await;
-            });
+            net::block_on(shut_down(shared));
         }
         gst::info!(CAT, imp = self, "stopped");
         Ok(())
@@ -731,14 +507,7 @@ impl BaseSinkImpl for IrohSink {
                     let map = b
                         .map_readable()
                         .map_err(|_| gst::loggable_error!(CAT, "unreadable streamheader"))?;
-                    headers.push(Chunk {
-                        meta: FrameMeta {
-                            flags: flags::HEADER | flags::DELTA,
-                            ..Default::default()
-                        },
-                        data: Bytes::copy_from_slice(&map),
-                        arrived: Instant::now(),
-                    });
+                    headers.push(Chunk::header(Bytes::copy_from_slice(&map)));
                 }
             }
         }
@@ -755,8 +524,8 @@ impl BaseSinkImpl for IrohSink {
         gst::debug!(CAT, imp = self, "caps {caps}, {} stream headers", headers.len());
         *caps_headers = headers.iter().map(|h| h.data.clone()).collect();
         *psi = is_ts.then(PsiCache::default);
-        shared.fanout.set_caps(&caps.to_string());
-        shared.fanout.set_headers(headers);
+        shared.gops.set_caps(&caps.to_string());
+        shared.gops.set_headers(headers);
         Ok(())
     }
 
@@ -764,12 +533,12 @@ impl BaseSinkImpl for IrohSink {
         match event.view() {
             gst::EventView::Eos(_) => {
                 if let Some(sh) = self.shared() {
-                    sh.fanout.end();
+                    sh.gops.end();
                 }
             }
             gst::EventView::FlushStop(_) => {
                 if let Some(sh) = self.shared() {
-                    sh.fanout.flush();
+                    sh.gops.flush();
                 }
             }
             _ => {}
@@ -800,10 +569,8 @@ impl BaseSinkImpl for IrohSink {
     /// mpegtsmux pushes lists of single 188-byte packets: coalesce them into chunks, cutting
     /// only where a keyframe run starts (mpegtsmux marks the PAT it sends before a keyframe as
     /// the one non-DELTA packet) or at a discontinuity, so GOP boundaries stay exact and a chunk
-    /// never ends inside a frame. (Chunks used to be cut at every HEADER packet too — mpegtsmux
-    /// flags every packet of a keyframe PES as HEADER — and at 64 KiB: a keyframe went out as
-    /// single packets, and a GOP reset between two of them left a truncated keyframe that
-    /// tsdemux, told DISCONT, pushed to the decoder: "error while decoding MB" after an outage.)
+    /// never ends inside a frame (mpegtsmux flags every packet of a keyframe PES as HEADER, so
+    /// HEADER is no boundary), and a GOP stream reset or cut leaves whole frames only.
     fn render_list(&self, list: &gst::BufferList) -> Result<gst::FlowSuccess, gst::FlowError> {
         let segment = self.time_segment();
         let now = Instant::now();
@@ -866,14 +633,7 @@ impl IrohSink {
     fn kick(&self, id: &str, code: CloseCode) -> bool {
         let Some(sh) = self.shared() else { return false };
         let v = sh.viewers.lock().unwrap().get(id).cloned();
-        match v {
-            Some(v) => {
-                v.close_as.lock().unwrap().get_or_insert(code);
-                v.cancel.cancel();
-                true
-            }
-            None => false,
-        }
+        v.map(|v| v.end(code)).is_some()
     }
 
     /// Replaces the ticket's secret (persisted in the key file if there is one), removes every
@@ -889,442 +649,95 @@ impl IrohSink {
                 gst::element_imp_warning!(self, gst::ResourceError::Write, ("revoked in memory only: {e}"));
             }
         }
-        let ids: Vec<String> = sh.viewers.lock().unwrap().keys().cloned().collect();
-        for id in ids {
-            self.kick(&id, CloseCode::Revoked);
-        }
+        sh.end_all(CloseCode::Revoked);
         let t = sh.update_ticket()?;
         sh.announce_ticket(&t);
         Some(t)
     }
-}
 
-// ---------------------------------------------------------------------------------------------
-// network side
-
-async fn accept_loop(shared: Arc<Shared>) {
-    loop {
-        let incoming = tokio::select! {
-            _ = shared.cancel.cancelled() => break,
-            i = shared.endpoint.accept() => match i { Some(i) => i, None => break },
-        };
-        let sh = shared.clone();
-        shared.tasks.spawn(async move {
-            let conn = match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    gst::debug!(CAT, "incoming connection failed: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
-            if conn.alpn() == protocol::ALPN_VERSION_PROBE {
-                conn.close(protocol::VERSION.into(), protocol::ALPN);
-                return;
-            }
-            handle_viewer(sh, conn).await;
-        });
+    /// With a key file, keeps the bound port in it so the next start rebinds it (same ticket).
+    fn remember_port(&self, endpoint: &Endpoint, r: &Resolved, identity: &mut Identity) {
+        let port = endpoint.bound_sockets().iter().find(|a| a.is_ipv4()).map(|a| a.port());
+        let Some(p) = &r.key_file else { return };
+        if port == identity.port {
+            return;
+        }
+        identity.port = port;
+        if let Err(e) = identity.save(p) {
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Write,
+                ("the ticket will change on restart: {e}")
+            );
+        }
     }
 }
 
-fn close(conn: &Connection, code: CloseCode, reason: &str) {
-    conn.close(VarInt::from_u32(code as u32), reason.as_bytes());
-}
-
-async fn refuse(mut send: SendStream, conn: &Connection, code: CloseCode) {
-    let reason = code.reason();
-    let _ = write_control(
-        &mut send,
-        &Control::Refuse {
-            code: code as u32,
-            reason: reason.into(),
-        },
-    )
-    .await;
-    let _ = send.finish();
-    // Give the refusal a moment to arrive before the close frame.
-    let _ = tokio::time::timeout(Duration::from_millis(300), send.stopped()).await;
-    close(conn, code, reason);
-}
-
-async fn handle_viewer(shared: Arc<Shared>, conn: Connection) {
-    let remote = conn.remote_id();
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
-        let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-        let mut buf = BytesMut::new();
-        let msg = read_control(&mut recv, &mut buf).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((send, recv, buf, msg))
+/// Binds the host's endpoint. With a key file it first tries the port of last time, so the
+/// ticket stays the same across a restart.
+fn bind_endpoint(r: &Resolved, identity: &Identity) -> Result<Endpoint, gst::ErrorMessage> {
+    let saved: Vec<SocketAddr> = match (identity.port, r.bind_addr) {
+        (Some(p), None) if r.key_file.is_some() => {
+            vec![(Ipv4Addr::UNSPECIFIED, p).into(), (Ipv6Addr::UNSPECIFIED, p).into()]
+        }
+        (Some(p), Some(a)) if r.key_file.is_some() && a.port() == 0 => vec![SocketAddr::new(a.ip(), p)],
+        _ => Vec::new(),
+    };
+    let fresh: Vec<SocketAddr> = r.bind_addr.into_iter().collect();
+    let key = identity.key.clone();
+    let relay = r.relay.clone();
+    let alpns = vec![protocol::ALPN.to_vec(), protocol::ALPN_VERSION_PROBE.to_vec()];
+    net::block_on(async move {
+        // The previous run (a restart) may still be releasing the port: retry for a second.
+        if !saved.is_empty() {
+            for _ in 0..10 {
+                if let Ok(ep) = net::bind(key.clone(), &relay, &saved, alpns.clone()).await {
+                    return Ok(ep);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        net::bind(key, &relay, &fresh, alpns).await
     })
-    .await;
-    let (mut send, recv, buf, msg) = match hello {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
-            gst::debug!(CAT, "viewer {} sent no valid hello: {e}", remote.fmt_short());
-            close(&conn, CloseCode::Protocol, "expected a hello");
-            return;
-        }
-        Err(_) => {
-            close(&conn, CloseCode::Protocol, "no hello in time");
-            return;
-        }
-    };
-    let Control::Hello { secret, name } = msg else {
-        close(&conn, CloseCode::Protocol, "expected a hello");
-        return;
-    };
-    let refusal = {
-        let id = shared.identity.lock().unwrap();
-        if secret == id.secret {
-            None
-        } else if id.revoked.contains(&secret) {
-            Some(CloseCode::Revoked)
-        } else {
-            Some(CloseCode::BadSecret)
-        }
-    };
-    if let Some(code) = refusal {
-        gst::info!(CAT, "refused {}: {}", remote.fmt_short(), code.reason());
-        refuse(send, &conn, code).await;
-        return;
-    }
-    // Admission and registration under one lock, so two viewers cannot both take the last seat.
-    let viewer = {
-        let mut viewers = shared.viewers.lock().unwrap();
-        let max = shared.max_viewers.load(Ordering::Relaxed);
-        if max > 0 && viewers.len() >= max as usize {
-            None
-        } else {
-            let n = shared.next_viewer.fetch_add(1, Ordering::Relaxed);
-            let v = Arc::new(Viewer {
-                id: format!("{}-{n}", remote.fmt_short()),
-                name,
-                endpoint_id: remote,
-                conn: conn.clone(),
-                cancel: shared.cancel.child_token(),
-                close_as: Mutex::new(None),
-                joined: Instant::now(),
-                bytes_sent: AtomicU64::new(0),
-                dropped_gops: AtomicU64::new(0),
-                lag_ms: AtomicU64::new(0),
-                written_capture: AtomicU64::new(0),
-                first_capture: AtomicU64::new(0),
-                progress: Mutex::new((0, 0)),
-                progress_at: Mutex::new(Instant::now()),
-            });
-            viewers.insert(v.id.clone(), v.clone());
-            Some(v)
-        }
-    };
-    let Some(viewer) = viewer else {
-        gst::info!(CAT, "refused {}: host is full", remote.fmt_short());
-        refuse(send, &conn, CloseCode::HostFull).await;
-        return;
-    };
-    shared.viewers_total.fetch_add(1, Ordering::Relaxed);
-    let welcomed = write_control(&mut send, &Control::Welcome { viewer_id: 0 })
-        .await
-        .is_ok();
-    let (path, _) = net::path_info(&conn);
-    gst::info!(CAT, "viewer {} ({}) joined over {path}", viewer.id, viewer.name);
-    if let Some(el) = shared.element.upgrade() {
-        el.emit_by_name::<()>("viewer-joined", &[&viewer.id, &viewer.name]);
-    }
-    shared.post(
-        gst::Structure::builder("iroh-viewer-joined")
-            .field("id", &viewer.id)
-            .field("name", &viewer.name)
-            .field("endpoint-id", remote.to_string())
-            .field("path", path)
-            .build(),
-    );
-
-    let code = if welcomed {
-        serve(&shared, &viewer, send, recv, buf).await
-    } else {
-        CloseCode::Normal
-    };
-    let code = viewer.close_as.lock().unwrap().unwrap_or(code);
-    close(&conn, code, code.reason());
-    shared.viewers.lock().unwrap().remove(&viewer.id);
-    viewer.cancel.cancel();
-    shared
-        .bytes_sent_done
-        .fetch_add(viewer.bytes_sent.load(Ordering::Relaxed), Ordering::Relaxed);
-    shared
-        .dropped_gops_done
-        .fetch_add(viewer.dropped_gops.load(Ordering::Relaxed), Ordering::Relaxed);
-    let reason = code.reason();
-    gst::info!(CAT, "viewer {} left: {reason}", viewer.id);
-    if let Some(el) = shared.element.upgrade() {
-        el.emit_by_name::<()>("viewer-left", &[&viewer.id, &reason]);
-    }
-    shared.post(
-        gst::Structure::builder("iroh-viewer-left")
-            .field("id", &viewer.id)
-            .field("reason", reason)
-            .build(),
-    );
+    .map_err(|e| gst::error_msg!(gst::ResourceError::OpenWrite, ("{e}")))
 }
 
-/// Reads the viewer's control messages (progress reports, keyframe requests) until the
-/// control stream ends.
-async fn read_control_stream(shared: Arc<Shared>, viewer: Arc<Viewer>, mut recv: RecvStream, mut buf: BytesMut) {
-    while let Ok(msg) = read_control(&mut recv, &mut buf).await {
-        match msg {
-            Control::Progress { seq, capture_unix_ns } => {
-                *viewer.progress.lock().unwrap() = (seq, capture_unix_ns);
-                *viewer.progress_at.lock().unwrap() = Instant::now();
-            }
-            Control::KeyframeRequest => shared.request_keyframe(),
-            _ => {}
-        }
-    }
-}
-
-/// Why a write was interrupted.
-enum Interrupt {
-    Stale,
-    Gone(CloseCode),
-}
-
-/// Per-viewer sender: walks the GOP cache with the viewer's cursor, one uni stream per GOP.
-/// Returns the close code.
-async fn serve(
-    shared: &Arc<Shared>,
-    viewer: &Arc<Viewer>,
-    mut control: SendStream,
-    recv: RecvStream,
-    buf: BytesMut,
-) -> CloseCode {
-    let fanout = &shared.fanout;
-    let (mut cursor, need_keyframe) = fanout.join(Instant::now());
-    gst::debug!(
-        CAT,
-        "viewer {} starts {}",
-        viewer.id,
-        if need_keyframe {
-            "at the next keyframe"
-        } else {
-            "with the cached GOP"
-        }
-    );
-    if need_keyframe {
-        shared.request_keyframe();
-    }
-    RUNTIME.spawn(read_control_stream(shared.clone(), viewer.clone(), recv, buf));
-    let mut changed = fanout.subscribe();
-    let mut stream: Option<(u64, SendStream)> = None;
-    let mut progressing = Instant::now();
-    let mut finished: std::collections::VecDeque<(u64, SendStream)> = std::collections::VecDeque::new();
-    let mut skip_floor = 0u64;
-    let code = loop {
-        let step = fanout.next(&mut cursor, 64);
-        gst::trace!(CAT, "viewer {}: {step:?}", viewer.id);
-        let gop_done = matches!(step, Step::Close);
-        let res: Result<(), Interrupt> = match step {
-            Step::Open { seq, caps, headers, .. } => {
-                if let Some((_, mut s)) = stream.take() {
-                    let _ = s.finish();
-                }
-                let opened = tokio::select! {
-                    s = viewer.conn.open_uni() => s.map_err(|_| Interrupt::Gone(CloseCode::Normal)),
-                    _ = viewer.cancel.cancelled() => Err(Interrupt::Gone(CloseCode::HostStopped)),
-                };
-                match opened {
-                    Ok(s) => {
-                        if skip_floor == u64::MAX {
-                            skip_floor = seq;
-                        }
-                        // Older GOPs first: the viewer plays GOPs in order, so a newer GOP that
-                        // took the bandwidth would starve the tail of the one being played
-                        // (measured: a half-rate viewer stalled after 8 frames). Falling behind is
-                        // handled by resetting stale streams instead.
-                        let _ = s.set_priority(-((seq & 0x7fff_ffff) as i32));
-                        let mut parts = vec![Bytes::from(
-                            GopHeader {
-                                seq,
-                                caps: caps.to_string(),
-                            }
-                            .encode(),
-                        )];
-                        for h in &headers {
-                            let mut hdr = Vec::new();
-                            h.meta.encode_header(h.data.len(), &mut hdr);
-                            parts.push(hdr.into());
-                            parts.push(h.data.clone());
-                        }
-                        stream = Some((seq, s));
-                        write_parts(
-                            shared,
-                            viewer,
-                            fanout,
-                            &mut cursor,
-                            stream.as_mut().unwrap(),
-                            parts,
-                            0,
-                            skip_floor,
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            Step::Data(chunks) => {
-                let capture = chunks.iter().rev().find_map(|c| c.meta.capture_unix_ns).unwrap_or(0);
-                let mut parts = Vec::with_capacity(chunks.len() * 2);
-                for c in &chunks {
-                    let mut hdr = Vec::with_capacity(24);
-                    c.meta.encode_header(c.data.len(), &mut hdr);
-                    parts.push(Bytes::from(hdr));
-                    parts.push(c.data.clone());
-                }
-                match stream.as_mut() {
-                    Some(s) => write_parts(shared, viewer, fanout, &mut cursor, s, parts, capture, skip_floor).await,
-                    None => Ok(()),
-                }
-            }
-            Step::Close => {
-                if let Some((seq, mut s)) = stream.take() {
-                    let _ = s.finish();
-                    // Finished is not delivered: keep it resettable while it may still queue.
-                    finished.push_back((seq, s));
-                    if finished.len() > 16 {
-                        finished.pop_front();
-                    }
-                }
-                Ok(())
-            }
-            Step::Wait => {
-                tokio::select! {
-                    r = changed.changed() => if r.is_err() { Err(Interrupt::Gone(CloseCode::HostStopped)) } else { Ok(()) },
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => Ok(()),
-                    _ = viewer.cancel.cancelled() => Err(Interrupt::Gone(CloseCode::HostStopped)),
-                    _ = viewer.conn.closed() => Err(Interrupt::Gone(CloseCode::Normal)),
-                }
-            }
-            Step::End => {
-                if let Some((_, mut s)) = stream.take() {
-                    let _ = s.finish();
-                }
-                let _ = write_control(&mut control, &Control::End).await;
-                let _ = control.finish();
-                // The viewer closes once it has read everything; bounded wait.
-                tokio::select! {
-                    _ = viewer.conn.closed() => {},
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {},
-                    _ = viewer.cancel.cancelled() => {},
-                }
-                viewer.cancel.cancel();
-                break CloseCode::Normal;
-            }
-        };
-        let stale = match res {
-            Ok(()) => false,
-            Err(Interrupt::Gone(code)) => break code,
-            Err(Interrupt::Stale) => true,
-        };
-        // Lag bookkeeping after every step.
-        let lag = viewer_lag(fanout, &cursor, viewer, skip_floor);
-        viewer.lag_ms.store(lag.as_millis() as u64, Ordering::Relaxed);
-        // A viewer that has data outstanding but has not reported progress for slow-timeout
-        // (it stopped reading, or never started) is removed whatever the lag estimate says.
-        let acked = viewer.progress.lock().unwrap().1;
-        if viewer.written_capture.load(Ordering::Relaxed) > acked
-            && viewer.progress_at.lock().unwrap().elapsed() > shared.slow_timeout
-        {
-            break CloseCode::Slow;
-        }
-        // Hopeless: neither within max-lag nor finishing a single GOP for slow-timeout. A
-        // viewer at half the stream rate still finishes GOPs between skips and stays.
-        if lag <= shared.max_lag || gop_done {
-            progressing = Instant::now();
-        } else if progressing.elapsed() > shared.slow_timeout {
-            break CloseCode::Slow;
-        }
-        // Behind by more than max-lag with older GOPs still queued for it (or a newer GOP to
-        // jump to): drop everything not yet delivered and resume at a GOP start. An interrupted
-        // write left a partial frame: that GOP stream must go, whatever else.
-        let acked_seq = viewer.progress.lock().unwrap().0;
-        let behind = lag > shared.max_lag
-            && (fanout.newer_gop_exists(&cursor) || finished.iter().any(|(seq, _)| *seq >= acked_seq));
-        if stale || behind {
-            if !fanout.skip_to_newest(&mut cursor) {
-                fanout.abandon(&mut cursor);
-            }
-            for (seq, mut s) in finished.drain(..).chain(stream.take()) {
-                gst::debug!(CAT, "viewer {} is {lag:?} behind: dropping GOP {seq}", viewer.id);
-                let _ = s.reset(VarInt::from_u32(RESET_STALE));
-            }
-            viewer.dropped_gops.store(cursor.dropped_gops, Ordering::Relaxed);
-            // Progress reports from before the GOP we jump to say nothing about the new lag.
-            skip_floor = cursor.seq().unwrap_or(u64::MAX);
-        }
-    };
-    fanout.leave(&cursor);
-    if let Some((_, mut s)) = stream.take() {
-        let _ = s.reset(VarInt::from_u32(RESET_STALE));
-    }
-    code
-}
-
-/// How far behind live a viewer is: the age of what it has not been handed yet, plus what
-/// is handed to QUIC but not yet reported received.
-fn viewer_lag(fanout: &Fanout, cursor: &Cursor, viewer: &Viewer, skip_floor: u64) -> Duration {
-    let backlog = fanout.backlog_age(cursor, Instant::now());
-    let (seq, acked) = *viewer.progress.lock().unwrap();
-    let written = viewer.written_capture.load(Ordering::Relaxed);
-    let acked = if acked == 0 {
-        viewer.first_capture.load(Ordering::Relaxed)
-    } else {
-        acked
-    };
-    let in_flight = if seq >= skip_floor && acked > 0 {
-        Duration::from_nanos(written.saturating_sub(acked))
-    } else {
-        Duration::ZERO
-    };
-    backlog + in_flight
-}
-
-/// Writes `parts` to the GOP stream, interrupted when the viewer falls too far behind and a
-/// newer GOP exists (then the caller resets the stream), when it is kicked or when it goes.
-#[allow(clippy::too_many_arguments)]
-async fn write_parts(
-    shared: &Arc<Shared>,
-    viewer: &Arc<Viewer>,
-    fanout: &Fanout,
-    cursor: &mut Cursor,
-    stream: &mut (u64, SendStream),
-    mut parts: Vec<Bytes>,
-    capture: u64,
-    skip_floor: u64,
-) -> Result<(), Interrupt> {
-    let n: usize = parts.iter().map(Bytes::len).sum();
-    let write = stream.1.write_all_chunks(&mut parts);
-    tokio::pin!(write);
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+/// Re-announces the ticket whenever the endpoint's address changes.
+async fn watch_ticket(shared: Arc<Shared>) {
+    let mut addrs = shared.endpoint.watch_addr().stream();
     loop {
         tokio::select! {
-            r = &mut write => {
-                return match r {
-                    Ok(()) => {
-                        viewer.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-                        if capture > 0 {
-                            viewer.written_capture.store(capture, Ordering::Relaxed);
-                            let _ = viewer.first_capture.compare_exchange(0, capture, Ordering::Relaxed, Ordering::Relaxed);
-                        }
-                        Ok(())
-                    }
-                    Err(_) => Err(Interrupt::Gone(CloseCode::Normal)),
-                };
-            }
-            _ = tick.tick() => {
-                let lag = viewer_lag(fanout, cursor, viewer, skip_floor);
-                if lag > shared.max_lag && fanout.newer_gop_exists(cursor) {
-                    return Err(Interrupt::Stale);
-                }
-            }
-            _ = viewer.cancel.cancelled() => return Err(Interrupt::Gone(CloseCode::HostStopped)),
+            _ = shared.cancel.cancelled() => break,
+            a = addrs.next() => if a.is_none() { break },
+        }
+        if let Some(t) = shared.update_ticket() {
+            shared.announce_ticket(&t);
         }
     }
+}
+
+/// Stops serving within about 0.8 s: after EOS viewers get a moment to drain what they have,
+/// otherwise they are closed at once.
+async fn shut_down(shared: Arc<Shared>) {
+    shared.tasks.close();
+    if shared.gops.is_eos() {
+        let _ = tokio::time::timeout(Duration::from_millis(400), async {
+            while shared
+                .viewers
+                .lock()
+                .unwrap()
+                .values()
+                .any(|v| !v.cancel.is_cancelled())
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+    for v in shared.viewers.lock().unwrap().values() {
+        v.close_as.lock().unwrap().get_or_insert(CloseCode::HostStopped);
+    }
+    shared.cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_millis(200), shared.tasks.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(200), shared.endpoint.close()).await;
 }

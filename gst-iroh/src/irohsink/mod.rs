@@ -35,7 +35,10 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod delivery;
 mod imp;
+mod sender;
+mod session;
 
 glib::wrapper! {
     /// The `irohsink` element.

@@ -125,6 +125,7 @@ fn host(args: &[String]) -> Result<()> {
                                 "id": v.get::<String>("id").unwrap_or_default(),
                                 "path": v.get::<String>("path").unwrap_or_default(),
                                 "dropped_gops": v.get::<u64>("dropped-gops").unwrap_or(0),
+                                "cut_gops": v.get::<u64>("cut-gops").unwrap_or(0),
                                 "lag_ms": v.get::<u64>("lag-ms").unwrap_or(0),
                                 "bytes": v.get::<u64>("bytes-sent").unwrap_or(0),
                             })
@@ -138,6 +139,7 @@ fn host(args: &[String]) -> Result<()> {
                     "viewers": st.get::<u32>("viewers").unwrap_or(0),
                     "viewers_total": st.get::<u64>("viewers-total").unwrap_or(0),
                     "dropped_gops": st.get::<u64>("dropped-gops").unwrap_or(0),
+                    "cut_gops": st.get::<u64>("cut-gops").unwrap_or(0),
                     "cached_bytes": st.get::<u64>("cached-bytes").unwrap_or(0),
                     "rss_kb": rss_kb(),
                     "per_viewer": viewers,

@@ -2,9 +2,11 @@
 //!
 //! The streaming thread appends chunks (`push`), which never waits on anything but a short
 //! mutex. Each viewer task walks the cache with its own [`Cursor`]: it starts at a GOP start
-//! (the cached GOP if it is recent enough, else the next keyframe), and when it falls behind it
-//! jumps to the newest GOP start, so what it skips is always whole GOPs and what it gets always
-//! decodes. Memory is bounded by age and bytes whatever the viewers do.
+//! (the cached GOP if it is recent enough, else the next keyframe). A viewer that cannot take
+//! a whole GOP in time either stops it early ([`GopCache::cut`]: the rest of the GOP is left
+//! out, the frames it got decode) or jumps to the newest GOP start
+//! ([`GopCache::skip_to_newest`]), so what it gets always decodes. Memory is bounded by age
+//! and bytes whatever the viewers do.
 //!
 //! No network and no GStreamer here: unit-tested with synthetic chunks.
 
@@ -28,9 +30,24 @@ pub struct Chunk {
     pub arrived: Instant,
 }
 
+impl Chunk {
+    /// A header chunk (caps `streamheader`, or MPEG-TS PAT/PMT): flagged HEADER, sent to
+    /// every viewer before its first GOP.
+    pub fn header(data: Bytes) -> Self {
+        Self {
+            meta: FrameMeta {
+                flags: crate::protocol::flags::HEADER | crate::protocol::flags::DELTA,
+                ..Default::default()
+            },
+            data,
+            arrived: Instant::now(),
+        }
+    }
+}
+
 /// Limits of the cache.
 #[derive(Debug, Clone, Copy)]
-pub struct FanoutConfig {
+pub struct GopCacheConfig {
     /// A new viewer is burst the current GOP if it started less than this ago; otherwise it
     /// waits for the next keyframe (and a keyframe is requested).
     pub burst_max_age: Duration,
@@ -46,7 +63,7 @@ pub struct FanoutConfig {
     pub min_gop_bytes: usize,
 }
 
-impl Default for FanoutConfig {
+impl Default for GopCacheConfig {
     fn default() -> Self {
         Self {
             burst_max_age: Duration::from_millis(500),
@@ -86,6 +103,8 @@ struct Inner {
     bytes: usize,
     eos: bool,
     dropped_before_keyframe: u64,
+    /// Time between the last few GOP starts, newest last.
+    periods: VecDeque<Duration>,
 }
 
 /// Where a viewer stands.
@@ -104,12 +123,24 @@ pub struct Cursor {
     started: bool,
     /// GOPs skipped because the viewer fell behind (or its GOP was evicted).
     pub dropped_gops: u64,
+    /// GOPs the viewer stopped early ([`GopCache::cut`]).
+    pub cut_gops: u64,
     /// The next GOP opened follows skipped data.
     discont: bool,
     last_seq: Option<u64>,
 }
 
 impl Cursor {
+    /// Gives up GOP `seq` (counted as dropped): resume at the next GOP start, marked discont.
+    fn resync_after(&mut self, seq: u64) {
+        self.pos = Pos::WaitNext {
+            after: Some(seq),
+            counted: false,
+        };
+        self.dropped_gops += 1;
+        self.discont = true;
+    }
+
     /// The GOP the cursor is in (or about to open), if any.
     pub fn seq(&self) -> Option<u64> {
         match self.pos {
@@ -142,7 +173,7 @@ pub enum Step {
 
 /// Snapshot of aggregate counters.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct FanoutStats {
+pub struct GopCacheStats {
     /// GOPs cut so far.
     pub gops: u64,
     /// Bytes held in the cache.
@@ -157,15 +188,15 @@ pub struct FanoutStats {
 
 /// The shared GOP cache.
 #[derive(Debug)]
-pub struct Fanout {
-    cfg: FanoutConfig,
+pub struct GopCache {
+    cfg: GopCacheConfig,
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
 }
 
-impl Fanout {
+impl GopCache {
     /// A new, empty cache.
-    pub fn new(cfg: FanoutConfig) -> Self {
+    pub fn new(cfg: GopCacheConfig) -> Self {
         Self {
             cfg,
             inner: Mutex::new(Inner::default()),
@@ -223,6 +254,11 @@ impl Fanout {
             if cut {
                 if let Some(g) = inner.gops.back_mut() {
                     g.closed = true;
+                    let period = chunk.arrived.saturating_duration_since(g.started);
+                    inner.periods.push_back(period);
+                    if inner.periods.len() > 3 {
+                        inner.periods.pop_front();
+                    }
                 }
                 let seq = inner.next_seq;
                 inner.next_seq += 1;
@@ -314,6 +350,7 @@ impl Fanout {
             },
             started: false,
             dropped_gops: 0,
+            cut_gops: 0,
             discont: false,
             last_seq: None,
         };
@@ -361,16 +398,37 @@ impl Fanout {
         }
     }
 
-    /// Gives up the cursor's current GOP (its stream was cut): resume at the next GOP start.
+    /// Gives up the cursor's current GOP (its stream was reset): resume at the next GOP start.
     pub fn abandon(&self, cursor: &mut Cursor) {
         if let Pos::In { seq, .. } = cursor.pos {
-            cursor.pos = Pos::WaitNext {
-                after: Some(seq),
-                counted: false,
-            };
-            cursor.dropped_gops += 1;
-            cursor.discont = true;
+            cursor.resync_after(seq);
         }
+    }
+
+    /// Stops the cursor's current GOP early: what was handed out stays valid (it ends at a
+    /// chunk boundary), the rest of the GOP is left out and the next GOP opened is marked
+    /// discont. Returns false when the cursor is not inside a GOP.
+    pub fn cut(&self, cursor: &mut Cursor) -> bool {
+        let Pos::In { seq, .. } = cursor.pos else {
+            return false;
+        };
+        cursor.pos = Pos::WaitNext {
+            after: Some(seq),
+            counted: false,
+        };
+        cursor.cut_gops += 1;
+        cursor.discont = true;
+        true
+    }
+
+    /// When the GOP after the newest one is expected to start: the newest GOP's start plus the
+    /// median of the last three GOP periods. None until two GOPs were cut.
+    pub fn next_gop_due(&self) -> Option<Instant> {
+        let inner = self.lock();
+        let mut p: Vec<Duration> = inner.periods.iter().copied().collect();
+        p.sort();
+        let period = *p.get(p.len() / 2)?;
+        Some(inner.gops.back()?.started + period)
     }
 
     /// Whether a newer GOP than the cursor's exists (so skipping would help).
@@ -422,22 +480,11 @@ impl Fanout {
                 }
                 Pos::In { seq, idx, opened } => {
                     let Some(g) = find(&inner, seq) else {
-                        // Evicted under this viewer: it was far behind. Resync at the next
-                        // GOP start (the newest complete one is as good as any).
-                        cursor.dropped_gops += 1;
-                        cursor.discont = true;
-                        cursor.pos = Pos::WaitNext {
-                            after: Some(seq),
-                            counted: false,
-                        };
-                        if inner.gops.back().is_some_and(|g| g.seq > seq) {
-                            let newest = inner.gops.back().unwrap().seq;
-                            cursor.dropped_gops += newest.saturating_sub(seq + 1);
-                            cursor.pos = Pos::WaitNext {
-                                after: Some(newest - 1),
-                                counted: false,
-                            };
-                        }
+                        // Evicted under this viewer: it was far behind. Resync at the newest GOP
+                        // start (skipping what lies between).
+                        let newest = inner.gops.back().map_or(seq, |g| g.seq.max(seq + 1) - 1);
+                        cursor.resync_after(newest);
+                        cursor.dropped_gops += newest - seq;
                         if cursor.started && opened {
                             return Step::Close;
                         }
@@ -446,12 +493,7 @@ impl Fanout {
                     if !opened {
                         if g.first_idx > idx {
                             // Its start was trimmed: wait for the next GOP.
-                            cursor.pos = Pos::WaitNext {
-                                after: Some(seq),
-                                counted: false,
-                            };
-                            cursor.dropped_gops += 1;
-                            cursor.discont = true;
+                            cursor.resync_after(seq);
                             continue;
                         }
                         let headers = if cursor.started {
@@ -473,12 +515,7 @@ impl Fanout {
                     }
                     if idx < g.first_idx {
                         // Trimmed under the viewer mid-GOP.
-                        cursor.dropped_gops += 1;
-                        cursor.discont = true;
-                        cursor.pos = Pos::WaitNext {
-                            after: Some(seq),
-                            counted: false,
-                        };
+                        cursor.resync_after(seq);
                         return Step::Close;
                     }
                     let rel = idx - g.first_idx;
@@ -506,9 +543,9 @@ impl Fanout {
     }
 
     /// Aggregate counters.
-    pub fn stats(&self) -> FanoutStats {
+    pub fn stats(&self) -> GopCacheStats {
         let inner = self.lock();
-        FanoutStats {
+        GopCacheStats {
             gops: inner.next_seq,
             cached_bytes: inner.bytes,
             cached_gops: inner.gops.len(),
@@ -539,14 +576,14 @@ mod tests {
         }
     }
 
-    fn fanout() -> Fanout {
-        let f = Fanout::new(FanoutConfig::default());
+    fn fanout() -> GopCache {
+        let f = GopCache::new(GopCacheConfig::default());
         f.set_caps("video/x-h264");
         f
     }
 
     /// Drains a viewer: returns (events as text, tags of data received).
-    fn drain(f: &Fanout, c: &mut Cursor) -> (Vec<String>, Vec<u8>) {
+    fn drain(f: &GopCache, c: &mut Cursor) -> (Vec<String>, Vec<u8>) {
         let mut ev = Vec::new();
         let mut tags = Vec::new();
         loop {
@@ -644,8 +681,38 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_gop_keeps_what_was_sent_and_the_next_gop_opens_discont() {
+        let f = fanout();
+        let t = Instant::now();
+        f.push(chunk(true, 1, t));
+        f.push(chunk(false, 2, t));
+        let (mut c, _) = f.join(t);
+        assert!(matches!(f.next(&mut c, 1), Step::Open { seq: 0, .. }));
+        assert!(matches!(f.next(&mut c, 1), Step::Data(d) if d[0].data[0] == 1));
+        assert!(f.cut(&mut c));
+        assert!(!f.cut(&mut c), "already out of the GOP");
+        f.push(chunk(false, 3, t));
+        assert_eq!(drain(&f, &mut c), (vec![], vec![]), "the rest of GOP 0 is left out");
+        f.push(chunk(true, 10, t + Duration::from_secs(1)));
+        assert_eq!(drain(&f, &mut c), (vec!["open1!".into()], vec![10]));
+        assert_eq!((c.cut_gops, c.dropped_gops), (1, 0));
+    }
+
+    #[test]
+    fn the_next_gop_is_due_one_median_period_after_the_newest() {
+        let f = fanout();
+        let t = Instant::now();
+        assert_eq!(f.next_gop_due(), None);
+        for (i, ms) in [0u64, 1000, 2000, 2300, 3300].iter().enumerate() {
+            f.push(chunk(true, i as u8, t + Duration::from_millis(*ms)));
+        }
+        // periods 1000, 300, 1000 (the last three): median 1000
+        assert_eq!(f.next_gop_due(), Some(t + Duration::from_millis(4300)));
+    }
+
+    #[test]
     fn memory_is_bounded_and_evicted_viewer_resyncs() {
-        let f = Fanout::new(FanoutConfig {
+        let f = GopCache::new(GopCacheConfig {
             max_bytes: 100,
             ..Default::default()
         });

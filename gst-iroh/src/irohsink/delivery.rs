@@ -1,0 +1,250 @@
+//! The host's model of one viewer's path: what was written for it, what it reported received,
+//! and from those the rate its path carries. The sender asks it when a chunk written now
+//! would arrive, to stop a GOP early instead of queueing what the viewer can no longer use.
+//!
+//! Pure: no network, no GStreamer; unit-tested with a simulated link.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// In-flight bytes above this at a progress report mean the path, not the stream, limited
+/// delivery over the interval before it (a few packets' worth: below it the viewer was
+/// simply caught up).
+const BACKLOG_BYTES: u64 = 8 * 1024;
+/// Shortest span a rate is measured over (progress reports come ~10 times a second).
+const MIN_SPAN: Duration = Duration::from_millis(200);
+/// Longest span a rate is measured over: the estimate follows a path that changes.
+const MAX_SPAN: Duration = Duration::from_secs(1);
+/// Delivery is extrapolated at the measured rate for at most this long after a report (a bit
+/// more than the report interval): a viewer that stops reporting has stopped receiving.
+const MAX_EXTRAPOLATION: Duration = Duration::from_millis(250);
+
+/// One write to a GOP stream.
+#[derive(Debug, Clone, Copy)]
+struct Write {
+    seq: u64,
+    /// Capture time (ns since the Unix epoch, host clock) of the newest frame in the write;
+    /// None for headers, which are delivered with the first frame after them.
+    capture: Option<u64>,
+    bytes: u64,
+    /// When the host received the oldest media in the write.
+    arrived: Instant,
+}
+
+/// What one viewer was sent and has received.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// Writes the viewer has not reported yet, oldest first.
+    pending: VecDeque<Write>,
+    /// Bytes written and not reset.
+    written: u64,
+    /// Bytes the viewer reported received.
+    delivered: u64,
+    /// When the newest progress report came.
+    reported_at: Option<Instant>,
+    /// (when, delivered) of the reports in the current stretch where the path was the limit.
+    busy: VecDeque<(Instant, u64)>,
+    /// (when, delivered) of every report within `MAX_SPAN`.
+    recent: VecDeque<(Instant, u64)>,
+    /// What the path carried the last time it was the limit, bytes/s.
+    path_rate: Option<f64>,
+}
+
+impl Delivery {
+    /// Records a write of `bytes` to GOP `seq`.
+    pub fn on_write(&mut self, seq: u64, capture: Option<u64>, bytes: u64, arrived: Instant) {
+        self.written += bytes;
+        self.pending.push_back(Write {
+            seq,
+            capture,
+            bytes,
+            arrived,
+        });
+    }
+
+    /// GOP `seq` was reset: what of it was not delivered never will be.
+    pub fn on_reset(&mut self, seq: u64) {
+        let before = self.pending.len();
+        let mut lost = 0;
+        self.pending.retain(|w| {
+            let gone = w.seq == seq;
+            if gone {
+                lost += w.bytes;
+            }
+            !gone
+        });
+        if self.pending.len() != before {
+            self.written -= lost;
+        }
+    }
+
+    /// The viewer reports it has handed downstream GOP `seq` up to the frame captured at
+    /// `capture`.
+    pub fn on_progress(&mut self, now: Instant, seq: u64, capture: u64) {
+        let busy_before = self.written - self.delivered > BACKLOG_BYTES;
+        while let Some(w) = self.pending.front() {
+            let done = w.seq < seq || (w.seq == seq && w.capture.is_none_or(|c| c <= capture));
+            if !done {
+                break;
+            }
+            self.delivered += w.bytes;
+            self.pending.pop_front();
+        }
+        self.reported_at = Some(now);
+        let busy_after = self.written - self.delivered > BACKLOG_BYTES;
+        if !(busy_before && busy_after) {
+            self.busy.clear();
+        }
+        push_window(&mut self.busy, now, self.delivered);
+        push_window(&mut self.recent, now, self.delivered);
+        if let Some(r) = rate_of(&self.busy) {
+            self.path_rate = Some(r);
+        }
+    }
+
+    /// Bytes/s the path carries: what it carried when it was the limit, or what it carried
+    /// lately if that is more. None until a rate was measured.
+    pub fn rate(&self) -> Option<f64> {
+        match (self.path_rate, rate_of(&self.recent)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Bytes written and not yet received at `now`, assuming the path kept its rate since the
+    /// last report (for a report interval or so).
+    pub fn in_flight(&self, now: Instant) -> u64 {
+        let reported = self.written - self.delivered;
+        match (self.rate(), self.reported_at) {
+            (Some(rate), Some(at)) => {
+                let since = now.saturating_duration_since(at).min(MAX_EXTRAPOLATION).as_secs_f64();
+                reported.saturating_sub((rate * since) as u64)
+            }
+            _ => reported,
+        }
+    }
+
+    /// When `bytes` written now would have arrived. None while the rate is unknown.
+    pub fn arrival(&self, now: Instant, bytes: u64) -> Option<Instant> {
+        let rate = self.rate().filter(|r| *r > 0.0)?;
+        let secs = (self.in_flight(now) + bytes) as f64 / rate;
+        Some(now + Duration::from_secs_f64(secs.min(3600.0)))
+    }
+
+    /// How long what is in flight takes to arrive. None while the rate is unknown.
+    pub fn drain_time(&self, now: Instant) -> Option<Duration> {
+        self.arrival(now, 0).map(|a| a - now)
+    }
+
+    /// When the host received the oldest media still undelivered to this viewer.
+    pub fn oldest_undelivered(&self) -> Option<Instant> {
+        self.pending.front().map(|w| w.arrived)
+    }
+
+    /// When the newest progress report came (None before the first).
+    pub fn reported_at(&self) -> Option<Instant> {
+        self.reported_at
+    }
+
+    /// Whether written data awaits a report.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
+fn push_window(w: &mut VecDeque<(Instant, u64)>, now: Instant, delivered: u64) {
+    w.push_back((now, delivered));
+    while w.len() > 2 && w.get(1).is_some_and(|(t, _)| now.duration_since(*t) >= MAX_SPAN) {
+        w.pop_front();
+    }
+}
+
+fn rate_of(w: &VecDeque<(Instant, u64)>) -> Option<f64> {
+    let (&(t0, d0), &(t1, d1)) = (w.front()?, w.back()?);
+    let span = t1.duration_since(t0);
+    (span >= MIN_SPAN).then(|| (d1 - d0) as f64 / span.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A path of `rate` bytes/s: writes `frame` bytes every 33 ms for `secs`, reports every
+    /// 100 ms what has arrived by then.
+    fn simulate(rate: f64, frame: u64, secs: u64) -> (Delivery, Instant) {
+        let t0 = Instant::now();
+        let mut d = Delivery::default();
+        let mut queue: VecDeque<(u64, u64, f64)> = VecDeque::new(); // (capture, bytes, arrives at s)
+        let mut link_free = 0.0f64;
+        let mut newest = 0;
+        for ms in 0..secs * 1000 {
+            let now = t0 + ms as u32 * MS;
+            let t = ms as f64 / 1000.0;
+            if ms % 33 == 0 {
+                let capture = 1_000_000 * ms + 1;
+                d.on_write(0, Some(capture), frame, now);
+                link_free = link_free.max(t) + frame as f64 / rate;
+                queue.push_back((capture, frame, link_free));
+            }
+            while queue.front().is_some_and(|(_, _, at)| *at <= t) {
+                newest = queue.pop_front().unwrap().0;
+            }
+            if ms % 100 == 0 && newest > 0 {
+                d.on_progress(now, 0, newest);
+            }
+        }
+        (d, t0 + Duration::from_secs(secs))
+    }
+
+    #[test]
+    fn a_path_slower_than_the_stream_is_measured() {
+        // 250 kB/s of stream into a 125 kB/s path
+        let (d, now) = simulate(125_000.0, 8_250, 4);
+        let r = d.rate().unwrap();
+        assert!((110_000.0..=140_000.0).contains(&r), "rate {r}");
+        assert!(d.in_flight(now) > 100_000, "the backlog grows: {}", d.in_flight(now));
+        let drain = d.drain_time(now).unwrap();
+        assert!(drain > Duration::from_secs(1), "{drain:?}");
+    }
+
+    #[test]
+    fn a_fast_path_is_not_mistaken_for_a_slow_one() {
+        // 250 kB/s of stream into a 10 MB/s path: never busy, the rate is at least the stream's
+        let (d, now) = simulate(10_000_000.0, 8_250, 3);
+        let r = d.rate().unwrap();
+        assert!(r >= 200_000.0, "rate {r}");
+        assert!(d.in_flight(now) < 20_000, "{}", d.in_flight(now));
+        let arrival = d.arrival(now, 8_250).unwrap() - now;
+        assert!(arrival < Duration::from_millis(150), "{arrival:?}");
+    }
+
+    #[test]
+    fn headers_are_delivered_with_the_frame_after_them_and_resets_forget_bytes() {
+        let t = Instant::now();
+        let mut d = Delivery::default();
+        d.on_write(3, None, 100, t);
+        d.on_write(3, Some(10), 1000, t);
+        d.on_write(3, Some(20), 1000, t + 10 * MS);
+        d.on_write(4, None, 100, t + 20 * MS);
+        d.on_write(4, Some(30), 5000, t + 20 * MS);
+        d.on_progress(t + 30 * MS, 3, 10);
+        assert_eq!(d.written - d.delivered, 6100);
+        assert_eq!(d.oldest_undelivered(), Some(t + 10 * MS));
+        d.on_reset(3);
+        assert_eq!(d.written - d.delivered, 5100, "GOP 3's undelivered tail is gone");
+        d.on_progress(t + 40 * MS, 4, 30);
+        assert!(!d.has_pending());
+        assert_eq!(d.in_flight(t + 40 * MS), 0);
+    }
+
+    #[test]
+    fn a_viewer_that_stops_reporting_is_not_assumed_to_receive() {
+        let (mut d, now) = simulate(125_000.0, 8_250, 2);
+        d.on_write(0, Some(u64::MAX), 500_000, now);
+        let later = now + Duration::from_secs(10);
+        assert!(d.in_flight(later) > 400_000, "{}", d.in_flight(later));
+        assert!(d.drain_time(later).unwrap() > Duration::from_secs(2));
+    }
+}
