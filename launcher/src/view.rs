@@ -71,14 +71,7 @@ fn feed(appsink: &gst_app::AppSink, fanout: Arc<GopCache>) {
                 if psi.scan(&data)
                     && let Some(t) = psi.tables()
                 {
-                    fanout.set_headers(vec![Chunk {
-                        meta: FrameMeta {
-                            flags: flags::HEADER | flags::DELTA,
-                            ..Default::default()
-                        },
-                        data: t,
-                        arrived: Instant::now(),
-                    }]);
+                    fanout.set_headers(vec![Chunk::header(t)]);
                 }
                 fanout.push(Chunk {
                     meta: FrameMeta {
