@@ -7,14 +7,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// In-flight bytes above this at a progress report mean the path, not the stream, limited
-/// delivery over the interval before it (a few packets' worth: below it the viewer was
-/// simply caught up).
-const BACKLOG_BYTES: u64 = 8 * 1024;
-/// Shortest span a rate is measured over (progress reports come ~10 times a second).
-const MIN_SPAN: Duration = Duration::from_millis(200);
-/// Longest span a rate is measured over: the estimate follows a path that changes.
-const MAX_SPAN: Duration = Duration::from_secs(1);
+/// The rate is measured over the last stretch of this much time with data outstanding.
+const RATE_WINDOW: Duration = Duration::from_millis(1500);
+/// Less time than this with data outstanding measures nothing yet.
+const MIN_BUSY: Duration = Duration::from_millis(150);
 /// Delivery is extrapolated at the measured rate for at most this long after a report (a bit
 /// more than the report interval): a viewer that stops reporting has stopped receiving.
 const MAX_EXTRAPOLATION: Duration = Duration::from_millis(250);
@@ -42,17 +38,19 @@ pub struct Delivery {
     delivered: u64,
     /// When the newest progress report came.
     reported_at: Option<Instant>,
-    /// (when, delivered) of the reports in the current stretch where the path was the limit.
-    busy: VecDeque<(Instant, u64)>,
-    /// (when, delivered) of every report within `MAX_SPAN`.
-    recent: VecDeque<(Instant, u64)>,
-    /// What the path carried the last time it was the limit, bytes/s.
-    path_rate: Option<f64>,
+    /// Since when data has been outstanding and not yet accounted in `samples` (None while
+    /// nothing is outstanding: idle time says nothing about the path).
+    busy_since: Option<Instant>,
+    /// (end, time with data outstanding, bytes delivered in it), oldest first.
+    samples: VecDeque<(Instant, Duration, u64)>,
 }
 
 impl Delivery {
-    /// Records a write of `bytes` to GOP `seq`.
-    pub fn on_write(&mut self, seq: u64, capture: Option<u64>, bytes: u64, arrived: Instant) {
+    /// Records a write at `now` of `bytes` to GOP `seq`.
+    pub fn on_write(&mut self, now: Instant, seq: u64, capture: Option<u64>, bytes: u64, arrived: Instant) {
+        if self.busy_since.is_none() {
+            self.busy_since = Some(now);
+        }
         self.written += bytes;
         self.pending.push_back(Write {
             seq,
@@ -81,7 +79,7 @@ impl Delivery {
     /// The viewer reports it has handed downstream GOP `seq` up to the frame captured at
     /// `capture`.
     pub fn on_progress(&mut self, now: Instant, seq: u64, capture: u64) {
-        let busy_before = self.written - self.delivered > BACKLOG_BYTES;
+        let before = self.delivered;
         while let Some(w) = self.pending.front() {
             let done = w.seq < seq || (w.seq == seq && w.capture.is_none_or(|c| c <= capture));
             if !done {
@@ -91,24 +89,27 @@ impl Delivery {
             self.pending.pop_front();
         }
         self.reported_at = Some(now);
-        let busy_after = self.written - self.delivered > BACKLOG_BYTES;
-        if !(busy_before && busy_after) {
-            self.busy.clear();
-        }
-        push_window(&mut self.busy, now, self.delivered);
-        push_window(&mut self.recent, now, self.delivered);
-        if let Some(r) = rate_of(&self.busy) {
-            self.path_rate = Some(r);
+        if let Some(since) = self.busy_since {
+            self.samples
+                .push_back((now, now.saturating_duration_since(since), self.delivered - before));
+            while self
+                .samples
+                .front()
+                .is_some_and(|(end, _, _)| now.saturating_duration_since(*end) > RATE_WINDOW)
+            {
+                self.samples.pop_front();
+            }
+            self.busy_since = self.has_pending().then_some(now);
         }
     }
 
-    /// Bytes/s the path carries: what it carried when it was the limit, or what it carried
-    /// lately if that is more. None until a rate was measured.
+    /// Bytes/s the path delivers while data is outstanding. None until measured.
     pub fn rate(&self) -> Option<f64> {
-        match (self.path_rate, rate_of(&self.recent)) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
+        let (busy, bytes) = self
+            .samples
+            .iter()
+            .fold((Duration::ZERO, 0), |(t, b), (_, dt, db)| (t + *dt, b + db));
+        (busy >= MIN_BUSY && bytes > 0).then(|| bytes as f64 / busy.as_secs_f64())
     }
 
     /// Bytes written and not yet received at `now`, assuming the path kept its rate since the
@@ -152,19 +153,6 @@ impl Delivery {
     }
 }
 
-fn push_window(w: &mut VecDeque<(Instant, u64)>, now: Instant, delivered: u64) {
-    w.push_back((now, delivered));
-    while w.len() > 2 && w.get(1).is_some_and(|(t, _)| now.duration_since(*t) >= MAX_SPAN) {
-        w.pop_front();
-    }
-}
-
-fn rate_of(w: &VecDeque<(Instant, u64)>) -> Option<f64> {
-    let (&(t0, d0), &(t1, d1)) = (w.front()?, w.back()?);
-    let span = t1.duration_since(t0);
-    (span >= MIN_SPAN).then(|| (d1 - d0) as f64 / span.as_secs_f64())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,7 +172,7 @@ mod tests {
             let t = ms as f64 / 1000.0;
             if ms % 33 == 0 {
                 let capture = 1_000_000 * ms + 1;
-                d.on_write(0, Some(capture), frame, now);
+                d.on_write(now, 0, Some(capture), frame, now);
                 link_free = link_free.max(t) + frame as f64 / rate;
                 queue.push_back((capture, frame, link_free));
             }
@@ -224,11 +212,11 @@ mod tests {
     fn headers_are_delivered_with_the_frame_after_them_and_resets_forget_bytes() {
         let t = Instant::now();
         let mut d = Delivery::default();
-        d.on_write(3, None, 100, t);
-        d.on_write(3, Some(10), 1000, t);
-        d.on_write(3, Some(20), 1000, t + 10 * MS);
-        d.on_write(4, None, 100, t + 20 * MS);
-        d.on_write(4, Some(30), 5000, t + 20 * MS);
+        d.on_write(t, 3, None, 100, t);
+        d.on_write(t, 3, Some(10), 1000, t);
+        d.on_write(t, 3, Some(20), 1000, t + 10 * MS);
+        d.on_write(t, 4, None, 100, t + 20 * MS);
+        d.on_write(t, 4, Some(30), 5000, t + 20 * MS);
         d.on_progress(t + 30 * MS, 3, 10);
         assert_eq!(d.written - d.delivered, 6100);
         assert_eq!(d.oldest_undelivered(), Some(t + 10 * MS));
@@ -240,9 +228,23 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_after_idle_is_timed_from_its_write_and_idle_time_does_not_count() {
+        let t = Instant::now();
+        let mut d = Delivery::default();
+        for i in 0..3u64 {
+            // every second: 57 kB written at once, received whole 0.46 s later (125 kB/s)
+            let at = t + Duration::from_secs(i);
+            d.on_write(at, i, Some(i + 1), 57_000, at);
+            d.on_progress(at + 460 * MS, i, i + 1);
+        }
+        let r = d.rate().unwrap();
+        assert!((120_000.0..=130_000.0).contains(&r), "rate {r}");
+    }
+
+    #[test]
     fn a_viewer_that_stops_reporting_is_not_assumed_to_receive() {
         let (mut d, now) = simulate(125_000.0, 8_250, 2);
-        d.on_write(0, Some(u64::MAX), 500_000, now);
+        d.on_write(now, 0, Some(u64::MAX), 500_000, now);
         let later = now + Duration::from_secs(10);
         assert!(d.in_flight(later) > 400_000, "{}", d.in_flight(later));
         assert!(d.drain_time(later).unwrap() > Duration::from_secs(2));

@@ -207,6 +207,14 @@ impl Sender<'_> {
             let lag_deadline = c.arrived + self.shared.limits.max_lag;
             let deadline = due.map_or(lag_deadline, |d| d.max(lag_deadline));
             if arrival > deadline {
+                gst::debug!(
+                    CAT,
+                    "viewer {}: chunk {i} would arrive {:?} after its deadline ({} bytes in flight at {:.0} kB/s)",
+                    self.viewer.id,
+                    arrival - deadline,
+                    delivery.in_flight(now),
+                    delivery.rate().unwrap_or(0.0) / 1000.0
+                );
                 return i;
             }
         }
@@ -248,7 +256,8 @@ impl Sender<'_> {
         self.current = Some(stream);
         res?;
         self.viewer.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-        self.delivery().on_write(seq, capture, n as u64, arrived);
+        self.delivery()
+            .on_write(Instant::now(), seq, capture, n as u64, arrived);
         Ok(())
     }
 
@@ -286,6 +295,12 @@ impl Sender<'_> {
         if self.finished.is_empty() || !self.backlog_too_long(Instant::now()) {
             return;
         }
+        gst::debug!(
+            CAT,
+            "viewer {}: backlog drains in {:?}",
+            self.viewer.id,
+            self.delivery().drain_time(Instant::now())
+        );
         for mut s in self.finished.drain(..) {
             gst::debug!(CAT, "viewer {}: dropping the rest of GOP {}", self.viewer.id, s.seq);
             let _ = s.send.reset(VarInt::from_u32(RESET_STALE));

@@ -427,11 +427,16 @@ async fn read_control_stream(shared: Arc<Shared>, viewer: Arc<Viewer>, mut recv:
     while let Ok(msg) = read_control(&mut recv, &mut buf).await {
         match msg {
             Control::Progress { seq, capture_unix_ns } => {
-                viewer
-                    .delivery
-                    .lock()
-                    .unwrap()
-                    .on_progress(Instant::now(), seq, capture_unix_ns);
+                let now = Instant::now();
+                let mut d = viewer.delivery.lock().unwrap();
+                d.on_progress(now, seq, capture_unix_ns);
+                gst::log!(
+                    CAT,
+                    "viewer {}: progress GOP {seq}, {} bytes in flight, {:.0} kB/s",
+                    viewer.id,
+                    d.in_flight(now),
+                    d.rate().unwrap_or(0.0) / 1000.0
+                );
             }
             Control::KeyframeRequest => shared.request_keyframe(),
             _ => {}
