@@ -9,10 +9,14 @@
 //! started less than `burst-max-age` ago, otherwise the element sends one rate-limited
 //! force-key-unit event (all-headers) upstream and gates the viewer until the keyframe. For
 //! MPEG-TS the latest PAT/PMT go first; for other containers the caps `streamheader` does.
-//! Each GOP travels on its own QUIC uni stream, older GOPs first (viewers play them in order);
-//! a viewer that falls more than `max-lag` behind live has its undelivered GOP streams reset
-//! (its backlog is discarded inside QUIC) and resumes at the newest GOP. A viewer behind for `slow-timeout`
-//! is removed with reason "slow". The streaming thread never waits for the network.
+//! Each GOP travels on its own QUIC uni stream, older GOPs first (viewers play them in order).
+//! The element measures each viewer's path: a viewer slower than the stream gets every GOP as
+//! far as its path delivers it before the next GOP is due (or within `max-lag`), so it stays
+//! near live and the next keyframe finds its path idle (`cut-gops` in the stats). A viewer
+//! that still falls more than `max-lag` behind has its undelivered GOP streams reset (its
+//! backlog is discarded inside QUIC) and resumes at the newest GOP (`dropped-gops`). A viewer
+//! hopeless for `slow-timeout` is removed with reason "slow". The streaming thread never waits
+//! for the network.
 //!
 //! Signals (emitted from network threads): `viewer-joined (id, name)`,
 //! `viewer-left (id, reason)`. Actions: `kick (id) -> bool`, `revoke () -> new ticket`,
