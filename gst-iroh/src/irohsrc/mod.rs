@@ -23,6 +23,7 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+mod session;
 
 glib::wrapper! {
     /// The `irohsrc` element.

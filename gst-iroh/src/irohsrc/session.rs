@@ -1,0 +1,597 @@
+//! The viewer's network side: dials the host, runs the session and hands frames to the
+//! streaming thread through a bounded channel.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use gst::glib;
+use gst::prelude::*;
+use iroh::Endpoint;
+use iroh::endpoint::{Connection, ConnectionError, RecvStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::imp::CAT;
+use crate::net::{self, RUNTIME, Relay, read_control, write_control};
+use crate::protocol::{self, CloseCode, Control, FrameMeta, GopHeader};
+use crate::ticket::Ticket;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes received but not yet handed downstream before we call the host broken.
+const MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
+/// How often the viewer tells the host how far it got.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// Bytes GOP streams other than the one being played may hold before their readers pause
+/// (the one being played never pauses, so there is no flow-control deadlock).
+const AHEAD_BYTES: usize = 8 * 1024 * 1024;
+/// Latency samples kept for the percentiles in `stats`.
+const LATENCY_WINDOW: usize = 2048;
+
+/// What the network task hands the streaming thread.
+#[derive(Debug)]
+pub(super) enum Item {
+    /// A new connection: re-anchor timestamps, mark the next buffer DISCONT.
+    Session,
+    Caps(gst::Caps),
+    Frame {
+        meta: FrameMeta,
+        data: Bytes,
+        discont: bool,
+    },
+    Eos,
+    Error(String),
+}
+
+/// Counters shared with the network task.
+#[derive(Debug, Default)]
+pub(super) struct Stats {
+    pub(super) connected: AtomicBool,
+    pub(super) path: Mutex<&'static str>,
+    pub(super) rtt_us: AtomicU64,
+    pub(super) bytes: AtomicU64,
+    pub(super) gops: AtomicU64,
+    pub(super) skipped_gops: AtomicU64,
+    pub(super) reconnects: AtomicU64,
+    pub(super) latencies_us: Mutex<VecDeque<u64>>,
+    pub(super) buffered: AtomicUsize,
+    /// Index (in accept order) of the GOP stream being played, and a wake-up for paused readers.
+    pub(super) playing: AtomicU64,
+    pub(super) drained: tokio::sync::Notify,
+    /// Downstream asked for a keyframe (a force-key-unit event): tell the host.
+    pub(super) keyframe_wanted: AtomicBool,
+}
+
+impl Stats {
+    /// `n` buffered bytes went downstream (saturating: a new session resets the count while
+    /// the old one's last buffers may still be queued).
+    pub(super) fn release(&self, n: usize) {
+        let _ = self
+            .buffered
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(n)));
+        self.drained.notify_waiters();
+    }
+
+    fn record_latency(&self, capture_unix_ns: u64) {
+        let now = net::unix_now_ns();
+        if capture_unix_ns == 0 || capture_unix_ns > now + 5_000_000_000 {
+            return; // no capture time, or clocks too far apart to mean anything
+        }
+        let mut l = self.latencies_us.lock().unwrap();
+        if l.len() == LATENCY_WINDOW {
+            l.pop_front();
+        }
+        l.push_back(now.saturating_sub(capture_unix_ns) / 1000);
+    }
+
+    pub(super) fn structure(&self) -> gst::Structure {
+        let l = self.latencies_us.lock().unwrap();
+        let mut sorted: Vec<u64> = l.iter().copied().collect();
+        sorted.sort_unstable();
+        let pct = |p: f64| -> f64 {
+            if sorted.is_empty() {
+                return -1.0;
+            }
+            let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+            sorted[i] as f64 / 1000.0
+        };
+        gst::Structure::builder("application/x-irohsrc-stats")
+            .field("connected", self.connected.load(Ordering::Relaxed))
+            .field("path", *self.path.lock().unwrap())
+            .field("rtt-ms", self.rtt_us.load(Ordering::Relaxed) as f64 / 1000.0)
+            .field("bytes-received", self.bytes.load(Ordering::Relaxed))
+            .field("gops-received", self.gops.load(Ordering::Relaxed))
+            .field("gops-skipped", self.skipped_gops.load(Ordering::Relaxed))
+            .field("reconnects", self.reconnects.load(Ordering::Relaxed))
+            .field("latency-ms", l.back().map_or(-1.0, |v| *v as f64 / 1000.0))
+            .field("latency-p50-ms", pct(0.5))
+            .field("latency-p99-ms", pct(0.99))
+            .build()
+    }
+}
+
+pub(super) struct Ctx {
+    pub(super) element: glib::WeakRef<super::IrohSrc>,
+    pub(super) ticket: Ticket,
+    pub(super) relay: Relay,
+    pub(super) bind: Option<std::net::SocketAddr>,
+    pub(super) name: String,
+    pub(super) reconnect: bool,
+    pub(super) reconnect_timeout: Duration,
+    pub(super) tx: mpsc::Sender<Item>,
+    pub(super) cancel: CancellationToken,
+    pub(super) stats: Arc<Stats>,
+}
+
+impl Ctx {
+    fn post(&self, s: gst::Structure) {
+        if let Some(el) = self.element.upgrade() {
+            let _ = el.post_message(gst::message::Element::builder(s).src(&el).build());
+        }
+    }
+
+    async fn send(&self, item: Item) -> Result<(), End> {
+        tokio::select! {
+            r = self.tx.send(item) => r.map_err(|_| End::Cancelled),
+            _ = self.cancel.cancelled() => Err(End::Cancelled),
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Debug)]
+enum End {
+    /// The host sent end-of-stream.
+    Eos,
+    /// Stop trying: the message says why, for a person.
+    Fatal(String),
+    /// Try again (host gone, path broken, removed as slow).
+    Retry(String),
+    /// The element is stopping.
+    Cancelled,
+}
+
+pub(super) async fn run(ctx: Ctx) {
+    let bind: Vec<_> = ctx.bind.into_iter().collect();
+    let endpoint = tokio::select! {
+        e = net::bind(iroh::SecretKey::generate(), &ctx.relay, &bind, vec![]) => e,
+        _ = ctx.cancel.cancelled() => return,
+    };
+    let endpoint = match endpoint {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = ctx.send(Item::Error(e.to_string())).await;
+            return;
+        }
+    };
+    let mut ever_connected = false;
+    let mut lost_at: Option<Instant> = None;
+    let mut attempt = 0u32;
+    loop {
+        let end = session(&ctx, &endpoint, &mut ever_connected).await;
+        ctx.stats.connected.store(false, Ordering::Relaxed);
+        match end {
+            End::Eos => {
+                let _ = ctx.send(Item::Eos).await;
+                break;
+            }
+            End::Cancelled => break,
+            End::Fatal(msg) => {
+                let _ = ctx.send(Item::Error(msg)).await;
+                break;
+            }
+            End::Retry(msg) => {
+                if !ctx.reconnect || !ever_connected {
+                    let _ = ctx.send(Item::Error(msg)).await;
+                    break;
+                }
+                let since = *lost_at.get_or_insert_with(Instant::now);
+                if since.elapsed() > ctx.reconnect_timeout {
+                    let _ = ctx
+                        .send(Item::Error(format!(
+                            "{msg}; gave up after {} s of reconnecting",
+                            ctx.reconnect_timeout.as_secs()
+                        )))
+                        .await;
+                    break;
+                }
+                attempt += 1;
+                ctx.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                gst::info!(CAT, "connection lost ({msg}); reconnect attempt {attempt}");
+                ctx.post(
+                    gst::Structure::builder("iroh-reconnecting")
+                        .field("reason", &msg)
+                        .field("attempt", attempt)
+                        .build(),
+                );
+                let backoff = Duration::from_millis(200u64 << attempt.min(5)).min(Duration::from_secs(5));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = ctx.cancel.cancelled() => break,
+                }
+                continue;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.close()).await;
+}
+
+/// Text for a person, and whether to reconnect, for a close code from the host.
+fn explain(code: CloseCode, reason: &str) -> End {
+    match code {
+        CloseCode::HostFull => End::Fatal("host is full: it already has its maximum number of viewers".into()),
+        CloseCode::BadSecret => End::Fatal(
+            "ticket is not valid: the host does not accept its secret (ask the host for the current ticket)".into(),
+        ),
+        CloseCode::Revoked => End::Fatal("this ticket was revoked: ask the host for a new one".into()),
+        CloseCode::Kicked => End::Fatal("the host removed this viewer from the share".into()),
+        CloseCode::Slow => End::Retry("the host dropped this viewer as too slow".into()),
+        CloseCode::Protocol => End::Fatal(format!("protocol error reported by the host: {reason}")),
+        CloseCode::Normal | CloseCode::HostStopped => End::Retry("the host stopped sharing".into()),
+    }
+}
+
+fn explain_conn_error(e: &ConnectionError) -> End {
+    match e {
+        ConnectionError::ApplicationClosed(c) => explain(
+            CloseCode::from_u64(c.error_code.into_inner()),
+            &String::from_utf8_lossy(&c.reason),
+        ),
+        ConnectionError::LocallyClosed => End::Cancelled,
+        other => End::Retry(format!("connection to the host lost: {other}")),
+    }
+}
+
+/// Asks a host that refused our ALPN which protocol version it speaks.
+async fn probe_version(endpoint: &Endpoint, ticket: &Ticket) -> Option<u64> {
+    let conn = tokio::time::timeout(
+        Duration::from_secs(3),
+        endpoint.connect(ticket.addr.clone(), protocol::ALPN_VERSION_PROBE),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    match tokio::time::timeout(Duration::from_secs(3), conn.closed()).await.ok()? {
+        ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
+        _ => None,
+    }
+}
+
+async fn session(ctx: &Ctx, endpoint: &Endpoint, ever_connected: &mut bool) -> End {
+    let connect = async {
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            endpoint.connect(ctx.ticket.addr.clone(), protocol::ALPN),
+        )
+        .await
+        {
+            Err(_) => Err(End::Retry(format!(
+                "cannot reach the host within {} s (is it still sharing? are both sides online?)",
+                CONNECT_TIMEOUT.as_secs()
+            ))),
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => {
+                if let Some(v) = probe_version(endpoint, &ctx.ticket).await
+                    && v != u64::from(protocol::VERSION)
+                {
+                    return Err(End::Fatal(format!(
+                        "host speaks protocol v{v}, this viewer v{}: update the older side",
+                        protocol::VERSION
+                    )));
+                }
+                Err(End::Retry(format!("cannot connect to the host: {e}")))
+            }
+        }
+    };
+    let conn = tokio::select! {
+        c = connect => match c { Ok(c) => c, Err(e) => return e },
+        _ = ctx.cancel.cancelled() => return End::Cancelled,
+    };
+    let end = tokio::select! {
+        e = connected(ctx, &conn, ever_connected) => e,
+        _ = ctx.cancel.cancelled() => End::Cancelled,
+    };
+    let code = match &end {
+        End::Fatal(_) => CloseCode::Protocol,
+        _ => CloseCode::Normal,
+    };
+    conn.close((code as u32).into(), b"viewer left");
+    end
+}
+
+/// One item of one GOP stream.
+enum StreamItem {
+    Header(GopHeader),
+    Frame(FrameMeta, Bytes),
+    /// The host cut this GOP short (the viewer fell behind) or the stream broke.
+    Reset,
+    Finished,
+}
+
+async fn connected(ctx: &Ctx, conn: &Connection, ever_connected: &mut bool) -> End {
+    // Hello / welcome on the control stream.
+    let handshake = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| explain_conn_error(&e))?;
+        write_control(
+            &mut send,
+            &Control::Hello {
+                secret: ctx.ticket.secret,
+                name: ctx.name.chars().take(protocol::MAX_NAME_LEN / 4).collect(),
+            },
+        )
+        .await
+        .map_err(|e| End::Retry(format!("cannot talk to the host: {e}")))?;
+        let mut buf = BytesMut::new();
+        match read_control(&mut recv, &mut buf).await {
+            Ok(Control::Welcome { .. }) => Ok((send, recv, buf)),
+            Ok(Control::Refuse { code, reason }) => Err(explain(CloseCode::from_u64(code.into()), &reason)),
+            Ok(other) => Err(End::Fatal(format!("protocol error: expected a welcome, got {other:?}"))),
+            Err(e) => Err(match conn.close_reason() {
+                Some(ce) => explain_conn_error(&ce),
+                None => End::Retry(format!("the host did not answer: {e}")),
+            }),
+        }
+    };
+    let (mut control_send, mut control_recv, mut control_buf) =
+        match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => return e,
+            Err(_) => return End::Retry("the host did not answer in time".into()),
+        };
+    *ever_connected = true;
+    let (path, rtt) = net::path_info(conn);
+    ctx.stats.connected.store(true, Ordering::Relaxed);
+    *ctx.stats.path.lock().unwrap() = path;
+    ctx.stats
+        .rtt_us
+        .store(rtt.map_or(0, |d| d.as_micros() as u64), Ordering::Relaxed);
+    gst::info!(CAT, "connected to {} over {path}", conn.remote_id().fmt_short());
+    ctx.post(
+        gst::Structure::builder("iroh-connected")
+            .field("endpoint-id", conn.remote_id().to_string())
+            .field("path", path)
+            .field("rtt-ms", rtt.map_or(-1.0, |d| d.as_secs_f64() * 1000.0))
+            .build(),
+    );
+    if ctx.send(Item::Session).await.is_err() {
+        return End::Cancelled;
+    }
+
+    // Accept GOP streams in order (stream ids are ordered) and read each one eagerly into
+    // memory, so a stream waiting its turn never stalls the connection's flow control.
+    let (streams_tx, mut streams_rx) = mpsc::unbounded_channel::<mpsc::UnboundedReceiver<StreamItem>>();
+    let accept_cancel = ctx.cancel.child_token();
+    let _guard = accept_cancel.clone().drop_guard();
+    {
+        let conn = conn.clone();
+        let stats = ctx.stats.clone();
+        ctx.stats.playing.store(0, Ordering::Relaxed);
+        ctx.stats.buffered.store(0, Ordering::Relaxed);
+        RUNTIME.spawn(async move {
+            let mut index = 0u64;
+            loop {
+                let s = tokio::select! {
+                    s = conn.accept_uni() => s,
+                    _ = accept_cancel.cancelled() => break,
+                };
+                let Ok(s) = s else { break };
+                let (tx, rx) = mpsc::unbounded_channel();
+                if streams_tx.send(rx).is_err() {
+                    break;
+                }
+                let conn = conn.clone();
+                let stats = stats.clone();
+                RUNTIME.spawn(read_gop(index, s, tx, conn, stats));
+                index += 1;
+            }
+        });
+    }
+
+    let mut last_seq: Option<u64> = None;
+    let mut progress = (0u64, 0u64);
+    let mut sent_progress = progress;
+    let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
+    let mut ending = false;
+    let mut end_at = tokio::time::Instant::now();
+    let mut caps_cur: Option<String> = None;
+    let mut current: Option<mpsc::UnboundedReceiver<StreamItem>> = None;
+    let mut discont_next = false;
+    let mut played = 0u64;
+    let mut last_report = Instant::now() - PROGRESS_INTERVAL;
+    loop {
+        if current.is_none() {
+            tokio::select! {
+                s = streams_rx.recv() => match s {
+                    Some(s) => {
+                        current = Some(s);
+                        if played > 0 {
+                            ctx.stats.playing.fetch_add(1, Ordering::Relaxed);
+                            ctx.stats.drained.notify_waiters();
+                        }
+                        played += 1;
+                    }
+                    None => return conn.close_reason().map_or(End::Retry("connection closed".into()), |e| explain_conn_error(&e)),
+                },
+                m = read_control(&mut control_recv, &mut control_buf), if !ending => match m {
+                    Ok(Control::End) => {
+                        ending = true;
+                        end_at = tokio::time::Instant::now() + Duration::from_millis(300);
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        if let Some(e) = conn.close_reason() {
+                            return explain_conn_error(&e);
+                        }
+                        // control stream finished: treat as end once drained
+                        ending = true;
+                        end_at = tokio::time::Instant::now() + Duration::from_millis(300);
+                    }
+                },
+                // After the host's End, the last GOP streams may still be arriving: wait a moment
+                // for them, then end.
+                _ = tokio::time::sleep_until(end_at), if ending => return End::Eos,
+                _ = tick.tick() => {}
+                e = conn.closed() => return explain_conn_error(&e),
+            }
+        }
+        if let Some(rx) = current.as_mut() {
+            tokio::select! {
+                item = rx.recv() => match item {
+                    Some(StreamItem::Header(h)) => {
+                        ctx.stats.gops.fetch_add(1, Ordering::Relaxed);
+                        if let Some(l) = last_seq
+                            && h.seq != l + 1
+                        {
+                            ctx.stats.skipped_gops.fetch_add(h.seq.saturating_sub(l + 1), Ordering::Relaxed);
+                            discont_next = true;
+                        }
+                        last_seq = Some(h.seq);
+                        progress.0 = h.seq;
+                        if caps_cur.as_deref() != Some(h.caps.as_str()) {
+                            match gst::Caps::from_str(&h.caps) {
+                                Ok(c) => {
+                                    if ctx.send(Item::Caps(c)).await.is_err() {
+                                        return End::Cancelled;
+                                    }
+                                    caps_cur = Some(h.caps);
+                                }
+                                Err(_) => return End::Fatal(format!("the host sent caps this viewer cannot parse: {}", h.caps)),
+                            }
+                        }
+                    }
+                    Some(StreamItem::Frame(meta, data)) => {
+                        if let Some(c) = meta.capture_unix_ns {
+                            ctx.stats.record_latency(c);
+                            progress.1 = c;
+                        }
+                        let discont = std::mem::take(&mut discont_next);
+                        if ctx.send(Item::Frame { meta, data, discont }).await.is_err() {
+                            return End::Cancelled;
+                        }
+                    }
+                    Some(StreamItem::Reset) => {
+                        ctx.stats.skipped_gops.fetch_add(1, Ordering::Relaxed);
+                        discont_next = true;
+                        current = None;
+                    }
+                    Some(StreamItem::Finished) | None => current = None,
+                },
+                _ = tick.tick() => {}
+                e = conn.closed() => return explain_conn_error(&e),
+            }
+        }
+        // Progress reports and path watching, at most every PROGRESS_INTERVAL.
+        if last_report.elapsed() < PROGRESS_INTERVAL {
+            continue;
+        }
+        last_report = Instant::now();
+        if ctx.stats.keyframe_wanted.swap(false, Ordering::Relaxed) && !ending {
+            let _ = write_control(&mut control_send, &Control::KeyframeRequest).await;
+        }
+        if progress != sent_progress && !ending {
+            sent_progress = progress;
+            let _ = write_control(
+                &mut control_send,
+                &Control::Progress {
+                    seq: progress.0,
+                    capture_unix_ns: progress.1,
+                },
+            )
+            .await;
+        }
+        let (path, rtt) = net::path_info(conn);
+        ctx.stats
+            .rtt_us
+            .store(rtt.map_or(0, |d| d.as_micros() as u64), Ordering::Relaxed);
+        let prev = std::mem::replace(&mut *ctx.stats.path.lock().unwrap(), path);
+        if prev != path {
+            gst::info!(CAT, "path changed: {prev} -> {path}");
+            ctx.post(gst::Structure::builder("iroh-path-changed").field("path", path).build());
+        }
+    }
+}
+
+use std::str::FromStr as _;
+
+/// Reads one GOP stream into `tx`: header, then frames, then Finished or Reset.
+async fn read_gop(
+    index: u64,
+    mut s: RecvStream,
+    tx: mpsc::UnboundedSender<StreamItem>,
+    conn: Connection,
+    stats: Arc<Stats>,
+) {
+    let mut buf = BytesMut::new();
+    let mut header_done = false;
+    loop {
+        loop {
+            if !header_done {
+                match GopHeader::decode(&buf) {
+                    Ok(Some((h, used))) => {
+                        let _ = buf.split_to(used);
+                        header_done = true;
+                        let _ = tx.send(StreamItem::Header(h));
+                        continue;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        gst::warning!(CAT, "bad GOP header from host: {e}");
+                        conn.close((CloseCode::Protocol as u32).into(), b"bad GOP header");
+                        let _ = tx.send(StreamItem::Reset);
+                        return;
+                    }
+                }
+            }
+            match FrameMeta::decode_frame(&buf) {
+                Ok(Some(((meta, range), used))) => {
+                    let frame = buf.split_to(used).freeze();
+                    let data = frame.slice(range);
+                    let total = stats.buffered.fetch_add(data.len(), Ordering::Relaxed) + data.len();
+                    if total > MAX_BUFFERED_BYTES {
+                        gst::warning!(CAT, "host sent more than {MAX_BUFFERED_BYTES} bytes ahead: closing");
+                        conn.close((CloseCode::Protocol as u32).into(), b"too much data buffered");
+                        let _ = tx.send(StreamItem::Reset);
+                        return;
+                    }
+                    let _ = tx.send(StreamItem::Frame(meta, data));
+                    // A stream waiting its turn stops reading once enough is buffered: QUIC
+                    // flow control then tells the host, which skips this viewer ahead.
+                    while index != stats.playing.load(Ordering::Relaxed)
+                        && stats.buffered.load(Ordering::Relaxed) > AHEAD_BYTES
+                        && !tx.is_closed()
+                    {
+                        let notified = stats.drained.notified();
+                        let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    gst::warning!(CAT, "bad frame from host: {e}");
+                    conn.close((CloseCode::Protocol as u32).into(), b"bad frame");
+                    let _ = tx.send(StreamItem::Reset);
+                    return;
+                }
+            }
+        }
+        match s.read_chunk(1024 * 1024).await {
+            Ok(Some(chunk)) => {
+                stats.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => {
+                let _ = tx.send(if buf.is_empty() && header_done {
+                    StreamItem::Finished
+                } else {
+                    StreamItem::Reset
+                });
+                return;
+            }
+            Err(_) => {
+                let _ = tx.send(StreamItem::Reset);
+                return;
+            }
+        }
+    }
+}
