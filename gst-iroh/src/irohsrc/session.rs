@@ -2,6 +2,7 @@
 //! streaming thread through a bounded channel.
 
 use std::collections::VecDeque;
+use std::str::FromStr as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use gst::glib;
 use gst::prelude::*;
 use iroh::Endpoint;
-use iroh::endpoint::{Connection, ConnectionError, RecvStream};
+use iroh::endpoint::{Connection, ConnectionError, RecvStream, SendStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -152,19 +153,11 @@ enum End {
     /// The element is stopping.
     Cancelled,
 }
-
+/// Dials the host until the share ends, the host refuses this viewer, or reconnecting gives
+/// up; tells the streaming thread how it ended.
 pub(super) async fn run(ctx: Ctx) {
-    let bind: Vec<_> = ctx.bind.into_iter().collect();
-    let endpoint = tokio::select! {
-        e = net::bind(iroh::SecretKey::generate(), &ctx.relay, &bind, vec![]) => e,
-        _ = ctx.cancel.cancelled() => return,
-    };
-    let endpoint = match endpoint {
-        Ok(e) => e,
-        Err(e) => {
-            let _ = ctx.send(Item::Error(e.to_string())).await;
-            return;
-        }
+    let Some(endpoint) = open_endpoint(&ctx).await else {
+        return;
     };
     let mut ever_connected = false;
     let mut lost_at: Option<Instant> = None;
@@ -172,7 +165,7 @@ pub(super) async fn run(ctx: Ctx) {
     loop {
         let end = session(&ctx, &endpoint, &mut ever_connected).await;
         ctx.stats.connected.store(false, Ordering::Relaxed);
-        match end {
+        let msg = match end {
             End::Eos => {
                 let _ = ctx.send(Item::Eos).await;
                 break;
@@ -182,40 +175,62 @@ pub(super) async fn run(ctx: Ctx) {
                 let _ = ctx.send(Item::Error(msg)).await;
                 break;
             }
-            End::Retry(msg) => {
-                if !ctx.reconnect || !ever_connected {
-                    let _ = ctx.send(Item::Error(msg)).await;
-                    break;
-                }
-                let since = *lost_at.get_or_insert_with(Instant::now);
-                if since.elapsed() > ctx.reconnect_timeout {
-                    let _ = ctx
-                        .send(Item::Error(format!(
-                            "{msg}; gave up after {} s of reconnecting",
-                            ctx.reconnect_timeout.as_secs()
-                        )))
-                        .await;
-                    break;
-                }
-                attempt += 1;
-                ctx.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                gst::info!(CAT, "connection lost ({msg}); reconnect attempt {attempt}");
-                ctx.post(
-                    gst::Structure::builder("iroh-reconnecting")
-                        .field("reason", &msg)
-                        .field("attempt", attempt)
-                        .build(),
-                );
-                let backoff = Duration::from_millis(200u64 << attempt.min(5)).min(Duration::from_secs(5));
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = ctx.cancel.cancelled() => break,
-                }
-                continue;
-            }
+            End::Retry(msg) => msg,
+        };
+        if !ctx.reconnect || !ever_connected {
+            let _ = ctx.send(Item::Error(msg)).await;
+            break;
+        }
+        let since = *lost_at.get_or_insert_with(Instant::now);
+        if since.elapsed() > ctx.reconnect_timeout {
+            let _ = ctx
+                .send(Item::Error(format!(
+                    "{msg}; gave up after {} s of reconnecting",
+                    ctx.reconnect_timeout.as_secs()
+                )))
+                .await;
+            break;
+        }
+        attempt += 1;
+        if !back_off(&ctx, &msg, attempt).await {
+            break;
         }
     }
     let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.close()).await;
+}
+
+/// This viewer's own iroh endpoint (a fresh key each time: viewers have no identity).
+async fn open_endpoint(ctx: &Ctx) -> Option<Endpoint> {
+    let bind: Vec<_> = ctx.bind.into_iter().collect();
+    let endpoint = tokio::select! {
+        e = net::bind(iroh::SecretKey::generate(), &ctx.relay, &bind, vec![]) => e,
+        _ = ctx.cancel.cancelled() => return None,
+    };
+    match endpoint {
+        Ok(e) => Some(e),
+        Err(e) => {
+            let _ = ctx.send(Item::Error(e.to_string())).await;
+            None
+        }
+    }
+}
+
+/// Counts and announces reconnect attempt `attempt`, then waits out its backoff; false when
+/// the element stops meanwhile.
+async fn back_off(ctx: &Ctx, reason: &str, attempt: u32) -> bool {
+    ctx.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+    gst::info!(CAT, "connection lost ({reason}); reconnect attempt {attempt}");
+    ctx.post(
+        gst::Structure::builder("iroh-reconnecting")
+            .field("reason", reason)
+            .field("attempt", attempt)
+            .build(),
+    );
+    let backoff = Duration::from_millis(200u64 << attempt.min(5)).min(Duration::from_secs(5));
+    tokio::select! {
+        _ = tokio::time::sleep(backoff) => true,
+        _ = ctx.cancel.cancelled() => false,
+    }
 }
 
 /// Text for a person, and whether to reconnect, for a close code from the host.
@@ -259,34 +274,10 @@ async fn probe_version(endpoint: &Endpoint, ticket: &Ticket) -> Option<u64> {
     }
 }
 
+/// One connection: dial, play until it ends, close it with a code the host understands.
 async fn session(ctx: &Ctx, endpoint: &Endpoint, ever_connected: &mut bool) -> End {
-    let connect = async {
-        match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            endpoint.connect(ctx.ticket.addr.clone(), protocol::ALPN),
-        )
-        .await
-        {
-            Err(_) => Err(End::Retry(format!(
-                "cannot reach the host within {} s (is it still sharing? are both sides online?)",
-                CONNECT_TIMEOUT.as_secs()
-            ))),
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => {
-                if let Some(v) = probe_version(endpoint, &ctx.ticket).await
-                    && v != u64::from(protocol::VERSION)
-                {
-                    return Err(End::Fatal(format!(
-                        "host speaks protocol v{v}, this viewer v{}: update the older side",
-                        protocol::VERSION
-                    )));
-                }
-                Err(End::Retry(format!("cannot connect to the host: {e}")))
-            }
-        }
-    };
     let conn = tokio::select! {
-        c = connect => match c { Ok(c) => c, Err(e) => return e },
+        c = dial(ctx, endpoint) => match c { Ok(c) => c, Err(e) => return e },
         _ = ctx.cancel.cancelled() => return End::Cancelled,
     };
     let end = tokio::select! {
@@ -301,18 +292,61 @@ async fn session(ctx: &Ctx, endpoint: &Endpoint, ever_connected: &mut bool) -> E
     end
 }
 
-/// One item of one GOP stream.
-enum StreamItem {
-    Header(GopHeader),
-    Frame(FrameMeta, Bytes),
-    /// The host cut this GOP short (the viewer fell behind) or the stream broke.
-    Reset,
-    Finished,
+/// Opens the QUIC connection to the host; on a failed handshake, asks which protocol version
+/// the host speaks so the error can say which side to update.
+async fn dial(ctx: &Ctx, endpoint: &Endpoint) -> Result<Connection, End> {
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        endpoint.connect(ctx.ticket.addr.clone(), protocol::ALPN),
+    )
+    .await
+    {
+        Err(_) => Err(End::Retry(format!(
+            "cannot reach the host within {} s (is it still sharing? are both sides online?)",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => {
+            if let Some(v) = probe_version(endpoint, &ctx.ticket).await
+                && v != u64::from(protocol::VERSION)
+            {
+                return Err(End::Fatal(format!(
+                    "host speaks protocol v{v}, this viewer v{}: update the older side",
+                    protocol::VERSION
+                )));
+            }
+            Err(End::Retry(format!("cannot connect to the host: {e}")))
+        }
+    }
 }
 
+/// An admitted connection: announce it, accept GOP streams, play them.
 async fn connected(ctx: &Ctx, conn: &Connection, ever_connected: &mut bool) -> End {
-    // Hello / welcome on the control stream.
-    let handshake = async {
+    let mut control = match handshake(ctx, conn).await {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    *ever_connected = true;
+    report_connected(ctx, conn);
+    if ctx.send(Item::Session).await.is_err() {
+        return End::Cancelled;
+    }
+    let accept_cancel = ctx.cancel.child_token();
+    let _guard = accept_cancel.clone().drop_guard();
+    let gops = spawn_acceptor(ctx, conn, accept_cancel);
+    play(ctx, conn, &mut control, gops).await
+}
+
+/// The control bi-stream, with bytes read but not yet decoded.
+struct ControlStream {
+    send: SendStream,
+    recv: RecvStream,
+    buf: BytesMut,
+}
+
+/// Hello / Welcome on the control stream; a Refuse becomes the host's reason.
+async fn handshake(ctx: &Ctx, conn: &Connection) -> Result<ControlStream, End> {
+    let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| explain_conn_error(&e))?;
         write_control(
             &mut send,
@@ -325,7 +359,7 @@ async fn connected(ctx: &Ctx, conn: &Connection, ever_connected: &mut bool) -> E
         .map_err(|e| End::Retry(format!("cannot talk to the host: {e}")))?;
         let mut buf = BytesMut::new();
         match read_control(&mut recv, &mut buf).await {
-            Ok(Control::Welcome { .. }) => Ok((send, recv, buf)),
+            Ok(Control::Welcome { .. }) => Ok(ControlStream { send, recv, buf }),
             Ok(Control::Refuse { code, reason }) => Err(explain(CloseCode::from_u64(code.into()), &reason)),
             Ok(other) => Err(End::Fatal(format!("protocol error: expected a welcome, got {other:?}"))),
             Err(e) => Err(match conn.close_reason() {
@@ -334,13 +368,14 @@ async fn connected(ctx: &Ctx, conn: &Connection, ever_connected: &mut bool) -> E
             }),
         }
     };
-    let (mut control_send, mut control_recv, mut control_buf) =
-        match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => return e,
-            Err(_) => return End::Retry("the host did not answer in time".into()),
-        };
-    *ever_connected = true;
+    match tokio::time::timeout(CONNECT_TIMEOUT, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(End::Retry("the host did not answer in time".into())),
+    }
+}
+
+/// Connection stats and the `iroh-connected` message.
+fn report_connected(ctx: &Ctx, conn: &Connection) {
     let (path, rtt) = net::path_info(conn);
     ctx.stats.connected.store(true, Ordering::Relaxed);
     *ctx.stats.path.lock().unwrap() = path;
@@ -355,165 +390,238 @@ async fn connected(ctx: &Ctx, conn: &Connection, ever_connected: &mut bool) -> E
             .field("rtt-ms", rtt.map_or(-1.0, |d| d.as_secs_f64() * 1000.0))
             .build(),
     );
-    if ctx.send(Item::Session).await.is_err() {
-        return End::Cancelled;
-    }
+}
 
-    // Accept GOP streams in order (stream ids are ordered) and read each one eagerly into
-    // memory, so a stream waiting its turn never stalls the connection's flow control.
-    let (streams_tx, mut streams_rx) = mpsc::unbounded_channel::<mpsc::UnboundedReceiver<StreamItem>>();
-    let accept_cancel = ctx.cancel.child_token();
-    let _guard = accept_cancel.clone().drop_guard();
-    {
-        let conn = conn.clone();
-        let stats = ctx.stats.clone();
-        ctx.stats.playing.store(0, Ordering::Relaxed);
-        ctx.stats.buffered.store(0, Ordering::Relaxed);
-        RUNTIME.spawn(async move {
-            let mut index = 0u64;
-            loop {
-                let s = tokio::select! {
-                    s = conn.accept_uni() => s,
-                    _ = accept_cancel.cancelled() => break,
-                };
-                let Ok(s) = s else { break };
-                let (tx, rx) = mpsc::unbounded_channel();
-                if streams_tx.send(rx).is_err() {
-                    break;
-                }
-                let conn = conn.clone();
-                let stats = stats.clone();
-                RUNTIME.spawn(read_gop(index, s, tx, conn, stats));
-                index += 1;
+/// One item of one GOP stream.
+enum StreamItem {
+    Header(GopHeader),
+    Frame(FrameMeta, Bytes),
+    /// The host cut this GOP short (the viewer fell behind) or the stream broke.
+    Reset,
+    Finished,
+}
+
+/// The items of one GOP stream, in order.
+type GopItems = mpsc::UnboundedReceiver<StreamItem>;
+
+/// Accepts GOP streams in order (stream ids are ordered) and reads each one eagerly into
+/// memory, so a stream waiting its turn never stalls the connection's flow control.
+fn spawn_acceptor(ctx: &Ctx, conn: &Connection, cancel: CancellationToken) -> mpsc::UnboundedReceiver<GopItems> {
+    let (streams_tx, streams_rx) = mpsc::unbounded_channel::<GopItems>();
+    let conn = conn.clone();
+    let stats = ctx.stats.clone();
+    ctx.stats.playing.store(0, Ordering::Relaxed);
+    ctx.stats.buffered.store(0, Ordering::Relaxed);
+    RUNTIME.spawn(async move {
+        let mut index = 0u64;
+        loop {
+            let s = tokio::select! {
+                s = conn.accept_uni() => s,
+                _ = cancel.cancelled() => break,
+            };
+            let Ok(s) = s else { break };
+            let (tx, rx) = mpsc::unbounded_channel();
+            if streams_tx.send(rx).is_err() {
+                break;
             }
-        });
-    }
+            RUNTIME.spawn(read_gop(index, s, tx, conn.clone(), stats.clone()));
+            index += 1;
+        }
+    });
+    streams_rx
+}
 
-    let mut last_seq: Option<u64> = None;
-    let mut progress = (0u64, 0u64);
-    let mut sent_progress = progress;
+/// What the play loop keeps between GOPs.
+struct Play {
+    last_seq: Option<u64>,
+    /// Newest GOP seq and capture time of the newest frame: what `Progress` reports.
+    progress: (u64, u64),
+    sent_progress: (u64, u64),
+    caps: Option<String>,
+    discont_next: bool,
+    /// GOP streams started so far.
+    played: u64,
+    /// After the host's End: when to stop waiting for the last GOP streams.
+    end_at: Option<tokio::time::Instant>,
+    last_report: Instant,
+}
+
+/// Plays GOP streams in order, handing their frames to the streaming thread, and reports
+/// progress; returns when the connection or the share ends.
+async fn play(
+    ctx: &Ctx,
+    conn: &Connection,
+    control: &mut ControlStream,
+    mut gops: mpsc::UnboundedReceiver<GopItems>,
+) -> End {
+    let mut p = Play {
+        last_seq: None,
+        progress: (0, 0),
+        sent_progress: (0, 0),
+        caps: None,
+        discont_next: false,
+        played: 0,
+        end_at: None,
+        last_report: Instant::now() - PROGRESS_INTERVAL,
+    };
     let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
-    let mut ending = false;
-    let mut end_at = tokio::time::Instant::now();
-    let mut caps_cur: Option<String> = None;
-    let mut current: Option<mpsc::UnboundedReceiver<StreamItem>> = None;
-    let mut discont_next = false;
-    let mut played = 0u64;
-    let mut last_report = Instant::now() - PROGRESS_INTERVAL;
+    let mut current: Option<GopItems> = None;
     loop {
         if current.is_none() {
-            tokio::select! {
-                s = streams_rx.recv() => match s {
-                    Some(s) => {
-                        current = Some(s);
-                        if played > 0 {
-                            ctx.stats.playing.fetch_add(1, Ordering::Relaxed);
-                            ctx.stats.drained.notify_waiters();
-                        }
-                        played += 1;
-                    }
-                    None => return conn.close_reason().map_or(End::Retry("connection closed".into()), |e| explain_conn_error(&e)),
-                },
-                m = read_control(&mut control_recv, &mut control_buf), if !ending => match m {
-                    Ok(Control::End) => {
-                        ending = true;
-                        end_at = tokio::time::Instant::now() + Duration::from_millis(300);
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        if let Some(e) = conn.close_reason() {
-                            return explain_conn_error(&e);
-                        }
-                        // control stream finished: treat as end once drained
-                        ending = true;
-                        end_at = tokio::time::Instant::now() + Duration::from_millis(300);
-                    }
-                },
-                // After the host's End, the last GOP streams may still be arriving: wait a moment
-                // for them, then end.
-                _ = tokio::time::sleep_until(end_at), if ending => return End::Eos,
-                _ = tick.tick() => {}
-                e = conn.closed() => return explain_conn_error(&e),
+            match next_gop(ctx, conn, control, &mut gops, &mut p, &mut tick).await {
+                Ok(gop) => current = gop,
+                Err(end) => return end,
             }
         }
         if let Some(rx) = current.as_mut() {
             tokio::select! {
-                item = rx.recv() => match item {
-                    Some(StreamItem::Header(h)) => {
-                        ctx.stats.gops.fetch_add(1, Ordering::Relaxed);
-                        if let Some(l) = last_seq
-                            && h.seq != l + 1
-                        {
-                            ctx.stats.skipped_gops.fetch_add(h.seq.saturating_sub(l + 1), Ordering::Relaxed);
-                            discont_next = true;
-                        }
-                        last_seq = Some(h.seq);
-                        progress.0 = h.seq;
-                        if caps_cur.as_deref() != Some(h.caps.as_str()) {
-                            match gst::Caps::from_str(&h.caps) {
-                                Ok(c) => {
-                                    if ctx.send(Item::Caps(c)).await.is_err() {
-                                        return End::Cancelled;
-                                    }
-                                    caps_cur = Some(h.caps);
-                                }
-                                Err(_) => return End::Fatal(format!("the host sent caps this viewer cannot parse: {}", h.caps)),
-                            }
-                        }
-                    }
-                    Some(StreamItem::Frame(meta, data)) => {
-                        if let Some(c) = meta.capture_unix_ns {
-                            ctx.stats.record_latency(c);
-                            progress.1 = c;
-                        }
-                        let discont = std::mem::take(&mut discont_next);
-                        if ctx.send(Item::Frame { meta, data, discont }).await.is_err() {
-                            return End::Cancelled;
-                        }
-                    }
-                    Some(StreamItem::Reset) => {
-                        ctx.stats.skipped_gops.fetch_add(1, Ordering::Relaxed);
-                        discont_next = true;
-                        current = None;
-                    }
-                    Some(StreamItem::Finished) | None => current = None,
+                item = rx.recv() => match p.play_item(ctx, item).await {
+                    Ok(true) => {}
+                    Ok(false) => current = None,
+                    Err(end) => return end,
                 },
                 _ = tick.tick() => {}
                 e = conn.closed() => return explain_conn_error(&e),
             }
         }
-        // Progress reports and path watching, at most every PROGRESS_INTERVAL.
-        if last_report.elapsed() < PROGRESS_INTERVAL {
-            continue;
-        }
-        last_report = Instant::now();
-        if ctx.stats.keyframe_wanted.swap(false, Ordering::Relaxed) && !ending {
-            let _ = write_control(&mut control_send, &Control::KeyframeRequest).await;
-        }
-        if progress != sent_progress && !ending {
-            sent_progress = progress;
-            let _ = write_control(
-                &mut control_send,
-                &Control::Progress {
-                    seq: progress.0,
-                    capture_unix_ns: progress.1,
-                },
-            )
-            .await;
-        }
-        let (path, rtt) = net::path_info(conn);
-        ctx.stats
-            .rtt_us
-            .store(rtt.map_or(0, |d| d.as_micros() as u64), Ordering::Relaxed);
-        let prev = std::mem::replace(&mut *ctx.stats.path.lock().unwrap(), path);
-        if prev != path {
-            gst::info!(CAT, "path changed: {prev} -> {path}");
-            ctx.post(gst::Structure::builder("iroh-path-changed").field("path", path).build());
+        if p.last_report.elapsed() >= PROGRESS_INTERVAL {
+            p.last_report = Instant::now();
+            report(ctx, conn, &mut control.send, &mut p).await;
         }
     }
 }
 
-use std::str::FromStr as _;
+/// Waits for the next GOP stream while watching the control stream for the host's End.
+/// `Ok(None)`: nothing to play yet.
+async fn next_gop(
+    ctx: &Ctx,
+    conn: &Connection,
+    control: &mut ControlStream,
+    gops: &mut mpsc::UnboundedReceiver<GopItems>,
+    p: &mut Play,
+    tick: &mut tokio::time::Interval,
+) -> Result<Option<GopItems>, End> {
+    // After the host's End, the last GOP streams may still be arriving: wait a moment for
+    // them, then end.
+    let ending = p.end_at.is_some();
+    let end_at = p.end_at.unwrap_or_else(tokio::time::Instant::now);
+    let drain = Duration::from_millis(300);
+    tokio::select! {
+        s = gops.recv() => match s {
+            Some(s) => {
+                if p.played > 0 {
+                    ctx.stats.playing.fetch_add(1, Ordering::Relaxed);
+                    ctx.stats.drained.notify_waiters();
+                }
+                p.played += 1;
+                Ok(Some(s))
+            }
+            None => Err(conn.close_reason().map_or(End::Retry("connection closed".into()), |e| explain_conn_error(&e))),
+        },
+        m = read_control(&mut control.recv, &mut control.buf), if !ending => match m {
+            Ok(Control::End) => {
+                p.end_at = Some(tokio::time::Instant::now() + drain);
+                Ok(None)
+            }
+            Ok(_) => Ok(None),
+            Err(_) => match conn.close_reason() {
+                Some(e) => Err(explain_conn_error(&e)),
+                // control stream finished: treat as end once drained
+                None => {
+                    p.end_at = Some(tokio::time::Instant::now() + drain);
+                    Ok(None)
+                }
+            },
+        },
+        _ = tokio::time::sleep_until(end_at), if ending => Err(End::Eos),
+        _ = tick.tick() => Ok(None),
+        e = conn.closed() => Err(explain_conn_error(&e)),
+    }
+}
+
+impl Play {
+    /// Hands one item of the GOP being played downstream; false once that GOP is done.
+    async fn play_item(&mut self, ctx: &Ctx, item: Option<StreamItem>) -> Result<bool, End> {
+        match item {
+            Some(StreamItem::Header(h)) => self.start_gop(ctx, h).await?,
+            Some(StreamItem::Frame(meta, data)) => {
+                if let Some(c) = meta.capture_unix_ns {
+                    ctx.stats.record_latency(c);
+                    self.progress.1 = c;
+                }
+                let discont = std::mem::take(&mut self.discont_next);
+                ctx.send(Item::Frame { meta, data, discont }).await?;
+            }
+            Some(StreamItem::Reset) => {
+                ctx.stats.skipped_gops.fetch_add(1, Ordering::Relaxed);
+                self.discont_next = true;
+                return Ok(false);
+            }
+            Some(StreamItem::Finished) | None => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// A GOP header: count skipped GOPs, pass new caps downstream.
+    async fn start_gop(&mut self, ctx: &Ctx, h: GopHeader) -> Result<(), End> {
+        ctx.stats.gops.fetch_add(1, Ordering::Relaxed);
+        if let Some(l) = self.last_seq
+            && h.seq != l + 1
+        {
+            ctx.stats
+                .skipped_gops
+                .fetch_add(h.seq.saturating_sub(l + 1), Ordering::Relaxed);
+            self.discont_next = true;
+        }
+        self.last_seq = Some(h.seq);
+        self.progress.0 = h.seq;
+        if self.caps.as_deref() != Some(h.caps.as_str()) {
+            let Ok(c) = gst::Caps::from_str(&h.caps) else {
+                return Err(End::Fatal(format!(
+                    "the host sent caps this viewer cannot parse: {}",
+                    h.caps
+                )));
+            };
+            ctx.send(Item::Caps(c)).await?;
+            self.caps = Some(h.caps);
+        }
+        Ok(())
+    }
+}
+
+/// Tells the host how far this viewer got and whether something downstream wants a
+/// keyframe; watches the path.
+async fn report(ctx: &Ctx, conn: &Connection, send: &mut SendStream, p: &mut Play) {
+    let ending = p.end_at.is_some();
+    if ctx.stats.keyframe_wanted.swap(false, Ordering::Relaxed) && !ending {
+        let _ = write_control(send, &Control::KeyframeRequest).await;
+    }
+    if p.progress != p.sent_progress && !ending {
+        p.sent_progress = p.progress;
+        let _ = write_control(
+            send,
+            &Control::Progress {
+                seq: p.progress.0,
+                capture_unix_ns: p.progress.1,
+            },
+        )
+        .await;
+    }
+    watch_path(ctx, conn);
+}
+
+/// Updates the path and RTT stats; posts `iroh-path-changed` when the path changed.
+fn watch_path(ctx: &Ctx, conn: &Connection) {
+    let (path, rtt) = net::path_info(conn);
+    ctx.stats
+        .rtt_us
+        .store(rtt.map_or(0, |d| d.as_micros() as u64), Ordering::Relaxed);
+    let prev = std::mem::replace(&mut *ctx.stats.path.lock().unwrap(), path);
+    if prev != path {
+        gst::info!(CAT, "path changed: {prev} -> {path}");
+        ctx.post(gst::Structure::builder("iroh-path-changed").field("path", path).build());
+    }
+}
 
 /// Reads one GOP stream into `tx`: header, then frames, then Finished or Reset.
 async fn read_gop(
@@ -523,65 +631,26 @@ async fn read_gop(
     conn: Connection,
     stats: Arc<Stats>,
 ) {
-    let mut buf = BytesMut::new();
-    let mut header_done = false;
+    let mut gop = GopReader {
+        index,
+        buf: BytesMut::new(),
+        header_done: false,
+        tx,
+        stats,
+    };
     loop {
-        loop {
-            if !header_done {
-                match GopHeader::decode(&buf) {
-                    Ok(Some((h, used))) => {
-                        let _ = buf.split_to(used);
-                        header_done = true;
-                        let _ = tx.send(StreamItem::Header(h));
-                        continue;
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        gst::warning!(CAT, "bad GOP header from host: {e}");
-                        conn.close((CloseCode::Protocol as u32).into(), b"bad GOP header");
-                        let _ = tx.send(StreamItem::Reset);
-                        return;
-                    }
-                }
-            }
-            match FrameMeta::decode_frame(&buf) {
-                Ok(Some(((meta, range), used))) => {
-                    let frame = buf.split_to(used).freeze();
-                    let data = frame.slice(range);
-                    let total = stats.buffered.fetch_add(data.len(), Ordering::Relaxed) + data.len();
-                    if total > MAX_BUFFERED_BYTES {
-                        gst::warning!(CAT, "host sent more than {MAX_BUFFERED_BYTES} bytes ahead: closing");
-                        conn.close((CloseCode::Protocol as u32).into(), b"too much data buffered");
-                        let _ = tx.send(StreamItem::Reset);
-                        return;
-                    }
-                    let _ = tx.send(StreamItem::Frame(meta, data));
-                    // A stream waiting its turn stops reading once enough is buffered: QUIC
-                    // flow control then tells the host, which skips this viewer ahead.
-                    while index != stats.playing.load(Ordering::Relaxed)
-                        && stats.buffered.load(Ordering::Relaxed) > AHEAD_BYTES
-                        && !tx.is_closed()
-                    {
-                        let notified = stats.drained.notified();
-                        let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    gst::warning!(CAT, "bad frame from host: {e}");
-                    conn.close((CloseCode::Protocol as u32).into(), b"bad frame");
-                    let _ = tx.send(StreamItem::Reset);
-                    return;
-                }
-            }
+        if let Err(why) = gop.drain().await {
+            conn.close((CloseCode::Protocol as u32).into(), why.as_bytes());
+            let _ = gop.tx.send(StreamItem::Reset);
+            return;
         }
         match s.read_chunk(1024 * 1024).await {
             Ok(Some(chunk)) => {
-                stats.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                buf.extend_from_slice(&chunk);
+                gop.stats.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                gop.buf.extend_from_slice(&chunk);
             }
             Ok(None) => {
-                let _ = tx.send(if buf.is_empty() && header_done {
+                let _ = gop.tx.send(if gop.buf.is_empty() && gop.header_done {
                     StreamItem::Finished
                 } else {
                     StreamItem::Reset
@@ -589,9 +658,70 @@ async fn read_gop(
                 return;
             }
             Err(_) => {
-                let _ = tx.send(StreamItem::Reset);
+                let _ = gop.tx.send(StreamItem::Reset);
                 return;
             }
+        }
+    }
+}
+
+/// One GOP stream being read: the bytes not decoded yet.
+struct GopReader {
+    /// Accept order of this stream: the play loop plays them in this order.
+    index: u64,
+    buf: BytesMut,
+    header_done: bool,
+    tx: mpsc::UnboundedSender<StreamItem>,
+    stats: Arc<Stats>,
+}
+
+impl GopReader {
+    /// Passes on every complete item in the buffer; `Err` says what the host got wrong.
+    async fn drain(&mut self) -> Result<(), &'static str> {
+        if !self.header_done {
+            match GopHeader::decode(&self.buf) {
+                Ok(Some((h, used))) => {
+                    let _ = self.buf.split_to(used);
+                    self.header_done = true;
+                    let _ = self.tx.send(StreamItem::Header(h));
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    gst::warning!(CAT, "bad GOP header from host: {e}");
+                    return Err("bad GOP header");
+                }
+            }
+        }
+        loop {
+            match FrameMeta::decode_frame(&self.buf) {
+                Ok(Some(((meta, range), used))) => {
+                    let data = self.buf.split_to(used).freeze().slice(range);
+                    let total = self.stats.buffered.fetch_add(data.len(), Ordering::Relaxed) + data.len();
+                    if total > MAX_BUFFERED_BYTES {
+                        gst::warning!(CAT, "host sent more than {MAX_BUFFERED_BYTES} bytes ahead: closing");
+                        return Err("too much data buffered");
+                    }
+                    let _ = self.tx.send(StreamItem::Frame(meta, data));
+                    self.wait_turn().await;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    gst::warning!(CAT, "bad frame from host: {e}");
+                    return Err("bad frame");
+                }
+            }
+        }
+    }
+
+    /// A stream waiting its turn stops reading once enough is buffered: QUIC flow control
+    /// then tells the host, which skips this viewer ahead.
+    async fn wait_turn(&self) {
+        while self.index != self.stats.playing.load(Ordering::Relaxed)
+            && self.stats.buffered.load(Ordering::Relaxed) > AHEAD_BYTES
+            && !self.tx.is_closed()
+        {
+            let notified = self.stats.drained.notified();
+            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
         }
     }
 }
