@@ -1,3 +1,7 @@
+//! The `irohsrc` GObject shell: properties, state changes, `create` and unlocking. The
+//! connection to the host lives in `session.rs`.
+
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -12,7 +16,7 @@ use gst_base::subclass::prelude::*;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::session::{Ctx, Item, Stats, run};
+use super::session::{Ctx, Item, Shared, run};
 use crate::net::{self, RUNTIME, Relay};
 use crate::protocol::{FrameMeta, flags};
 use crate::ticket::Ticket;
@@ -20,6 +24,7 @@ use crate::ticket::Ticket;
 pub(super) static CAT: LazyLock<gst::DebugCategory> =
     LazyLock::new(|| gst::DebugCategory::new("irohsrc", gst::DebugColorFlags::empty(), Some("iroh viewer source")));
 
+/// Property values as set. Read once, at NULL→READY, into [`ResolvedSettings`].
 #[derive(Debug, Clone)]
 struct Settings {
     ticket: Option<String>,
@@ -47,23 +52,144 @@ impl Default for Settings {
     }
 }
 
+/// The settings checked and typed: what the element and its session work with.
+#[derive(Debug)]
+pub(super) struct ResolvedSettings {
+    pub(super) ticket: Ticket,
+    pub(super) relay: Relay,
+    pub(super) bind: Option<SocketAddr>,
+    pub(super) name: String,
+    pub(super) reconnect: bool,
+    pub(super) reconnect_timeout: Duration,
+    latency: gst::ClockTime,
+    max_buffers: usize,
+}
+
+impl TryFrom<&Settings> for ResolvedSettings {
+    type Error = String;
+
+    fn try_from(s: &Settings) -> Result<Self, String> {
+        let ticket = match s.ticket.as_deref() {
+            None | Some("") => return Err("ticket is not set: set the ticket property to the host's ticket".into()),
+            Some(t) => t.parse::<Ticket>().map_err(|e| format!("ticket is not valid: {e}"))?,
+        };
+        let relay = s.relay.parse::<Relay>().map_err(|e| format!("property relay: {e}"))?;
+        let bind = net::parse_bind_addr(&s.bind_address).map_err(|e| format!("property bind-address: {e}"))?;
+        let name = if s.name.is_empty() {
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "viewer".into())
+        } else {
+            s.name.clone()
+        };
+        Ok(ResolvedSettings {
+            ticket,
+            relay,
+            bind,
+            name,
+            reconnect: s.reconnect,
+            reconnect_timeout: Duration::from_millis(s.reconnect_timeout_ms.into()),
+            latency: gst::ClockTime::from_mseconds(s.latency_ms.into()),
+            max_buffers: s.max_buffers as usize,
+        })
+    }
+}
+
+/// Where the element is in its life.
+#[derive(Default)]
+enum State {
+    /// NULL: only the raw settings exist; properties may change.
+    #[default]
+    Null,
+    /// READY: settings resolved; `last` holds the previous session's counters for `stats`.
+    Ready {
+        settings: Arc<ResolvedSettings>,
+        last: Option<Arc<Shared>>,
+    },
+    /// PAUSED or PLAYING: the session runs on the gst-iroh runtime.
+    Started(Started),
+}
+
 struct Started {
-    rx: mpsc::Receiver<Item>,
+    settings: Arc<ResolvedSettings>,
+    /// Taken out by `create` while it waits, so no lock is held across the wait.
+    items: Option<mpsc::Receiver<Item>>,
+    /// Tripped by `unlock` (create returns Flushing), replaced by `unlock_stop`.
+    unlock: CancellationToken,
+    /// Stops the session.
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    stats: Arc<Stats>,
-    /// Timestamp mapping: local running time = host running time + offset (ns).
-    offset: Option<i128>,
-    discont: bool,
+    shared: Arc<Shared>,
+    timing: Timing,
     caps: Option<gst::Caps>,
 }
+
+/// Maps the host's running time onto ours and marks DISCONT where the timeline breaks.
+struct Timing {
+    /// local running time = host running time + offset (ns)
+    offset: Option<i128>,
+    discont: bool,
+}
+
+impl Timing {
+    fn new() -> Self {
+        Timing {
+            offset: None,
+            discont: true,
+        }
+    }
+
+    /// Maps host running time onto ours (`now`: our running time); re-anchors on the first
+    /// buffer of a session or a > 2 s drift.
+    fn map(&mut self, pts: Option<u64>, now: i128) -> (Option<gst::ClockTime>, i128) {
+        let Some(pts) = pts else {
+            return (None, self.offset.unwrap_or(0));
+        };
+        let mut offset = *self.offset.get_or_insert(now - pts as i128);
+        if (pts as i128 + offset - now).abs() > 2_000_000_000 {
+            offset = now - pts as i128;
+            self.offset = Some(offset);
+            self.discont = true;
+        }
+        let out = (pts as i128 + offset).max(0) as u64;
+        (Some(gst::ClockTime::from_nseconds(out)), offset)
+    }
+
+    /// A buffer for one frame: timestamps on our clock, flags, the capture time meta.
+    fn buffer(&mut self, meta: FrameMeta, data: Bytes, discont: bool, now: i128) -> gst::Buffer {
+        let mut buffer = gst::Buffer::from_slice(data);
+        let b = buffer.get_mut().expect("new buffer is writable");
+        let (pts, offset) = self.map(meta.pts, now);
+        b.set_pts(pts);
+        if let Some(dts) = meta.dts {
+            b.set_dts(gst::ClockTime::from_nseconds((dts as i128 + offset).max(0) as u64));
+        }
+        if let Some(d) = meta.duration {
+            b.set_duration(gst::ClockTime::from_nseconds(d));
+        }
+        let mut f = gst::BufferFlags::empty();
+        if meta.flags & flags::DELTA != 0 {
+            f |= gst::BufferFlags::DELTA_UNIT;
+        }
+        if meta.flags & flags::HEADER != 0 {
+            f |= gst::BufferFlags::HEADER;
+        }
+        if discont || self.discont || meta.flags & flags::DISCONT != 0 {
+            f |= gst::BufferFlags::DISCONT;
+            self.discont = false;
+        }
+        b.set_flags(f);
+        if let Some(c) = meta.capture_unix_ns {
+            gst::ReferenceTimestampMeta::add(b, &UNIX_CAPS, gst::ClockTime::from_nseconds(c), gst::ClockTime::NONE);
+        }
+        buffer
+    }
+}
+
+static UNIX_CAPS: LazyLock<gst::Caps> = LazyLock::new(|| gst::Caps::builder("timestamp/x-unix").build());
 
 #[derive(Default)]
 pub struct IrohSrc {
     settings: Mutex<Settings>,
-    state: Mutex<Option<Started>>,
-    stats: Mutex<Option<Arc<Stats>>>,
-    unlock: Mutex<CancellationToken>,
+    state: Mutex<State>,
 }
 
 #[glib::object_subclass]
@@ -81,48 +207,40 @@ impl ObjectImpl for IrohSrc {
                 glib::ParamSpecString::builder("ticket")
                     .nick("Ticket")
                     .blurb("Share ticket printed by the host (pp1…)")
-                    .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("relay")
                     .nick("Relay")
                     .blurb("\"default\" (n0 relays), \"disabled\" (direct only) or a relay URL")
                     .default_value(Some(d.relay.as_str()))
-                    .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("bind-address")
                     .nick("Bind address")
                     .blurb("Single UDP socket address to bind (e.g. 127.0.0.1:0); empty = all interfaces, random port")
-                    .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("viewer-name")
                     .nick("Viewer name")
                     .blurb("Name the host sees for this viewer")
-                    .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("reconnect")
                     .nick("Reconnect")
                     .blurb("Reconnect with backoff when the host goes away or the path breaks")
                     .default_value(d.reconnect)
-                    .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("reconnect-timeout")
                     .nick("Reconnect timeout")
                     .blurb("Give up reconnecting after this long without a connection (ms)")
                     .default_value(d.reconnect_timeout_ms)
-                    .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("latency")
                     .nick("Latency")
                     .blurb("Latency reported downstream (ms): room for network jitter before buffers are late")
                     .default_value(d.latency_ms)
-                    .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("max-buffers")
                     .nick("Max buffers")
                     .blurb("Received chunks queued for the streaming thread before the network read waits")
                     .minimum(8)
                     .default_value(d.max_buffers)
-                    .mutable_ready()
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
@@ -135,6 +253,15 @@ impl ObjectImpl for IrohSrc {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if !matches!(*self.state.lock().unwrap(), State::Null) {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "property {} can only change in the NULL state: ignored",
+                pspec.name()
+            );
+            return;
+        }
         let mut s = self.settings.lock().unwrap();
         match pspec.name() {
             "ticket" => s.ticket = value.get().unwrap(),
@@ -155,6 +282,9 @@ impl ObjectImpl for IrohSrc {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if pspec.name() == "stats" {
+            return self.stats().to_value();
+        }
         let s = self.settings.lock().unwrap();
         match pspec.name() {
             "ticket" => s.ticket.to_value(),
@@ -165,7 +295,6 @@ impl ObjectImpl for IrohSrc {
             "reconnect-timeout" => s.reconnect_timeout_ms.to_value(),
             "latency" => s.latency_ms.to_value(),
             "max-buffers" => s.max_buffers.to_value(),
-            "stats" => self.stats.lock().unwrap().as_ref().map(|st| st.structure()).to_value(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -210,103 +339,189 @@ impl ElementImpl for IrohSrc {
     }
 
     fn change_state(&self, transition: gst::StateChange) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-        if transition == gst::StateChange::NullToReady
-            && let Err(msg) = self.validate()
-        {
-            gst::element_imp_error!(self, gst::ResourceError::Settings, ("{msg}"));
-            return Err(gst::StateChangeError);
+        if transition == gst::StateChange::NullToReady {
+            let resolved = ResolvedSettings::try_from(&*self.settings.lock().unwrap());
+            match resolved {
+                Ok(settings) => {
+                    *self.state.lock().unwrap() = State::Ready {
+                        settings: Arc::new(settings),
+                        last: None,
+                    }
+                }
+                Err(msg) => {
+                    gst::element_imp_error!(self, gst::ResourceError::Settings, ("{msg}"));
+                    return Err(gst::StateChangeError);
+                }
+            }
         }
-        self.parent_change_state(transition)
+        let result = self.parent_change_state(transition);
+        if transition == gst::StateChange::ReadyToNull
+            || (transition == gst::StateChange::NullToReady && result.is_err())
+        {
+            *self.state.lock().unwrap() = State::Null;
+        }
+        result
     }
 }
 
 impl IrohSrc {
-    fn validate(&self) -> Result<(Ticket, Relay, Option<std::net::SocketAddr>), String> {
-        let s = self.settings.lock().unwrap();
-        let ticket = match s.ticket.as_deref() {
-            None | Some("") => return Err("ticket is not set: set the ticket property to the host's ticket".into()),
-            Some(t) => t.parse::<Ticket>().map_err(|e| format!("ticket is not valid: {e}"))?,
+    /// The current session's counters, else the last one's, else zeros.
+    fn stats(&self) -> gst::Structure {
+        let shared = match &*self.state.lock().unwrap() {
+            State::Started(st) => Some(st.shared.clone()),
+            State::Ready { last, .. } => last.clone(),
+            State::Null => None,
         };
-        let relay = s.relay.parse::<Relay>().map_err(|e| format!("property relay: {e}"))?;
-        let bind = net::parse_bind_addr(&s.bind_address).map_err(|e| format!("property bind-address: {e}"))?;
-        Ok((ticket, relay, bind))
+        shared.unwrap_or_default().stats.structure()
     }
 
-    fn running_time_now(&self) -> Option<gst::ClockTime> {
+    fn running_time_now(&self) -> i128 {
         let obj = self.obj();
-        let clock = obj.clock()?;
-        let base = obj.base_time()?;
-        Some(clock.time().saturating_sub(base))
+        match (obj.clock(), obj.base_time()) {
+            (Some(clock), Some(base)) => clock.time().saturating_sub(base).nseconds() as i128,
+            _ => 0,
+        }
     }
 
-    /// Maps host running time onto ours; re-anchors on a new session or a > 2 s drift.
-    fn map_ts(&self, st: &mut Started, pts: Option<u64>) -> (Option<gst::ClockTime>, i128) {
-        let now = self.running_time_now().map_or(0, |t| t.nseconds() as i128);
-        let Some(pts) = pts else {
-            return (None, st.offset.unwrap_or(0));
+    /// Waits for the session's next item. The receiver is taken out of the state for the
+    /// wait, so `stop`, `unlock` and the `stats` property never wait for the network.
+    fn next_item(&self) -> Result<Item, gst::FlowError> {
+        let (mut items, unlock) = {
+            let mut state = self.state.lock().unwrap();
+            let State::Started(st) = &mut *state else {
+                return Err(gst::FlowError::Flushing);
+            };
+            (st.items.take().ok_or(gst::FlowError::Flushing)?, st.unlock.clone())
         };
-        let mut offset = *st.offset.get_or_insert(now - pts as i128);
-        let out = pts as i128 + offset;
-        if (out - now).abs() > 2_000_000_000 {
-            offset = now - pts as i128;
-            st.offset = Some(offset);
-            st.discont = true;
+        let item = RUNTIME.block_on(async {
+            tokio::select! {
+                biased;
+                _ = unlock.cancelled() => None,
+                i = items.recv() => Some(i),
+            }
+        });
+        if let State::Started(st) = &mut *self.state.lock().unwrap()
+            && st.items.is_none()
+        {
+            st.items = Some(items);
         }
-        let out = (pts as i128 + offset).max(0) as u64;
-        (Some(gst::ClockTime::from_nseconds(out)), offset)
+        match item {
+            None => Err(gst::FlowError::Flushing),
+            Some(None) => Err(gst::FlowError::Eos),
+            Some(Some(i)) => Ok(i),
+        }
+    }
+
+    /// Applies one item; a frame becomes the buffer `create` returns.
+    fn apply(&self, item: Item) -> Result<Option<gst::Buffer>, gst::FlowError> {
+        match item {
+            Item::Session => {
+                if let State::Started(st) = &mut *self.state.lock().unwrap() {
+                    st.timing = Timing::new();
+                }
+                Ok(None)
+            }
+            Item::Caps(caps) => self.set_host_caps(caps).map(|()| None),
+            Item::Frame { meta, data, discont } => {
+                let now = self.running_time_now();
+                let mut state = self.state.lock().unwrap();
+                let State::Started(st) = &mut *state else {
+                    return Err(gst::FlowError::Flushing);
+                };
+                st.shared.flow.release(data.len());
+                Ok(Some(st.timing.buffer(meta, data, discont, now)))
+            }
+            Item::Eos => Err(gst::FlowError::Eos),
+            Item::Error(msg) => {
+                gst::element_imp_error!(self, gst::ResourceError::Read, ("{msg}"));
+                Err(gst::FlowError::Error)
+            }
+        }
+    }
+
+    /// Sets the host's caps on the source pad when they changed.
+    fn set_host_caps(&self, caps: gst::Caps) -> Result<(), gst::FlowError> {
+        {
+            let mut state = self.state.lock().unwrap();
+            let State::Started(st) = &mut *state else {
+                return Err(gst::FlowError::Flushing);
+            };
+            if st.caps.as_ref() == Some(&caps) {
+                return Ok(());
+            }
+            st.caps = Some(caps.clone());
+        }
+        gst::info!(CAT, imp = self, "caps from host: {caps}");
+        if self.obj().set_caps(&caps).is_err() {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Format,
+                ("downstream cannot handle the host's stream ({caps})")
+            );
+            return Err(gst::FlowError::NotNegotiated);
+        }
+        Ok(())
     }
 }
 
 impl BaseSrcImpl for IrohSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let (ticket, relay, bind) = self
-            .validate()
-            .map_err(|m| gst::error_msg!(gst::ResourceError::Settings, ("{m}")))?;
-        let s = self.settings.lock().unwrap().clone();
-        let (tx, rx) = mpsc::channel(s.max_buffers as usize);
+        let mut state = self.state.lock().unwrap();
+        let State::Ready { settings, .. } = &*state else {
+            return Err(gst::error_msg!(
+                gst::CoreError::StateChange,
+                ("irohsrc started before READY")
+            ));
+        };
+        let settings = settings.clone();
+        let (tx, rx) = mpsc::channel(settings.max_buffers);
         let cancel = CancellationToken::new();
-        let stats = Arc::new(Stats::default());
-        *stats.path.lock().unwrap() = "none";
+        let shared = Arc::new(Shared::default());
         let ctx = Ctx {
             element: self.obj().downgrade(),
-            ticket,
-            relay,
-            bind,
-            name: if s.name.is_empty() {
-                std::env::var("HOSTNAME").unwrap_or_else(|_| "viewer".into())
-            } else {
-                s.name.clone()
-            },
-            reconnect: s.reconnect,
-            reconnect_timeout: Duration::from_millis(s.reconnect_timeout_ms.into()),
+            settings: settings.clone(),
             tx,
             cancel: cancel.clone(),
-            stats: stats.clone(),
+            shared: shared.clone(),
         };
         let task = RUNTIME.spawn(run(ctx));
-        *self.stats.lock().unwrap() = Some(stats.clone());
-        *self.state.lock().unwrap() = Some(Started {
-            rx,
+        *state = State::Started(Started {
+            settings,
+            items: Some(rx),
+            unlock: CancellationToken::new(),
             cancel,
             task,
-            stats,
-            offset: None,
-            discont: true,
+            shared,
+            timing: Timing::new(),
             caps: None,
         });
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        if let Some(st) = self.state.lock().unwrap().take() {
-            st.cancel.cancel();
-            // Let the network task close the connection, so the host sees this viewer leave at
-            // once rather than after its idle timeout. Bounded.
-            let task = st.task;
-            net::block_on(async move {
-                let _ = tokio::time::timeout(Duration::from_millis(700), task).await;
-            });
-        }
+        let st = {
+            let mut state = self.state.lock().unwrap();
+            match std::mem::take(&mut *state) {
+                State::Started(st) => {
+                    *state = State::Ready {
+                        settings: st.settings.clone(),
+                        last: Some(st.shared.clone()),
+                    };
+                    st
+                }
+                other => {
+                    *state = other;
+                    return Ok(());
+                }
+            }
+        };
+        st.cancel.cancel();
+        // Let the network task close the connection, so the host sees this viewer leave at
+        // once rather than after its idle timeout. Bounded.
+        let task = st.task;
+        net::block_on(async move {
+            let _ = tokio::time::timeout(Duration::from_millis(700), task).await;
+        });
         Ok(())
     }
 
@@ -314,8 +529,8 @@ impl BaseSrcImpl for IrohSrc {
         if let gst::EventView::CustomUpstream(ev) = event.view()
             && ev.structure().is_some_and(|s| s.name() == "GstForceKeyUnit")
         {
-            if let Some(st) = self.stats.lock().unwrap().as_ref() {
-                st.keyframe_wanted.store(true, Ordering::Relaxed);
+            if let State::Started(st) = &*self.state.lock().unwrap() {
+                st.shared.keyframe_wanted.store(true, Ordering::Relaxed);
             }
             return true;
         }
@@ -333,7 +548,13 @@ impl BaseSrcImpl for IrohSrc {
 
     fn query(&self, query: &mut gst::QueryRef) -> bool {
         if let gst::QueryViewMut::Latency(q) = query.view_mut() {
-            let latency = gst::ClockTime::from_mseconds(self.settings.lock().unwrap().latency_ms.into());
+            let resolved = match &*self.state.lock().unwrap() {
+                State::Started(st) => Some(st.settings.latency),
+                State::Ready { settings, .. } => Some(settings.latency),
+                State::Null => None,
+            };
+            let latency = resolved
+                .unwrap_or_else(|| gst::ClockTime::from_mseconds(self.settings.lock().unwrap().latency_ms.into()));
             q.set(true, latency, gst::ClockTime::NONE);
             return true;
         }
@@ -341,102 +562,27 @@ impl BaseSrcImpl for IrohSrc {
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
-        self.unlock.lock().unwrap().cancel();
+        if let State::Started(st) = &*self.state.lock().unwrap() {
+            st.unlock.cancel();
+        }
         Ok(())
     }
 
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
-        *self.unlock.lock().unwrap() = CancellationToken::new();
+        if let State::Started(st) = &mut *self.state.lock().unwrap() {
+            st.unlock = CancellationToken::new();
+        }
         Ok(())
     }
 }
 
 impl PushSrcImpl for IrohSrc {
     fn create(&self, _buffer: Option<&mut gst::BufferRef>) -> Result<CreateSuccess, gst::FlowError> {
-        let unlock = self.unlock.lock().unwrap().clone();
         loop {
-            // The state lock is held while waiting: `stop` only runs after `unlock` woke us.
-            let mut guard = self.state.lock().unwrap();
-            let Some(st) = guard.as_mut() else {
-                return Err(gst::FlowError::Flushing);
-            };
-            let item = RUNTIME.block_on(async {
-                tokio::select! {
-                    biased;
-                    _ = unlock.cancelled() => None,
-                    i = st.rx.recv() => Some(i),
-                }
-            });
-            let item = match item {
-                None => return Err(gst::FlowError::Flushing),
-                Some(None) => return Err(gst::FlowError::Eos),
-                Some(Some(i)) => i,
-            };
-            match item {
-                Item::Session => {
-                    st.offset = None;
-                    st.discont = true;
-                }
-                Item::Caps(caps) => {
-                    if st.caps.as_ref() != Some(&caps) {
-                        gst::info!(CAT, imp = self, "caps from host: {caps}");
-                        st.caps = Some(caps.clone());
-                        drop(guard);
-                        if self.obj().set_caps(&caps).is_err() {
-                            gst::element_imp_error!(
-                                self,
-                                gst::StreamError::Format,
-                                ("downstream cannot handle the host's stream ({caps})")
-                            );
-                            return Err(gst::FlowError::NotNegotiated);
-                        }
-                    }
-                }
-                Item::Frame { meta, data, discont } => {
-                    st.stats.release(data.len());
-                    return Ok(CreateSuccess::NewBuffer(self.make_buffer(st, meta, data, discont)));
-                }
-                Item::Eos => return Err(gst::FlowError::Eos),
-                Item::Error(msg) => {
-                    gst::element_imp_error!(self, gst::ResourceError::Read, ("{msg}"));
-                    return Err(gst::FlowError::Error);
-                }
+            let item = self.next_item()?;
+            if let Some(buffer) = self.apply(item)? {
+                return Ok(CreateSuccess::NewBuffer(buffer));
             }
         }
     }
 }
-
-impl IrohSrc {
-    fn make_buffer(&self, st: &mut Started, meta: FrameMeta, data: Bytes, discont: bool) -> gst::Buffer {
-        let mut buffer = gst::Buffer::from_slice(data);
-        {
-            let b = buffer.get_mut().expect("new buffer is writable");
-            let (pts, offset) = self.map_ts(st, meta.pts);
-            b.set_pts(pts);
-            if let Some(dts) = meta.dts {
-                b.set_dts(gst::ClockTime::from_nseconds((dts as i128 + offset).max(0) as u64));
-            }
-            if let Some(d) = meta.duration {
-                b.set_duration(gst::ClockTime::from_nseconds(d));
-            }
-            let mut f = gst::BufferFlags::empty();
-            if meta.flags & flags::DELTA != 0 {
-                f |= gst::BufferFlags::DELTA_UNIT;
-            }
-            if meta.flags & flags::HEADER != 0 {
-                f |= gst::BufferFlags::HEADER;
-            }
-            if discont || st.discont || meta.flags & flags::DISCONT != 0 {
-                f |= gst::BufferFlags::DISCONT;
-                st.discont = false;
-            }
-            b.set_flags(f);
-            if let Some(c) = meta.capture_unix_ns {
-                gst::ReferenceTimestampMeta::add(b, &UNIX_CAPS, gst::ClockTime::from_nseconds(c), gst::ClockTime::NONE);
-            }
-        }
-        buffer
-    }
-}
-
-static UNIX_CAPS: LazyLock<gst::Caps> = LazyLock::new(|| gst::Caps::builder("timestamp/x-unix").build());

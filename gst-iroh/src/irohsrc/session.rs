@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::imp::CAT;
-use crate::net::{self, RUNTIME, Relay, read_control, write_control};
+use super::imp::ResolvedSettings;
+use crate::net::{self, RUNTIME, read_control, write_control};
 use crate::protocol::{self, CloseCode, Control, FrameMeta, GopHeader};
 use crate::ticket::Ticket;
 
@@ -46,26 +47,55 @@ pub(super) enum Item {
     Error(String),
 }
 
-/// Counters shared with the network task.
+/// What the element and its session share, one concern per field; none of it sits behind
+/// the element's state lock.
 #[derive(Debug, Default)]
-pub(super) struct Stats {
-    pub(super) connected: AtomicBool,
-    pub(super) path: Mutex<&'static str>,
-    pub(super) rtt_us: AtomicU64,
-    pub(super) bytes: AtomicU64,
-    pub(super) gops: AtomicU64,
-    pub(super) skipped_gops: AtomicU64,
-    pub(super) reconnects: AtomicU64,
-    pub(super) latencies_us: Mutex<VecDeque<u64>>,
-    pub(super) buffered: AtomicUsize,
-    /// Index (in accept order) of the GOP stream being played, and a wake-up for paused readers.
-    pub(super) playing: AtomicU64,
-    pub(super) drained: tokio::sync::Notify,
+pub(super) struct Shared {
+    pub(super) stats: Stats,
+    pub(super) flow: Flow,
     /// Downstream asked for a keyframe (a force-key-unit event): tell the host.
     pub(super) keyframe_wanted: AtomicBool,
 }
 
-impl Stats {
+/// Counters for the `stats` property, written by the session.
+#[derive(Debug)]
+pub(super) struct Stats {
+    connected: AtomicBool,
+    path: Mutex<&'static str>,
+    rtt_us: AtomicU64,
+    bytes: AtomicU64,
+    gops: AtomicU64,
+    skipped_gops: AtomicU64,
+    reconnects: AtomicU64,
+    latencies_us: Mutex<VecDeque<u64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            connected: AtomicBool::new(false),
+            path: Mutex::new("none"),
+            rtt_us: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            gops: AtomicU64::new(0),
+            skipped_gops: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            latencies_us: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+/// Flow control: bytes received but not yet handed downstream, and which GOP stream plays.
+#[derive(Debug, Default)]
+pub(super) struct Flow {
+    buffered: AtomicUsize,
+    /// Index (in accept order) of the GOP stream being played.
+    playing: AtomicU64,
+    /// Wakes GOP readers paused until their turn or until the streaming thread drained.
+    drained: tokio::sync::Notify,
+}
+
+impl Flow {
     /// `n` buffered bytes went downstream (saturating: a new session resets the count while
     /// the old one's last buffers may still be queued).
     pub(super) fn release(&self, n: usize) {
@@ -74,7 +104,9 @@ impl Stats {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(n)));
         self.drained.notify_waiters();
     }
+}
 
+impl Stats {
     fn record_latency(&self, capture_unix_ns: u64) {
         let now = net::unix_now_ns();
         if capture_unix_ns == 0 || capture_unix_ns > now + 5_000_000_000 {
@@ -113,17 +145,14 @@ impl Stats {
     }
 }
 
+/// What the session needs from the element.
 pub(super) struct Ctx {
     pub(super) element: glib::WeakRef<super::IrohSrc>,
-    pub(super) ticket: Ticket,
-    pub(super) relay: Relay,
-    pub(super) bind: Option<std::net::SocketAddr>,
-    pub(super) name: String,
-    pub(super) reconnect: bool,
-    pub(super) reconnect_timeout: Duration,
+    pub(super) settings: Arc<ResolvedSettings>,
+    /// Items for the streaming thread (bounded: `max-buffers`).
     pub(super) tx: mpsc::Sender<Item>,
     pub(super) cancel: CancellationToken,
-    pub(super) stats: Arc<Stats>,
+    pub(super) shared: Arc<Shared>,
 }
 
 impl Ctx {
@@ -164,7 +193,7 @@ pub(super) async fn run(ctx: Ctx) {
     let mut attempt = 0u32;
     loop {
         let end = session(&ctx, &endpoint, &mut ever_connected).await;
-        ctx.stats.connected.store(false, Ordering::Relaxed);
+        ctx.shared.stats.connected.store(false, Ordering::Relaxed);
         let msg = match end {
             End::Eos => {
                 let _ = ctx.send(Item::Eos).await;
@@ -177,16 +206,16 @@ pub(super) async fn run(ctx: Ctx) {
             }
             End::Retry(msg) => msg,
         };
-        if !ctx.reconnect || !ever_connected {
+        if !ctx.settings.reconnect || !ever_connected {
             let _ = ctx.send(Item::Error(msg)).await;
             break;
         }
         let since = *lost_at.get_or_insert_with(Instant::now);
-        if since.elapsed() > ctx.reconnect_timeout {
+        if since.elapsed() > ctx.settings.reconnect_timeout {
             let _ = ctx
                 .send(Item::Error(format!(
                     "{msg}; gave up after {} s of reconnecting",
-                    ctx.reconnect_timeout.as_secs()
+                    ctx.settings.reconnect_timeout.as_secs()
                 )))
                 .await;
             break;
@@ -201,9 +230,9 @@ pub(super) async fn run(ctx: Ctx) {
 
 /// This viewer's own iroh endpoint (a fresh key each time: viewers have no identity).
 async fn open_endpoint(ctx: &Ctx) -> Option<Endpoint> {
-    let bind: Vec<_> = ctx.bind.into_iter().collect();
+    let bind: Vec<_> = ctx.settings.bind.into_iter().collect();
     let endpoint = tokio::select! {
-        e = net::bind(iroh::SecretKey::generate(), &ctx.relay, &bind, vec![]) => e,
+        e = net::bind(iroh::SecretKey::generate(), &ctx.settings.relay, &bind, vec![]) => e,
         _ = ctx.cancel.cancelled() => return None,
     };
     match endpoint {
@@ -218,7 +247,7 @@ async fn open_endpoint(ctx: &Ctx) -> Option<Endpoint> {
 /// Counts and announces reconnect attempt `attempt`, then waits out its backoff; false when
 /// the element stops meanwhile.
 async fn back_off(ctx: &Ctx, reason: &str, attempt: u32) -> bool {
-    ctx.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+    ctx.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
     gst::info!(CAT, "connection lost ({reason}); reconnect attempt {attempt}");
     ctx.post(
         gst::Structure::builder("iroh-reconnecting")
@@ -297,7 +326,7 @@ async fn session(ctx: &Ctx, endpoint: &Endpoint, ever_connected: &mut bool) -> E
 async fn dial(ctx: &Ctx, endpoint: &Endpoint) -> Result<Connection, End> {
     match tokio::time::timeout(
         CONNECT_TIMEOUT,
-        endpoint.connect(ctx.ticket.addr.clone(), protocol::ALPN),
+        endpoint.connect(ctx.settings.ticket.addr.clone(), protocol::ALPN),
     )
     .await
     {
@@ -307,7 +336,7 @@ async fn dial(ctx: &Ctx, endpoint: &Endpoint) -> Result<Connection, End> {
         ))),
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => {
-            if let Some(v) = probe_version(endpoint, &ctx.ticket).await
+            if let Some(v) = probe_version(endpoint, &ctx.settings.ticket).await
                 && v != u64::from(protocol::VERSION)
             {
                 return Err(End::Fatal(format!(
@@ -351,8 +380,8 @@ async fn handshake(ctx: &Ctx, conn: &Connection) -> Result<ControlStream, End> {
         write_control(
             &mut send,
             &Control::Hello {
-                secret: ctx.ticket.secret,
-                name: ctx.name.chars().take(protocol::MAX_NAME_LEN / 4).collect(),
+                secret: ctx.settings.ticket.secret,
+                name: ctx.settings.name.chars().take(protocol::MAX_NAME_LEN / 4).collect(),
             },
         )
         .await
@@ -377,9 +406,10 @@ async fn handshake(ctx: &Ctx, conn: &Connection) -> Result<ControlStream, End> {
 /// Connection stats and the `iroh-connected` message.
 fn report_connected(ctx: &Ctx, conn: &Connection) {
     let (path, rtt) = net::path_info(conn);
-    ctx.stats.connected.store(true, Ordering::Relaxed);
-    *ctx.stats.path.lock().unwrap() = path;
-    ctx.stats
+    ctx.shared.stats.connected.store(true, Ordering::Relaxed);
+    *ctx.shared.stats.path.lock().unwrap() = path;
+    ctx.shared
+        .stats
         .rtt_us
         .store(rtt.map_or(0, |d| d.as_micros() as u64), Ordering::Relaxed);
     gst::info!(CAT, "connected to {} over {path}", conn.remote_id().fmt_short());
@@ -409,9 +439,9 @@ type GopItems = mpsc::UnboundedReceiver<StreamItem>;
 fn spawn_acceptor(ctx: &Ctx, conn: &Connection, cancel: CancellationToken) -> mpsc::UnboundedReceiver<GopItems> {
     let (streams_tx, streams_rx) = mpsc::unbounded_channel::<GopItems>();
     let conn = conn.clone();
-    let stats = ctx.stats.clone();
-    ctx.stats.playing.store(0, Ordering::Relaxed);
-    ctx.stats.buffered.store(0, Ordering::Relaxed);
+    let shared = ctx.shared.clone();
+    ctx.shared.flow.playing.store(0, Ordering::Relaxed);
+    ctx.shared.flow.buffered.store(0, Ordering::Relaxed);
     RUNTIME.spawn(async move {
         let mut index = 0u64;
         loop {
@@ -424,7 +454,7 @@ fn spawn_acceptor(ctx: &Ctx, conn: &Connection, cancel: CancellationToken) -> mp
             if streams_tx.send(rx).is_err() {
                 break;
             }
-            RUNTIME.spawn(read_gop(index, s, tx, conn.clone(), stats.clone()));
+            RUNTIME.spawn(read_gop(index, s, tx, conn.clone(), shared.clone()));
             index += 1;
         }
     });
@@ -510,8 +540,8 @@ async fn next_gop(
         s = gops.recv() => match s {
             Some(s) => {
                 if p.played > 0 {
-                    ctx.stats.playing.fetch_add(1, Ordering::Relaxed);
-                    ctx.stats.drained.notify_waiters();
+                    ctx.shared.flow.playing.fetch_add(1, Ordering::Relaxed);
+                    ctx.shared.flow.drained.notify_waiters();
                 }
                 p.played += 1;
                 Ok(Some(s))
@@ -546,14 +576,14 @@ impl Play {
             Some(StreamItem::Header(h)) => self.start_gop(ctx, h).await?,
             Some(StreamItem::Frame(meta, data)) => {
                 if let Some(c) = meta.capture_unix_ns {
-                    ctx.stats.record_latency(c);
+                    ctx.shared.stats.record_latency(c);
                     self.progress.1 = c;
                 }
                 let discont = std::mem::take(&mut self.discont_next);
                 ctx.send(Item::Frame { meta, data, discont }).await?;
             }
             Some(StreamItem::Reset) => {
-                ctx.stats.skipped_gops.fetch_add(1, Ordering::Relaxed);
+                ctx.shared.stats.skipped_gops.fetch_add(1, Ordering::Relaxed);
                 self.discont_next = true;
                 return Ok(false);
             }
@@ -564,11 +594,12 @@ impl Play {
 
     /// A GOP header: count skipped GOPs, pass new caps downstream.
     async fn start_gop(&mut self, ctx: &Ctx, h: GopHeader) -> Result<(), End> {
-        ctx.stats.gops.fetch_add(1, Ordering::Relaxed);
+        ctx.shared.stats.gops.fetch_add(1, Ordering::Relaxed);
         if let Some(l) = self.last_seq
             && h.seq != l + 1
         {
-            ctx.stats
+            ctx.shared
+                .stats
                 .skipped_gops
                 .fetch_add(h.seq.saturating_sub(l + 1), Ordering::Relaxed);
             self.discont_next = true;
@@ -593,7 +624,7 @@ impl Play {
 /// keyframe; watches the path.
 async fn report(ctx: &Ctx, conn: &Connection, send: &mut SendStream, p: &mut Play) {
     let ending = p.end_at.is_some();
-    if ctx.stats.keyframe_wanted.swap(false, Ordering::Relaxed) && !ending {
+    if ctx.shared.keyframe_wanted.swap(false, Ordering::Relaxed) && !ending {
         let _ = write_control(send, &Control::KeyframeRequest).await;
     }
     if p.progress != p.sent_progress && !ending {
@@ -613,10 +644,11 @@ async fn report(ctx: &Ctx, conn: &Connection, send: &mut SendStream, p: &mut Pla
 /// Updates the path and RTT stats; posts `iroh-path-changed` when the path changed.
 fn watch_path(ctx: &Ctx, conn: &Connection) {
     let (path, rtt) = net::path_info(conn);
-    ctx.stats
+    ctx.shared
+        .stats
         .rtt_us
         .store(rtt.map_or(0, |d| d.as_micros() as u64), Ordering::Relaxed);
-    let prev = std::mem::replace(&mut *ctx.stats.path.lock().unwrap(), path);
+    let prev = std::mem::replace(&mut *ctx.shared.stats.path.lock().unwrap(), path);
     if prev != path {
         gst::info!(CAT, "path changed: {prev} -> {path}");
         ctx.post(gst::Structure::builder("iroh-path-changed").field("path", path).build());
@@ -629,14 +661,14 @@ async fn read_gop(
     mut s: RecvStream,
     tx: mpsc::UnboundedSender<StreamItem>,
     conn: Connection,
-    stats: Arc<Stats>,
+    shared: Arc<Shared>,
 ) {
     let mut gop = GopReader {
         index,
         buf: BytesMut::new(),
         header_done: false,
         tx,
-        stats,
+        shared,
     };
     loop {
         if let Err(why) = gop.drain().await {
@@ -646,7 +678,7 @@ async fn read_gop(
         }
         match s.read_chunk(1024 * 1024).await {
             Ok(Some(chunk)) => {
-                gop.stats.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                gop.shared.stats.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 gop.buf.extend_from_slice(&chunk);
             }
             Ok(None) => {
@@ -672,7 +704,7 @@ struct GopReader {
     buf: BytesMut,
     header_done: bool,
     tx: mpsc::UnboundedSender<StreamItem>,
-    stats: Arc<Stats>,
+    shared: Arc<Shared>,
 }
 
 impl GopReader {
@@ -696,7 +728,7 @@ impl GopReader {
             match FrameMeta::decode_frame(&self.buf) {
                 Ok(Some(((meta, range), used))) => {
                     let data = self.buf.split_to(used).freeze().slice(range);
-                    let total = self.stats.buffered.fetch_add(data.len(), Ordering::Relaxed) + data.len();
+                    let total = self.shared.flow.buffered.fetch_add(data.len(), Ordering::Relaxed) + data.len();
                     if total > MAX_BUFFERED_BYTES {
                         gst::warning!(CAT, "host sent more than {MAX_BUFFERED_BYTES} bytes ahead: closing");
                         return Err("too much data buffered");
@@ -716,11 +748,11 @@ impl GopReader {
     /// A stream waiting its turn stops reading once enough is buffered: QUIC flow control
     /// then tells the host, which skips this viewer ahead.
     async fn wait_turn(&self) {
-        while self.index != self.stats.playing.load(Ordering::Relaxed)
-            && self.stats.buffered.load(Ordering::Relaxed) > AHEAD_BYTES
+        while self.index != self.shared.flow.playing.load(Ordering::Relaxed)
+            && self.shared.flow.buffered.load(Ordering::Relaxed) > AHEAD_BYTES
             && !self.tx.is_closed()
         {
-            let notified = self.stats.drained.notified();
+            let notified = self.shared.flow.drained.notified();
             let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
         }
     }
