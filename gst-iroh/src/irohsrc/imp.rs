@@ -16,6 +16,7 @@ use gst_base::subclass::prelude::*;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::error::{Failure, Kind};
 use super::session::{Ctx, Item, Shared, run};
 use crate::net::{self, RUNTIME, Relay};
 use crate::protocol::{FrameMeta, flags};
@@ -66,15 +67,27 @@ pub(super) struct ResolvedSettings {
 }
 
 impl TryFrom<&Settings> for ResolvedSettings {
-    type Error = String;
+    type Error = Failure;
 
-    fn try_from(s: &Settings) -> Result<Self, String> {
+    fn try_from(s: &Settings) -> Result<Self, Failure> {
+        let bad = |property, text: String| Failure::new(Kind::Settings(property), text);
         let ticket = match s.ticket.as_deref() {
-            None | Some("") => return Err("ticket is not set: set the ticket property to the host's ticket".into()),
-            Some(t) => t.parse::<Ticket>().map_err(|e| format!("ticket is not valid: {e}"))?,
+            None | Some("") => {
+                return Err(bad(
+                    "ticket",
+                    "ticket is not set: set the ticket property to the host's ticket".into(),
+                ));
+            }
+            Some(t) => t
+                .parse::<Ticket>()
+                .map_err(|e| bad("ticket", format!("ticket is not valid: {e}")))?,
         };
-        let relay = s.relay.parse::<Relay>().map_err(|e| format!("property relay: {e}"))?;
-        let bind = net::parse_bind_addr(&s.bind_address).map_err(|e| format!("property bind-address: {e}"))?;
+        let relay = s
+            .relay
+            .parse::<Relay>()
+            .map_err(|e| bad("relay", format!("property relay: {e}")))?;
+        let bind = net::parse_bind_addr(&s.bind_address)
+            .map_err(|e| bad("bind-address", format!("property bind-address: {e}")))?;
         let name = if s.name.is_empty() {
             std::env::var("HOSTNAME").unwrap_or_else(|_| "viewer".into())
         } else {
@@ -348,8 +361,8 @@ impl ElementImpl for IrohSrc {
                         last: None,
                     }
                 }
-                Err(msg) => {
-                    gst::element_imp_error!(self, gst::ResourceError::Settings, ("{msg}"));
+                Err(failure) => {
+                    failure.post(self);
                     return Err(gst::StateChangeError);
                 }
             }
@@ -432,8 +445,8 @@ impl IrohSrc {
                 Ok(Some(st.timing.buffer(meta, data, discont, now)))
             }
             Item::Eos => Err(gst::FlowError::Eos),
-            Item::Error(msg) => {
-                gst::element_imp_error!(self, gst::ResourceError::Read, ("{msg}"));
+            Item::Error(failure) => {
+                failure.post(self);
                 Err(gst::FlowError::Error)
             }
         }

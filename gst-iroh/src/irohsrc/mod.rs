@@ -5,11 +5,17 @@
 //! pipeline clock, a `timestamp/x-unix` reference timestamp meta with the capture wall-clock
 //! time, and DISCONT after any skipped GOP so demuxers resync.
 //!
-//! Refusals and bad tickets become bus errors a person can read ("host is full", "ticket is
-//! not valid: …", "this ticket was revoked", "host speaks protocol v2, this viewer v1"). When
-//! the host goes away or the path breaks, the element reconnects with backoff for up to
-//! `reconnect-timeout` (set `reconnect=false` to fail at once). Buffering is bounded
-//! (`max-buffers`); a viewer that cannot keep up is skipped ahead by the host.
+//! Refusals and bad tickets become bus errors with a domain and code an application acts on
+//! and a text a person reads: host full → `RESOURCE_ERROR_BUSY` ("host is full"), a wrong or
+//! revoked secret → `RESOURCE_ERROR_NOT_AUTHORIZED` ("ticket is not valid: …", "this ticket
+//! was revoked"), host unreachable → `RESOURCE_ERROR_OPEN_READ`, another protocol version →
+//! `STREAM_ERROR_WRONG_TYPE` ("host speaks protocol v2, this viewer v1: update this viewer"),
+//! a bad property → `RESOURCE_ERROR_SETTINGS` at NULL→READY. The error's details structure
+//! (`iroh-error`) has a finer `reason` (`host-full`, `bad-secret`, `revoked`, `kicked`, …;
+//! the README has the table). When the host goes away or the path breaks, the element
+//! reconnects with backoff for up to `reconnect-timeout` (set `reconnect=false` to fail at
+//! once). Buffering is bounded (`max-buffers`); a viewer that cannot keep up is skipped ahead
+//! by the host. Properties are read at NULL→READY and change in the NULL state only.
 //!
 //! Messages: `iroh-connected` (path, rtt-ms), `iroh-path-changed` (path), `iroh-reconnecting`
 //! (reason, attempt). Statistics: the `stats` property.
@@ -22,6 +28,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod error;
 mod imp;
 mod session;
 

@@ -15,6 +15,7 @@ use iroh::endpoint::{Connection, ConnectionError, RecvStream, SendStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::error::{Failure, Kind};
 use super::imp::CAT;
 use super::imp::ResolvedSettings;
 use crate::net::{self, RUNTIME, read_control, write_control};
@@ -44,7 +45,7 @@ pub(super) enum Item {
         discont: bool,
     },
     Eos,
-    Error(String),
+    Error(Failure),
 }
 
 /// What the element and its session share, one concern per field; none of it sits behind
@@ -175,13 +176,14 @@ impl Ctx {
 enum End {
     /// The host sent end-of-stream.
     Eos,
-    /// Stop trying: the message says why, for a person.
-    Fatal(String),
+    /// Stop trying.
+    Fatal(Failure),
     /// Try again (host gone, path broken, removed as slow).
-    Retry(String),
+    Retry(Failure),
     /// The element is stopping.
     Cancelled,
 }
+
 /// Dials the host until the share ends, the host refuses this viewer, or reconnecting gives
 /// up; tells the streaming thread how it ended.
 pub(super) async fn run(ctx: Ctx) {
@@ -194,34 +196,33 @@ pub(super) async fn run(ctx: Ctx) {
     loop {
         let end = session(&ctx, &endpoint, &mut ever_connected).await;
         ctx.shared.stats.connected.store(false, Ordering::Relaxed);
-        let msg = match end {
+        let failure = match end {
             End::Eos => {
                 let _ = ctx.send(Item::Eos).await;
                 break;
             }
             End::Cancelled => break,
-            End::Fatal(msg) => {
-                let _ = ctx.send(Item::Error(msg)).await;
+            End::Fatal(failure) => {
+                let _ = ctx.send(Item::Error(failure)).await;
                 break;
             }
-            End::Retry(msg) => msg,
+            End::Retry(failure) => failure,
         };
         if !ctx.settings.reconnect || !ever_connected {
-            let _ = ctx.send(Item::Error(msg)).await;
+            let _ = ctx.send(Item::Error(failure)).await;
             break;
         }
         let since = *lost_at.get_or_insert_with(Instant::now);
         if since.elapsed() > ctx.settings.reconnect_timeout {
-            let _ = ctx
-                .send(Item::Error(format!(
-                    "{msg}; gave up after {} s of reconnecting",
-                    ctx.settings.reconnect_timeout.as_secs()
-                )))
-                .await;
+            let suffix = format!(
+                "; gave up after {} s of reconnecting",
+                ctx.settings.reconnect_timeout.as_secs()
+            );
+            let _ = ctx.send(Item::Error(failure.with_suffix(&suffix))).await;
             break;
         }
         attempt += 1;
-        if !back_off(&ctx, &msg, attempt).await {
+        if !back_off(&ctx, &failure.text, attempt).await {
             break;
         }
     }
@@ -238,7 +239,7 @@ async fn open_endpoint(ctx: &Ctx) -> Option<Endpoint> {
     match endpoint {
         Ok(e) => Some(e),
         Err(e) => {
-            let _ = ctx.send(Item::Error(e.to_string())).await;
+            let _ = ctx.send(Item::Error(Failure::new(Kind::Endpoint, e.to_string()))).await;
             None
         }
     }
@@ -265,15 +266,28 @@ async fn back_off(ctx: &Ctx, reason: &str, attempt: u32) -> bool {
 /// Text for a person, and whether to reconnect, for a close code from the host.
 fn explain(code: CloseCode, reason: &str) -> End {
     match code {
-        CloseCode::HostFull => End::Fatal("host is full: it already has its maximum number of viewers".into()),
-        CloseCode::BadSecret => End::Fatal(
-            "ticket is not valid: the host does not accept its secret (ask the host for the current ticket)".into(),
-        ),
-        CloseCode::Revoked => End::Fatal("this ticket was revoked: ask the host for a new one".into()),
-        CloseCode::Kicked => End::Fatal("the host removed this viewer from the share".into()),
-        CloseCode::Slow => End::Retry("the host dropped this viewer as too slow".into()),
-        CloseCode::Protocol => End::Fatal(format!("protocol error reported by the host: {reason}")),
-        CloseCode::Normal | CloseCode::HostStopped => End::Retry("the host stopped sharing".into()),
+        CloseCode::HostFull => End::Fatal(Failure::new(
+            Kind::HostFull,
+            "host is full: it already has its maximum number of viewers",
+        )),
+        CloseCode::BadSecret => End::Fatal(Failure::new(
+            Kind::BadSecret,
+            "ticket is not valid: the host does not accept its secret (ask the host for the current ticket)",
+        )),
+        CloseCode::Revoked => End::Fatal(Failure::new(
+            Kind::Revoked,
+            "this ticket was revoked: ask the host for a new one",
+        )),
+        CloseCode::Kicked => End::Fatal(Failure::new(
+            Kind::Kicked,
+            "the host removed this viewer from the share",
+        )),
+        CloseCode::Slow => End::Retry(Failure::new(Kind::Lost, "the host dropped this viewer as too slow")),
+        CloseCode::Protocol => End::Fatal(Failure::new(
+            Kind::Protocol,
+            format!("protocol error reported by the host: {reason}"),
+        )),
+        CloseCode::Normal | CloseCode::HostStopped => End::Retry(Failure::new(Kind::Lost, "the host stopped sharing")),
     }
 }
 
@@ -284,7 +298,10 @@ fn explain_conn_error(e: &ConnectionError) -> End {
             &String::from_utf8_lossy(&c.reason),
         ),
         ConnectionError::LocallyClosed => End::Cancelled,
-        other => End::Retry(format!("connection to the host lost: {other}")),
+        other => End::Retry(Failure::new(
+            Kind::Lost,
+            format!("connection to the host lost: {other}"),
+        )),
     }
 }
 
@@ -330,23 +347,36 @@ async fn dial(ctx: &Ctx, endpoint: &Endpoint) -> Result<Connection, End> {
     )
     .await
     {
-        Err(_) => Err(End::Retry(format!(
-            "cannot reach the host within {} s (is it still sharing? are both sides online?)",
-            CONNECT_TIMEOUT.as_secs()
+        Err(_) => Err(End::Retry(Failure::new(
+            Kind::Unreachable,
+            format!(
+                "cannot reach the host within {} s (is it still sharing? are both sides online?)",
+                CONNECT_TIMEOUT.as_secs()
+            ),
         ))),
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => {
-            if let Some(v) = probe_version(endpoint, &ctx.settings.ticket).await
-                && v != u64::from(protocol::VERSION)
-            {
-                return Err(End::Fatal(format!(
-                    "host speaks protocol v{v}, this viewer v{}: update the older side",
-                    protocol::VERSION
-                )));
-            }
-            Err(End::Retry(format!("cannot connect to the host: {e}")))
-        }
+        Ok(Err(e)) => match probe_version(endpoint, &ctx.settings.ticket).await {
+            Some(v) if v != u64::from(protocol::VERSION) => Err(End::Fatal(version_mismatch(v))),
+            _ => Err(End::Retry(Failure::new(
+                Kind::Unreachable,
+                format!("cannot connect to the host: {e}"),
+            ))),
+        },
     }
+}
+
+/// The host answered the version probe with another version: say which side to update.
+fn version_mismatch(host: u64) -> Failure {
+    let ours = protocol::VERSION;
+    let update = if host > u64::from(ours) {
+        "update this viewer"
+    } else {
+        "the host must update"
+    };
+    Failure::new(
+        Kind::Version,
+        format!("host speaks protocol v{host}, this viewer v{ours}: {update}"),
+    )
 }
 
 /// An admitted connection: announce it, accept GOP streams, play them.
@@ -385,21 +415,27 @@ async fn handshake(ctx: &Ctx, conn: &Connection) -> Result<ControlStream, End> {
             },
         )
         .await
-        .map_err(|e| End::Retry(format!("cannot talk to the host: {e}")))?;
+        .map_err(|e| End::Retry(Failure::new(Kind::Unreachable, format!("cannot talk to the host: {e}"))))?;
         let mut buf = BytesMut::new();
         match read_control(&mut recv, &mut buf).await {
             Ok(Control::Welcome { .. }) => Ok(ControlStream { send, recv, buf }),
             Ok(Control::Refuse { code, reason }) => Err(explain(CloseCode::from_u64(code.into()), &reason)),
-            Ok(other) => Err(End::Fatal(format!("protocol error: expected a welcome, got {other:?}"))),
+            Ok(other) => Err(End::Fatal(Failure::new(
+                Kind::Protocol,
+                format!("protocol error: expected a welcome, got {other:?}"),
+            ))),
             Err(e) => Err(match conn.close_reason() {
                 Some(ce) => explain_conn_error(&ce),
-                None => End::Retry(format!("the host did not answer: {e}")),
+                None => End::Retry(Failure::new(Kind::Unreachable, format!("the host did not answer: {e}"))),
             }),
         }
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, exchange).await {
         Ok(r) => r,
-        Err(_) => Err(End::Retry("the host did not answer in time".into())),
+        Err(_) => Err(End::Retry(Failure::new(
+            Kind::Unreachable,
+            "the host did not answer in time",
+        ))),
     }
 }
 
@@ -546,7 +582,10 @@ async fn next_gop(
                 p.played += 1;
                 Ok(Some(s))
             }
-            None => Err(conn.close_reason().map_or(End::Retry("connection closed".into()), |e| explain_conn_error(&e))),
+            None => Err(match conn.close_reason() {
+                Some(e) => explain_conn_error(&e),
+                None => End::Retry(Failure::new(Kind::Lost, "connection closed")),
+            }),
         },
         m = read_control(&mut control.recv, &mut control.buf), if !ending => match m {
             Ok(Control::End) => {
@@ -608,9 +647,9 @@ impl Play {
         self.progress.0 = h.seq;
         if self.caps.as_deref() != Some(h.caps.as_str()) {
             let Ok(c) = gst::Caps::from_str(&h.caps) else {
-                return Err(End::Fatal(format!(
-                    "the host sent caps this viewer cannot parse: {}",
-                    h.caps
+                return Err(End::Fatal(Failure::new(
+                    Kind::Protocol,
+                    format!("the host sent caps this viewer cannot parse: {}", h.caps),
                 )));
             };
             ctx.send(Item::Caps(c)).await?;
