@@ -63,6 +63,12 @@ fn invalid_settings_fail_with_the_property_named() {
         unreachable!()
     };
     assert!(e.error().message().starts_with("ticket is not valid:"), "{}", e.error());
+    assert_eq!(
+        e.error().kind::<gst::ResourceError>(),
+        Some(gst::ResourceError::Settings)
+    );
+    let details = e.details().expect("error details");
+    assert_eq!(details.get::<&str>("property").unwrap(), "ticket");
 }
 
 /// Waits for a force-key-unit event with all-headers on the harness' upstream side.

@@ -119,6 +119,59 @@ fn wrong_secret_is_refused() {
 }
 
 #[test]
+fn a_full_host_refuses_with_a_busy_resource_error() {
+    let mut h = host(&[("max-viewers", &1u32)]);
+    h.set_src_caps_str("video/x-h264");
+    let t = ticket(&h);
+    let _a = Viewer::new(&t, "queue");
+    assert!(wait_until(Duration::from_secs(10), || num_viewers(&h) == 1));
+    let b = Viewer::new(&t, "queue");
+    let (err, reason) = b.error(Duration::from_secs(10)).expect("second viewer fails");
+    assert_eq!(
+        err.kind::<gst::ResourceError>(),
+        Some(gst::ResourceError::Busy),
+        "{err}"
+    );
+    assert_eq!(reason, "host-full");
+    assert!(err.message().contains("host is full"), "{err}");
+}
+
+#[test]
+fn wrong_and_revoked_secrets_are_not_authorized() {
+    let mut h = host(&[]);
+    h.set_src_caps_str("video/x-h264");
+    let old = ticket(&h);
+    let mut wrong: gstiroh::ticket::Ticket = old.parse().unwrap();
+    wrong.secret[3] ^= 0x40;
+    let v = Viewer::new(&wrong.to_string(), "queue");
+    let (err, reason) = v.error(Duration::from_secs(10)).expect("wrong secret refused");
+    assert_eq!(
+        err.kind::<gst::ResourceError>(),
+        Some(gst::ResourceError::NotAuthorized),
+        "{err}"
+    );
+    assert_eq!(reason, "bad-secret");
+    assert!(err.message().contains("ticket is not valid"), "{err}");
+
+    let new = h
+        .element()
+        .unwrap()
+        .emit_by_name::<Option<String>>("revoke", &[])
+        .unwrap();
+    assert_ne!(new, old);
+    let v = Viewer::new(&old, "queue");
+    let (err, reason) = v.error(Duration::from_secs(10)).expect("revoked ticket refused");
+    assert_eq!(
+        err.kind::<gst::ResourceError>(),
+        Some(gst::ResourceError::NotAuthorized),
+        "{err}"
+    );
+    assert_eq!(reason, "revoked");
+    assert!(err.message().contains("this ticket was revoked"), "{err}");
+    assert_eq!(num_viewers(&h), 0);
+}
+
+#[test]
 fn kick_and_revoke() {
     let mut h = host(&[]);
     h.set_src_caps_str("video/x-h264");
@@ -277,8 +330,14 @@ fn viewer_without_reconnect_reports_an_unreachable_host() {
         ticket(&h)
     };
     let v = Viewer::with_src_props(&t, "reconnect=false", "queue");
-    let p = v.problem(Duration::from_secs(20)).expect("error");
-    assert!(p.contains("host"), "{p}");
+    let (err, reason) = v.error(Duration::from_secs(20)).expect("error");
+    assert!(err.message().contains("host"), "{err}");
+    assert_eq!(
+        err.kind::<gst::ResourceError>(),
+        Some(gst::ResourceError::OpenRead),
+        "{err}"
+    );
+    assert_eq!(reason, "unreachable");
 }
 
 #[test]
@@ -402,8 +461,16 @@ fn newer_host_protocol_is_reported_by_version() {
         (t.to_string(), ep)
     });
     let v = Viewer::with_src_props(&t, "reconnect=false", "queue");
-    let p = v.problem(Duration::from_secs(20)).expect("error");
+    let (err, reason) = v.error(Duration::from_secs(20)).expect("error");
+    let p = err.message();
     assert!(p.contains("host speaks protocol v2, this viewer v1"), "{p}");
+    assert!(p.ends_with("update this viewer"), "says which side to update: {p}");
+    assert_eq!(
+        err.kind::<gst::StreamError>(),
+        Some(gst::StreamError::WrongType),
+        "{err}"
+    );
+    assert_eq!(reason, "version");
     drop(v);
     RUNTIME.block_on(ep.close());
 }

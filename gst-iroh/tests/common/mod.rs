@@ -88,6 +88,23 @@ impl Viewer {
         None
     }
 
+    /// First error on the bus within `timeout`, with the `reason` field of its details.
+    pub fn error(&self, timeout: Duration) -> Option<(gst::glib::Error, String)> {
+        let bus = self.pipeline.bus().unwrap();
+        let msg = bus.timed_pop_filtered(
+            gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
+            &[gst::MessageType::Error],
+        )?;
+        let gst::MessageView::Error(e) = msg.view() else {
+            unreachable!("filtered for errors")
+        };
+        let reason = e
+            .details()
+            .and_then(|d| d.get::<String>("reason").ok())
+            .unwrap_or_default();
+        Some((e.error(), reason))
+    }
+
     pub fn stats(&self) -> gst::Structure {
         self.src.property::<gst::Structure>("stats")
     }
