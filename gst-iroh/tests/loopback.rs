@@ -323,6 +323,30 @@ fn host_restart_with_key_file_viewer_reconnects_with_the_same_ticket() {
     assert!(v.stats().get::<u64>("reconnects").unwrap() >= 1);
 }
 
+/// `reconnect-timeout` bounds one outage: a second outage long after the first is retried
+/// as patiently as the first.
+#[test]
+fn a_second_outage_long_after_the_first_is_retried_too() {
+    let tmp = TempDir::new("outages");
+    let key_s = tmp.0.join("host.key").to_str().unwrap().to_string();
+    let mut h = host(&[("key-file", &key_s)]);
+    let v = Viewer::with_src_props(&ticket(&h), "reconnect-timeout=2000", "queue");
+    assert!(wait_until(Duration::from_secs(10), || num_viewers(&h) == 1));
+    for outage in 1..=2 {
+        // The time since the first outage, not an event, is what this test is about.
+        std::thread::sleep(Duration::from_millis(2500));
+        drop(h);
+        h = host(&[("key-file", &key_s)]);
+        assert!(
+            wait_until(Duration::from_secs(10), || num_viewers(&h) == 1),
+            "the viewer came back after outage {outage}: {:?}",
+            v.problem(Duration::from_millis(10))
+        );
+    }
+    assert_eq!(v.problem(Duration::from_millis(10)), None);
+    assert_eq!(v.stats().get::<u64>("reconnects").unwrap(), 2);
+}
+
 #[test]
 fn viewer_without_reconnect_reports_an_unreachable_host() {
     let t = {

@@ -191,11 +191,18 @@ pub(super) async fn run(ctx: Ctx) {
         return;
     };
     let mut ever_connected = false;
+    // Start of the current outage, and reconnect attempts in it.
     let mut lost_at: Option<Instant> = None;
     let mut attempt = 0u32;
     loop {
-        let end = session(&ctx, &endpoint, &mut ever_connected).await;
+        let mut admitted = false;
+        let end = session(&ctx, &endpoint, &mut admitted).await;
         ctx.shared.stats.connected.store(false, Ordering::Relaxed);
+        if admitted {
+            ever_connected = true;
+            lost_at = None;
+            attempt = 0;
+        }
         let failure = match end {
             End::Eos => {
                 let _ = ctx.send(Item::Eos).await;
@@ -321,13 +328,14 @@ async fn probe_version(endpoint: &Endpoint, ticket: &Ticket) -> Option<u64> {
 }
 
 /// One connection: dial, play until it ends, close it with a code the host understands.
-async fn session(ctx: &Ctx, endpoint: &Endpoint, ever_connected: &mut bool) -> End {
+/// `admitted`: the host let this viewer in.
+async fn session(ctx: &Ctx, endpoint: &Endpoint, admitted: &mut bool) -> End {
     let conn = tokio::select! {
         c = dial(ctx, endpoint) => match c { Ok(c) => c, Err(e) => return e },
         _ = ctx.cancel.cancelled() => return End::Cancelled,
     };
     let end = tokio::select! {
-        e = connected(ctx, &conn, ever_connected) => e,
+        e = connected(ctx, &conn, admitted) => e,
         _ = ctx.cancel.cancelled() => End::Cancelled,
     };
     let code = match &end {
@@ -380,12 +388,12 @@ fn version_mismatch(host: u64) -> Failure {
 }
 
 /// An admitted connection: announce it, accept GOP streams, play them.
-async fn connected(ctx: &Ctx, conn: &Connection, ever_connected: &mut bool) -> End {
+async fn connected(ctx: &Ctx, conn: &Connection, admitted: &mut bool) -> End {
     let mut control = match handshake(ctx, conn).await {
         Ok(c) => c,
         Err(e) => return e,
     };
-    *ever_connected = true;
+    *admitted = true;
     report_connected(ctx, conn);
     if ctx.send(Item::Session).await.is_err() {
         return End::Cancelled;
