@@ -145,33 +145,38 @@ pub fn get_varint(buf: &[u8]) -> Decoded<u64> {
 }
 
 /// A cursor over a byte slice that reads varints and length-prefixed fields; `None` = short.
-struct Reader<'a> {
+/// Shared by the wire format and the ticket.
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Self { buf, pos: 0 }
     }
-    fn u8(&mut self) -> Option<u8> {
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    pub(crate) fn u8(&mut self) -> Option<u8> {
         let b = *self.buf.get(self.pos)?;
         self.pos += 1;
         Some(b)
     }
-    fn varint(&mut self) -> Result<Option<u64>, ProtocolError> {
+    pub(crate) fn varint(&mut self) -> Result<Option<u64>, ProtocolError> {
         Ok(get_varint(&self.buf[self.pos..])?.map(|(v, n)| {
             self.pos += n;
             v
         }))
     }
-    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub(crate) fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
         let s = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
         self.pos += n;
         Some(s)
     }
     /// A varint length (checked against `max`) followed by that many bytes.
-    fn prefixed(&mut self, what: &'static str, max: usize) -> Result<Option<&'a [u8]>, ProtocolError> {
+    pub(crate) fn prefixed(&mut self, what: &'static str, max: usize) -> Result<Option<&'a [u8]>, ProtocolError> {
         let Some(len) = self.varint()? else {
             return Ok(None);
         };
@@ -180,7 +185,7 @@ impl<'a> Reader<'a> {
         }
         Ok(self.bytes(len as usize))
     }
-    fn string(&mut self, what: &'static str, max: usize) -> Result<Option<String>, ProtocolError> {
+    pub(crate) fn string(&mut self, what: &'static str, max: usize) -> Result<Option<String>, ProtocolError> {
         match self.prefixed(what, max)? {
             None => Ok(None),
             Some(b) => String::from_utf8(b.to_vec())

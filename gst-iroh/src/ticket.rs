@@ -12,12 +12,13 @@ use std::str::FromStr;
 use iroh::{EndpointAddr, EndpointId, RelayUrl, TransportAddr};
 use thiserror::Error;
 
-use crate::protocol::{SECRET_LEN, get_varint, put_varint};
+use crate::protocol::{Reader, SECRET_LEN, put_varint};
 
 /// Text prefix of every ticket.
 pub const PREFIX: &str = "pp1";
 const TICKET_VERSION: u8 = 1;
 const MAX_ADDRS: u64 = 64;
+const MAX_RELAY_URL_LEN: usize = 2048;
 
 /// A share ticket: where the host is and the secret that admits a viewer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,66 +92,66 @@ impl Ticket {
 
     /// Parses the binary form.
     pub fn from_bytes(b: &[u8]) -> Result<Self, TicketError> {
-        let take = |pos: &mut usize, n: usize| -> Result<&[u8], TicketError> {
-            let s = b.get(*pos..*pos + n).ok_or(TicketError::Truncated)?;
-            *pos += n;
-            Ok(s)
-        };
-        let varint = |pos: &mut usize| -> Result<u64, TicketError> {
-            match get_varint(&b[*pos..]) {
-                Ok(Some((v, n))) => {
-                    *pos += n;
-                    Ok(v)
-                }
-                Ok(None) => Err(TicketError::Truncated),
-                Err(_) => Err(TicketError::BadAddress),
-            }
-        };
         // version + id + secret + address count: anything shorter was cut in the copy
         if b.len() < 2 + 32 + SECRET_LEN {
             return Err(TicketError::Truncated);
         }
-        let mut pos = 0;
-        let version = take(&mut pos, 1)?[0];
+        let mut r = Reader::new(b);
+        let version = r.u8().ok_or(TicketError::Truncated)?;
         if version != TICKET_VERSION {
             return Err(TicketError::UnsupportedVersion(version));
         }
-        let id_bytes: [u8; 32] = take(&mut pos, 32)?.try_into().unwrap();
+        let id_bytes: [u8; 32] = take(&mut r, 32)?.try_into().unwrap();
         let id = EndpointId::from_bytes(&id_bytes).map_err(|_| TicketError::BadKey)?;
-        let secret: [u8; SECRET_LEN] = take(&mut pos, SECRET_LEN)?.try_into().unwrap();
-        let n = varint(&mut pos)?;
+        let secret: [u8; SECRET_LEN] = take(&mut r, SECRET_LEN)?.try_into().unwrap();
+        let n = r
+            .varint()
+            .map_err(|_| TicketError::BadAddress)?
+            .ok_or(TicketError::Truncated)?;
         if n > MAX_ADDRS {
             return Err(TicketError::BadAddress);
         }
         let mut addr = EndpointAddr::new(id);
         for _ in 0..n {
-            let a = match take(&mut pos, 1)?[0] {
-                0 => {
-                    let len = varint(&mut pos)?;
-                    if len > 2048 {
-                        return Err(TicketError::BadAddress);
-                    }
-                    let s = std::str::from_utf8(take(&mut pos, len as usize)?).map_err(|_| TicketError::BadAddress)?;
-                    TransportAddr::Relay(RelayUrl::from_str(s).map_err(|_| TicketError::BadAddress)?)
-                }
-                4 => {
-                    let ip: [u8; 4] = take(&mut pos, 4)?.try_into().unwrap();
-                    let port = u16::from_be_bytes(take(&mut pos, 2)?.try_into().unwrap());
-                    TransportAddr::Ip(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port))
-                }
-                6 => {
-                    let ip: [u8; 16] = take(&mut pos, 16)?.try_into().unwrap();
-                    let port = u16::from_be_bytes(take(&mut pos, 2)?.try_into().unwrap());
-                    TransportAddr::Ip(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port))
-                }
-                _ => return Err(TicketError::BadAddress),
-            };
-            addr.addrs.insert(a);
+            addr.addrs.insert(read_addr(&mut r)?);
         }
-        if pos != b.len() {
-            return Err(TicketError::Trailing(b.len() - pos));
+        if r.remaining() != 0 {
+            return Err(TicketError::Trailing(r.remaining()));
         }
         Ok(Ticket { addr, secret })
+    }
+}
+
+/// `n` bytes, or the ticket was cut short.
+fn take<'a>(r: &mut Reader<'a>, n: usize) -> Result<&'a [u8], TicketError> {
+    r.bytes(n).ok_or(TicketError::Truncated)
+}
+
+/// One address: `0 | varint len | relay URL`, `4 | IPv4 | port` or `6 | IPv6 | port`.
+fn read_addr(r: &mut Reader<'_>) -> Result<TransportAddr, TicketError> {
+    let ip_port = |r: &mut Reader<'_>, ip: IpAddr| -> Result<TransportAddr, TicketError> {
+        let port = u16::from_be_bytes(take(r, 2)?.try_into().unwrap());
+        Ok(TransportAddr::Ip(SocketAddr::new(ip, port)))
+    };
+    match r.u8().ok_or(TicketError::Truncated)? {
+        0 => {
+            let url = r
+                .string("relay URL", MAX_RELAY_URL_LEN)
+                .map_err(|_| TicketError::BadAddress)?
+                .ok_or(TicketError::Truncated)?;
+            Ok(TransportAddr::Relay(
+                RelayUrl::from_str(&url).map_err(|_| TicketError::BadAddress)?,
+            ))
+        }
+        4 => {
+            let ip: [u8; 4] = take(r, 4)?.try_into().unwrap();
+            ip_port(r, IpAddr::V4(Ipv4Addr::from(ip)))
+        }
+        6 => {
+            let ip: [u8; 16] = take(r, 16)?.try_into().unwrap();
+            ip_port(r, IpAddr::V6(Ipv6Addr::from(ip)))
+        }
+        _ => Err(TicketError::BadAddress),
     }
 }
 
