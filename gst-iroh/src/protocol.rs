@@ -217,7 +217,8 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 pub enum Control {
     /// Viewer → host, first message: the ticket's secret and a display name.
     Hello { secret: [u8; SECRET_LEN], name: String },
-    /// Host → viewer: admitted; GOP streams follow.
+    /// Host → viewer: admitted; GOP streams follow. `viewer_id` is the host's number for this
+    /// viewer (from 1; 0 = the host does not number its viewers): see [`viewer_label`].
     Welcome { viewer_id: u64 },
     /// Host → viewer: refused or removed, with a code and a message for a person.
     /// The connection is closed with the same code right after.
@@ -473,6 +474,14 @@ impl FrameMeta {
     }
 }
 
+/// The id both sides show for a viewer (the host's `viewer-joined`, the viewer's stats):
+/// the first 5 bytes of the viewer's endpoint id in hex, a dash, the host's number for it from
+/// `Welcome`.
+pub fn viewer_label(viewer_endpoint_id: &[u8; 32], viewer_id: u64) -> String {
+    let hex: String = viewer_endpoint_id[..5].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}-{viewer_id}")
+}
+
 /// Encodes a whole frame: header then payload.
 pub fn encode_frame(meta: &FrameMeta, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 24);
@@ -622,6 +631,12 @@ mod tests {
             FrameMeta::decode_header(&[flags::PTS, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn viewer_label_is_the_short_endpoint_id_and_the_number() {
+        let id = iroh::SecretKey::from_bytes(&[5; 32]).public();
+        assert_eq!(viewer_label(id.as_bytes(), 7), format!("{}-7", id.fmt_short()));
     }
 
     #[test]

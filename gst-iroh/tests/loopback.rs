@@ -171,6 +171,32 @@ fn wrong_and_revoked_secrets_are_not_authorized() {
     assert_eq!(num_viewers(&h), 0);
 }
 
+/// The viewer shows the id the host's `viewer-joined` uses, in its stats and its
+/// `iroh-connected` message.
+#[test]
+#[ignore = "until irohsink sends its viewer number in Welcome (PROTOCOL.md, Connection)"]
+fn the_viewer_knows_the_id_the_host_gave_it() {
+    let h = host(&[]);
+    let joined = Arc::new(Mutex::new(Vec::<String>::new()));
+    let j = joined.clone();
+    h.element().unwrap().connect("viewer-joined", false, move |args| {
+        j.lock().unwrap().push(args[1].get().unwrap());
+        None
+    });
+    let v = Viewer::new(&ticket(&h), "queue");
+    assert!(wait_until(Duration::from_secs(10), || joined.lock().unwrap().len() == 1));
+    let id = joined.lock().unwrap()[0].clone();
+    let connected = v
+        .pipeline
+        .bus()
+        .unwrap()
+        .iter_timed_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Element])
+        .find(|m| m.structure().is_some_and(|s| s.name() == "iroh-connected"))
+        .expect("iroh-connected");
+    assert_eq!(connected.structure().unwrap().get::<String>("viewer-id").unwrap(), id);
+    assert_eq!(v.stats().get::<String>("viewer-id").unwrap(), id);
+}
+
 #[test]
 fn kick_and_revoke() {
     let mut h = host(&[]);

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use gst::glib;
 use gst::prelude::*;
-use iroh::Endpoint;
 use iroh::endpoint::{Connection, ConnectionError, RecvStream, SendStream};
+use iroh::{Endpoint, EndpointId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +69,8 @@ pub(super) struct Stats {
     skipped_gops: AtomicU64,
     reconnects: AtomicU64,
     latencies_us: Mutex<VecDeque<u64>>,
+    /// What the host calls this viewer (its `viewer-joined` id); empty until admitted.
+    viewer_id: Mutex<String>,
 }
 
 impl Default for Stats {
@@ -82,6 +84,7 @@ impl Default for Stats {
             skipped_gops: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             latencies_us: Mutex::new(VecDeque::new()),
+            viewer_id: Mutex::new(String::new()),
         }
     }
 }
@@ -133,6 +136,7 @@ impl Stats {
         };
         gst::Structure::builder("application/x-irohsrc-stats")
             .field("connected", self.connected.load(Ordering::Relaxed))
+            .field("viewer-id", self.viewer_id.lock().unwrap().as_str())
             .field("path", *self.path.lock().unwrap())
             .field("rtt-ms", self.rtt_us.load(Ordering::Relaxed) as f64 / 1000.0)
             .field("bytes-received", self.bytes.load(Ordering::Relaxed))
@@ -335,7 +339,7 @@ async fn session(ctx: &Ctx, endpoint: &Endpoint, admitted: &mut bool) -> End {
         _ = ctx.cancel.cancelled() => return End::Cancelled,
     };
     let end = tokio::select! {
-        e = connected(ctx, &conn, admitted) => e,
+        e = connected(ctx, &conn, endpoint.id(), admitted) => e,
         _ = ctx.cancel.cancelled() => End::Cancelled,
     };
     let code = match &end {
@@ -388,13 +392,17 @@ fn version_mismatch(host: u64) -> Failure {
 }
 
 /// An admitted connection: announce it, accept GOP streams, play them.
-async fn connected(ctx: &Ctx, conn: &Connection, admitted: &mut bool) -> End {
-    let mut control = match handshake(ctx, conn).await {
+async fn connected(ctx: &Ctx, conn: &Connection, me: EndpointId, admitted: &mut bool) -> End {
+    let (mut control, viewer_id) = match handshake(ctx, conn).await {
         Ok(c) => c,
         Err(e) => return e,
     };
     *admitted = true;
-    report_connected(ctx, conn);
+    let label = match viewer_id {
+        0 => String::new(),
+        n => protocol::viewer_label(me.as_bytes(), n),
+    };
+    report_connected(ctx, conn, label);
     if ctx.send(Item::Session).await.is_err() {
         return End::Cancelled;
     }
@@ -411,8 +419,9 @@ struct ControlStream {
     buf: BytesMut,
 }
 
-/// Hello / Welcome on the control stream; a Refuse becomes the host's reason.
-async fn handshake(ctx: &Ctx, conn: &Connection) -> Result<ControlStream, End> {
+/// Hello / Welcome on the control stream: the control stream and the host's number for this
+/// viewer; a Refuse becomes the host's reason.
+async fn handshake(ctx: &Ctx, conn: &Connection) -> Result<(ControlStream, u64), End> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| explain_conn_error(&e))?;
         write_control(
@@ -426,7 +435,7 @@ async fn handshake(ctx: &Ctx, conn: &Connection) -> Result<ControlStream, End> {
         .map_err(|e| End::Retry(Failure::new(Kind::Unreachable, format!("cannot talk to the host: {e}"))))?;
         let mut buf = BytesMut::new();
         match read_control(&mut recv, &mut buf).await {
-            Ok(Control::Welcome { .. }) => Ok(ControlStream { send, recv, buf }),
+            Ok(Control::Welcome { viewer_id }) => Ok((ControlStream { send, recv, buf }, viewer_id)),
             Ok(Control::Refuse { code, reason }) => Err(explain(CloseCode::from_u64(code.into()), &reason)),
             Ok(other) => Err(End::Fatal(Failure::new(
                 Kind::Protocol,
@@ -448,9 +457,10 @@ async fn handshake(ctx: &Ctx, conn: &Connection) -> Result<ControlStream, End> {
 }
 
 /// Connection stats and the `iroh-connected` message.
-fn report_connected(ctx: &Ctx, conn: &Connection) {
+fn report_connected(ctx: &Ctx, conn: &Connection, viewer_id: String) {
     let (path, rtt) = net::path_info(conn);
     ctx.shared.stats.connected.store(true, Ordering::Relaxed);
+    *ctx.shared.stats.viewer_id.lock().unwrap() = viewer_id.clone();
     *ctx.shared.stats.path.lock().unwrap() = path;
     ctx.shared
         .stats
@@ -460,6 +470,7 @@ fn report_connected(ctx: &Ctx, conn: &Connection) {
     ctx.post(
         gst::Structure::builder("iroh-connected")
             .field("endpoint-id", conn.remote_id().to_string())
+            .field("viewer-id", viewer_id)
             .field("path", path)
             .field("rtt-ms", rtt.map_or(-1.0, |d| d.as_secs_f64() * 1000.0))
             .build(),
