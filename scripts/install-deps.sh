@@ -18,8 +18,8 @@ PKGS=(
   sway xdg-desktop-portal xdg-desktop-portal-wlr libglib2.0-bin util-linux
   # players and stream checks
   mpv ffmpeg vlc-bin vlc-plugin-base
-  # test helpers
-  python3 procps iproute2 curl iptables tcpdump
+  # test helpers (python3-gi + the GStreamer typelib: the Python error-code test)
+  python3 python3-gi gir1.2-gstreamer-1.0 procps iproute2 curl iptables tcpdump
 )
 
 missing=()
