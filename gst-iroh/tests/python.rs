@@ -64,5 +64,8 @@ fn python_sees_refusals_by_error_domain_and_code() {
         script.display(),
         out.status
     );
-    assert!(stdout.contains("ok: revoked: an error on the bus"), "every check ran:\n{stdout}");
+    assert!(
+        stdout.contains("ok: revoked: an error on the bus"),
+        "every check ran:\n{stdout}"
+    );
 }

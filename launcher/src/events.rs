@@ -43,8 +43,9 @@ pub enum Event {
         dropped_gops: u64,
         paths: Vec<String>,
     },
-    /// Viewer: connected to the host.
-    Connected { path: String, rtt_ms: f64 },
+    /// Viewer: connected to the host; `id` is what the host calls this viewer (its
+    /// `viewer-joined` id; empty when the host does not say).
+    Connected { id: String, path: String, rtt_ms: f64 },
     /// Viewer: the path changed (direct / relay).
     Path { path: String },
     /// Viewer: the local URL players connect to.
@@ -64,8 +65,13 @@ pub enum Event {
     },
     /// Something worth knowing that does not stop anything.
     Warning { message: String },
-    /// What ended the run with a failure.
-    Error { message: String },
+    /// What ended the run with a failure; `kind` when a viewer's failure has one
+    /// (`host-full`, `not-authorized`, `unreachable`, `version`).
+    Error {
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kind: Option<&'static str>,
+    },
     /// The run ended normally.
     Ended { reason: String },
 }
@@ -162,7 +168,7 @@ impl Events {
             Event::CaptureStopped { reason } => format!("capture stopped: {reason}"),
             Event::ViewerJoined { id, name, path } => format!("viewer {name} ({id}) joined over {path}"),
             Event::ViewerLeft { id, reason } => format!("viewer {id} left: {reason}"),
-            Event::Connected { path, rtt_ms } => format!("connected to the host over {path} ({rtt_ms:.0} ms RTT)"),
+            Event::Connected { path, rtt_ms, .. } => format!("connected to the host over {path} ({rtt_ms:.0} ms RTT)"),
             Event::Path { path } => format!("path is now {path}"),
             Event::Url { url } => format!("stream at {url}"),
             Event::PlayerStarted { player, pid } => format!("started {player} (pid {pid})"),
@@ -173,7 +179,7 @@ impl Events {
                 )
             }
             Event::Warning { message } => format!("warning: {message}"),
-            Event::Error { message } => format!("error: {message}"),
+            Event::Error { message, .. } => format!("error: {message}"),
             Event::Ended { reason } => reason.clone(),
         };
         let _ = writeln!(err, "pixelpass: {line}");
@@ -197,5 +203,20 @@ mod tests {
         );
         let v = serde_json::to_value(Event::Ticket { ticket: "pp1x".into() }).unwrap();
         assert_eq!(v["event"], "ticket");
+        let v = serde_json::to_value(Event::Error {
+            message: "host is full".into(),
+            kind: Some("host-full"),
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"event": "error", "message": "host is full", "kind": "host-full"})
+        );
+        let v = serde_json::to_value(Event::Error {
+            message: "x".into(),
+            kind: None,
+        })
+        .unwrap();
+        assert!(v.get("kind").is_none(), "no kind when there is none: {v}");
     }
 }

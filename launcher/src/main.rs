@@ -90,6 +90,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// 2 for usage errors and tickets the host refuses (wrong or revoked secret: the ticket is
+/// bad), 1 for the rest. Decided by type and error code, never by the message.
+fn exit_code(e: &anyhow::Error, failure: Option<view::Failure>) -> u8 {
+    if e.downcast_ref::<UsageError>().is_some() || failure == Some(view::Failure::NotAuthorized) {
+        2
+    } else {
+        1
+    }
+}
+
 /// Parses a shortcut as its full subcommand, so defaults and environment apply the same way.
 fn parse_as(argv: &[&str]) -> Command {
     Cli::parse_from(argv).command.expect("the shortcut names a subcommand")
@@ -136,14 +146,15 @@ where
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let usage = e.downcast_ref::<UsageError>().is_some();
+            let failure = e.downcast_ref::<view::ViewError>().and_then(|v| v.failure);
             events.emit(Event::Error {
                 message: format!("{e:#}"),
+                kind: failure.map(view::Failure::name),
             });
             if events.is_json() {
                 eprintln!("pixelpass: {e:#}");
             }
-            ExitCode::from(if usage { 2 } else { 1 })
+            ExitCode::from(exit_code(&e, failure))
         }
     }
 }

@@ -3,11 +3,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
+use gst::glib;
 use gst::prelude::*;
 use gstiroh::gop_cache::{Chunk, GopCache, GopCacheConfig, Step};
 use gstiroh::protocol::{FrameMeta, flags};
@@ -24,6 +26,75 @@ use crate::player;
 
 /// A local player further behind than this skips to the newest GOP.
 const PLAYER_MAX_LAG: Duration = Duration::from_secs(2);
+
+/// Why viewing failed, read from irohsrc's error domain and code, never from its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The host already has its maximum number of viewers.
+    HostFull,
+    /// The host refuses the ticket's secret (wrong, or revoked).
+    NotAuthorized,
+    /// The host cannot be reached.
+    Unreachable,
+    /// The host speaks another protocol version.
+    Version,
+}
+
+impl Failure {
+    fn of(err: &glib::Error) -> Option<Failure> {
+        match (err.kind::<gst::ResourceError>(), err.kind::<gst::StreamError>()) {
+            (Some(gst::ResourceError::Busy), _) => Some(Failure::HostFull),
+            (Some(gst::ResourceError::NotAuthorized), _) => Some(Failure::NotAuthorized),
+            (Some(gst::ResourceError::OpenRead), _) => Some(Failure::Unreachable),
+            (_, Some(gst::StreamError::WrongType)) => Some(Failure::Version),
+            _ => None,
+        }
+    }
+
+    /// The `kind` of the `error` event.
+    pub fn name(self) -> &'static str {
+        match self {
+            Failure::HostFull => "host-full",
+            Failure::NotAuthorized => "not-authorized",
+            Failure::Unreachable => "unreachable",
+            Failure::Version => "version",
+        }
+    }
+}
+
+/// An element error that ended viewing.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct ViewError {
+    pub error: glib::Error,
+    /// What it means, when irohsrc posted it.
+    pub failure: Option<Failure>,
+}
+
+impl ViewError {
+    fn from_message(msg: &gst::message::Error) -> ViewError {
+        let error = msg.error();
+        let from_src = msg.src().is_some_and(|s| s.name() == "src");
+        let failure = if from_src { Failure::of(&error) } else { None };
+        ViewError { error, failure }
+    }
+}
+
+/// Counts a local player while it is attached to the HTTP server.
+struct Attached(Arc<AtomicU32>);
+
+impl Attached {
+    fn new(players: &Arc<AtomicU32>) -> Attached {
+        players.fetch_add(1, Ordering::Relaxed);
+        Attached(players.clone())
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Parses and checks the viewer's arguments (exit code 2 on failure).
 fn check_args(args: &ViewArgs) -> Result<(Ticket, SocketAddr)> {
@@ -88,7 +159,13 @@ fn feed(appsink: &gst_app::AppSink, fanout: Arc<GopCache>) {
 }
 
 /// Serves one local player: a plain HTTP/1.1 response streaming MPEG-TS from a keyframe on.
-async fn serve_player(mut tcp: TcpStream, fanout: Arc<GopCache>, src: gst::Element, cancel: CancellationToken) {
+async fn serve_player(
+    mut tcp: TcpStream,
+    fanout: Arc<GopCache>,
+    src: gst::Element,
+    cancel: CancellationToken,
+    players: Arc<AtomicU32>,
+) {
     let _ = tcp.set_nodelay(true);
     // Read the request head (bounded); any path is the stream.
     let mut head = Vec::with_capacity(1024);
@@ -114,6 +191,7 @@ async fn serve_player(mut tcp: TcpStream, fanout: Arc<GopCache>, src: gst::Eleme
     if tcp.write_all(resp).await.is_err() || head.starts_with(b"HEAD ") {
         return;
     }
+    let _attached = Attached::new(&players);
     let (mut cursor, want_keyframe) = fanout.join(Instant::now());
     if want_keyframe {
         // Ask the host for a keyframe so this player starts now, not at the next GOP.
@@ -232,6 +310,7 @@ pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken)
     }
 
     let clients = cancel.child_token();
+    let players = Arc::new(AtomicU32::new(0));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = (0u64, Instant::now());
     let result = loop {
@@ -251,13 +330,13 @@ pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken)
             }
             conn = listener.accept() => {
                 if let Ok((tcp, _)) = conn {
-                    tokio::spawn(serve_player(tcp, fanout.clone(), src.clone(), clients.clone()));
+                    tokio::spawn(serve_player(tcp, fanout.clone(), src.clone(), clients.clone(), players.clone()));
                 }
             }
             msg = bus.next() => {
                 let Some(msg) = msg else { break Err(anyhow!("the viewer pipeline stopped")) };
                 match msg.view() {
-                    gst::MessageView::Error(e) => break Err(anyhow!("{}", e.error())),
+                    gst::MessageView::Error(e) => break Err(ViewError::from_message(e).into()),
                     gst::MessageView::Eos(_) => {
                         events.emit(Event::Ended { reason: "the host ended the share".into() });
                         break Ok(());
@@ -266,6 +345,7 @@ pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken)
                         let Some(s) = el.structure() else { continue };
                         match s.name().as_str() {
                             "iroh-connected" => events.emit(Event::Connected {
+                                id: s.get("viewer-id").unwrap_or_default(),
                                 path: s.get("path").unwrap_or_default(),
                                 rtt_ms: s.get("rtt-ms").unwrap_or(-1.0),
                             }),
@@ -294,7 +374,7 @@ pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken)
                         latency_ms: st.get("latency-p50-ms").unwrap_or(-1.0),
                         gops_skipped: st.get("gops-skipped").unwrap_or(0),
                         reconnects: st.get("reconnects").unwrap_or(0),
-                        players: 0,
+                        players: players.load(Ordering::Relaxed),
                     });
                 }
             }
@@ -326,6 +406,28 @@ mod tests {
                 bind: None,
             },
         }
+    }
+
+    #[test]
+    fn failures_are_read_from_the_error_code_not_the_text() {
+        let of = |e: glib::Error| Failure::of(&e);
+        assert_eq!(
+            of(glib::Error::new(gst::ResourceError::Busy, "anything")),
+            Some(Failure::HostFull)
+        );
+        assert_eq!(
+            of(glib::Error::new(gst::ResourceError::NotAuthorized, "")),
+            Some(Failure::NotAuthorized)
+        );
+        assert_eq!(
+            of(glib::Error::new(gst::ResourceError::OpenRead, "")),
+            Some(Failure::Unreachable)
+        );
+        assert_eq!(
+            of(glib::Error::new(gst::StreamError::WrongType, "")),
+            Some(Failure::Version)
+        );
+        assert_eq!(of(glib::Error::new(gst::ResourceError::Read, "host is full")), None);
     }
 
     #[test]

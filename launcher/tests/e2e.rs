@@ -207,14 +207,76 @@ fn max_viewers_2_refuses_the_third_with_host_is_full() {
         .matches("joined")
         .count()
         == 2));
-    let mut c = Pixelpass::start(&["view", &ticket, "--player", "none"], &[]);
+    let mut c = Pixelpass::start(&["view", &ticket, "--player", "none", "--events", "json"], &[]);
     let code = c
         .proc
         .wait_timeout(Duration::from_secs(30))
         .expect("third viewer exits");
     assert_eq!(code, Some(1), "runtime failure exit code");
-    let err = c.err.lock().unwrap().clone();
+    // The process is gone; its last output may still be on its way through the pipes.
+    let err =
+        wait_text(&c.err, "host is full", Duration::from_secs(5)).unwrap_or_else(|| c.err.lock().unwrap().clone());
     assert!(err.contains("host is full"), "{err}");
+    let out = wait_text(&c.out, "\"event\":\"error\"", Duration::from_secs(5)).expect("an error event");
+    let errors = events_of(&out, "error");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["kind"], "host-full", "{errors:?}");
+}
+
+#[test]
+fn bad_tickets_the_host_refuses_exit_2_with_kind_not_authorized() {
+    require!("Xvfb", "xwininfo");
+    let x = Xvfb::start(640, 480);
+    let (_host, ticket) = Pixelpass::host(&["--no-audio"], &display_env(&x));
+    let mut t: gstiroh::ticket::Ticket = ticket.parse().unwrap();
+    t.secret[0] ^= 1;
+    let mut v = Pixelpass::start(&["view", &t.to_string(), "--player", "none", "--events", "json"], &[]);
+    assert_eq!(
+        v.proc.wait_timeout(Duration::from_secs(30)),
+        Ok(Some(2)),
+        "a bad ticket"
+    );
+    let out = wait_text(&v.out, "\"event\":\"error\"", Duration::from_secs(5)).expect("an error event");
+    let errors = events_of(&out, "error");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["kind"], "not-authorized", "{errors:?}");
+    let message = errors[0]["message"].as_str().unwrap();
+    assert!(message.contains("ticket is not valid"), "{message}");
+}
+
+#[test]
+fn viewer_stats_count_the_players_attached() {
+    require!("Xvfb", "xwininfo", "curl");
+    let x = Xvfb::start(640, 480);
+    let (_host, ticket) = Pixelpass::host(&["--no-audio"], &display_env(&x));
+    let (viewer, url) = Pixelpass::viewer(&ticket, &[]);
+    let players_now = || {
+        events_of(&viewer.out.lock().unwrap(), "viewer-stats")
+            .last()
+            .and_then(|v| v["players"].as_u64())
+    };
+    assert!(wait_for(Duration::from_secs(20), || players_now() == Some(0)));
+    let curls: Vec<Proc> = (0..2)
+        .map(|_| {
+            Proc::spawn(
+                "curl",
+                Command::new("curl")
+                    .args(["-s", "-o", "/dev/null", &url])
+                    .stdout(Stdio::null()),
+            )
+        })
+        .collect();
+    assert!(
+        wait_for(Duration::from_secs(10), || players_now() == Some(2)),
+        "two players attached: {:?}",
+        players_now()
+    );
+    drop(curls);
+    assert!(
+        wait_for(Duration::from_secs(10), || players_now() == Some(0)),
+        "the players left: {:?}",
+        players_now()
+    );
 }
 
 #[test]
