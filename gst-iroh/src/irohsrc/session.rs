@@ -1,5 +1,8 @@
-//! The viewer's network side: dials the host, runs the session and hands frames to the
-//! streaming thread through a bounded channel.
+//! The viewer's connection to its host, on the gst-iroh runtime: dial and handshake (`dial`,
+//! `handshake`), the GOP stream acceptor (`spawn_acceptor`, `read_gop`), the play loop that
+//! hands frames in order to the streaming thread through a bounded channel (`play`), progress
+//! and path reports (`report`), reconnecting (`run`), and the counters behind the `stats`
+//! property (`Stats`).
 
 use std::collections::VecDeque;
 use std::str::FromStr as _;
@@ -16,8 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{Failure, Kind};
-use super::imp::CAT;
-use super::imp::ResolvedSettings;
+use super::imp::{CAT, ResolvedSettings};
 use crate::net::{self, RUNTIME, read_control, write_control};
 use crate::protocol::{self, CloseCode, Control, FrameMeta, GopHeader};
 use crate::ticket::Ticket;
