@@ -174,7 +174,6 @@ fn wrong_and_revoked_secrets_are_not_authorized() {
 /// The viewer shows the id the host's `viewer-joined` uses, in its stats and its
 /// `iroh-connected` message.
 #[test]
-#[ignore = "until irohsink sends its viewer number in Welcome (PROTOCOL.md, Connection)"]
 fn the_viewer_knows_the_id_the_host_gave_it() {
     let h = host(&[]);
     let joined = Arc::new(Mutex::new(Vec::<String>::new()));

@@ -41,7 +41,10 @@ pub(super) struct Limits {
 /// One admitted viewer.
 #[derive(Debug)]
 pub(super) struct Viewer {
+    /// `protocol::viewer_label`: the viewer's short endpoint id and `number`.
     pub id: String,
+    /// The host's number for the viewer (from 1), sent in Welcome.
+    pub number: u64,
     pub name: String,
     pub endpoint_id: iroh::EndpointId,
     pub conn: Connection,
@@ -328,7 +331,8 @@ fn admit(shared: &Shared, conn: &Connection, name: String) -> Option<Arc<Viewer>
     let n = shared.next_viewer.fetch_add(1, Ordering::Relaxed);
     let remote = conn.remote_id();
     let v = Arc::new(Viewer {
-        id: format!("{}-{n}", remote.fmt_short()),
+        id: protocol::viewer_label(remote.as_bytes(), n),
+        number: n,
         name,
         endpoint_id: remote,
         conn: conn.clone(),
@@ -361,9 +365,14 @@ async fn handle_viewer(shared: Arc<Shared>, conn: Connection) {
         return;
     };
     shared.totals.viewers.fetch_add(1, Ordering::Relaxed);
-    let welcomed = write_control(&mut hello.send, &Control::Welcome { viewer_id: 0 })
-        .await
-        .is_ok();
+    let welcomed = write_control(
+        &mut hello.send,
+        &Control::Welcome {
+            viewer_id: viewer.number,
+        },
+    )
+    .await
+    .is_ok();
     announce_joined(&shared, &viewer);
     let code = if welcomed {
         RUNTIME.spawn(read_control_stream(

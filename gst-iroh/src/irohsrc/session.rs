@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::{Failure, Kind};
 use super::imp::{CAT, ResolvedSettings};
 use crate::net::{self, RUNTIME, read_control, write_control};
-use crate::protocol::{self, CloseCode, Control, FrameMeta, GopHeader};
+use crate::protocol::{self, CloseCode, Control, FrameMeta, GopHeader, flags};
 use crate::ticket::Ticket;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,6 +69,8 @@ pub(super) struct Stats {
     bytes: AtomicU64,
     gops: AtomicU64,
     skipped_gops: AtomicU64,
+    /// GOPs the host cut short: the next one came flagged DISCONT, with no gap or reset.
+    cut_gops: AtomicU64,
     reconnects: AtomicU64,
     latencies_us: Mutex<VecDeque<u64>>,
     /// What the host calls this viewer (its `viewer-joined` id); empty until admitted.
@@ -84,6 +86,7 @@ impl Default for Stats {
             bytes: AtomicU64::new(0),
             gops: AtomicU64::new(0),
             skipped_gops: AtomicU64::new(0),
+            cut_gops: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             latencies_us: Mutex::new(VecDeque::new()),
             viewer_id: Mutex::new(String::new()),
@@ -144,6 +147,7 @@ impl Stats {
             .field("bytes-received", self.bytes.load(Ordering::Relaxed))
             .field("gops-received", self.gops.load(Ordering::Relaxed))
             .field("gops-skipped", self.skipped_gops.load(Ordering::Relaxed))
+            .field("gops-cut", self.cut_gops.load(Ordering::Relaxed))
             .field("reconnects", self.reconnects.load(Ordering::Relaxed))
             .field("latency-ms", l.back().map_or(-1.0, |v| *v as f64 / 1000.0))
             .field("latency-p50-ms", pct(0.5))
@@ -526,6 +530,8 @@ struct Play {
     sent_progress: (u64, u64),
     caps: Option<String>,
     discont_next: bool,
+    /// The next frame is a GOP's first and no skip explains a DISCONT on it.
+    first_frame: bool,
     /// GOP streams started so far.
     played: u64,
     /// After the host's End: when to stop waiting for the last GOP streams.
@@ -547,6 +553,7 @@ async fn play(
         sent_progress: (0, 0),
         caps: None,
         discont_next: false,
+        first_frame: false,
         played: 0,
         end_at: None,
         last_report: Instant::now() - PROGRESS_INTERVAL,
@@ -639,6 +646,9 @@ impl Play {
                     ctx.shared.stats.record_latency(c);
                     self.progress.1 = c;
                 }
+                if std::mem::take(&mut self.first_frame) && meta.flags & flags::DISCONT != 0 {
+                    ctx.shared.stats.cut_gops.fetch_add(1, Ordering::Relaxed);
+                }
                 let discont = std::mem::take(&mut self.discont_next);
                 ctx.send(Item::Frame { meta, data, discont }).await?;
             }
@@ -664,6 +674,7 @@ impl Play {
                 .fetch_add(h.seq.saturating_sub(l + 1), Ordering::Relaxed);
             self.discont_next = true;
         }
+        self.first_frame = !self.discont_next;
         self.last_seq = Some(h.seq);
         self.progress.0 = h.seq;
         if self.caps.as_deref() != Some(h.caps.as_str()) {

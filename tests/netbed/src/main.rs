@@ -298,6 +298,7 @@ fn view(args: &[String]) -> Result<()> {
                     "behind_p99": bpct(0.99),
                     "samples": l.len(),
                     "gops_skipped": st.get::<u64>("gops-skipped").unwrap_or(0),
+                    "gops_cut": st.get::<u64>("gops-cut").unwrap_or(0),
                     "reconnects": st.get::<u64>("reconnects").unwrap_or(0),
                     "bytes": st.get::<u64>("bytes-received").unwrap_or(0),
                     "problems": problems.load(Ordering::Relaxed),
