@@ -9,8 +9,7 @@
 //!   moment mpv presents it (mpv's time-pos against the host's capture epoch).
 //! - viewer_capture_to_receive_p50_ms: the same up to the viewer's irohsrc.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
+use pixelpass_test_support as support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -622,7 +622,7 @@ async fn share(
 mod tests {
     use super::*;
 
-    use crate::test_support as support;
+    use pixelpass_test_support as support;
 
     /// A plan for a known capture pipeline (`desc`) or for the portal.
     pub(super) fn test_plan(desc: Option<String>, encoder: &str, portal: Option<wayland::Portal>) -> Plan {
@@ -718,7 +718,7 @@ mod tests {
 mod portal_tests {
     use super::*;
 
-    use crate::test_support as support;
+    use pixelpass_test_support as support;
 
     /// 20 portal setups that fail after the portal answered (the capture pipeline cannot be
     /// built) leave no fd behind, and every portal session they opened is closed.

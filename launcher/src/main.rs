@@ -16,10 +16,6 @@ mod pw;
 mod quality;
 mod view;
 
-#[cfg(test)]
-#[path = "../../tests/support/mod.rs"]
-mod test_support;
-
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::sync::Arc;

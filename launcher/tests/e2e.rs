@@ -1,8 +1,7 @@
 //! `pixelpass` end to end, as a user runs it: real Xvfb screen, real PipeWire audio, real iroh
 //! on loopback (relay off), real mpv. Processes are started and stopped by PID.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
+use pixelpass_test_support as support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -7,8 +7,7 @@
 //! `NETBED_LONG=1` runs the long durations the figures in the README come from. Every test
 //! prints `FIGURE <name> <value>` lines (see them with `--nocapture`).
 
-#[path = "../../support/mod.rs"]
-mod support;
+use pixelpass_test_support as support;
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};

@@ -1,7 +1,9 @@
 //! Real test environment for end-to-end tests: Xvfb, a private PipeWire session (PipeWire,
 //! WirePlumber, pipewire-pulse, its own D-Bus and XDG_RUNTIME_DIR), processes owned by PID
 //! and killed on drop, mpv's JSON IPC. Every fixture cleans up on every exit path.
-#![allow(dead_code)]
+//!
+//! A dev-only crate (`publish = false`): the launcher's unit and end-to-end tests, its share
+//! bench and the network test bed use it.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::net::UnixStream;
@@ -37,7 +39,7 @@ impl Proc {
     }
 
     /// Waits up to `timeout` for exit; returns the exit code (None = signal) or Err on timeout.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<i32>, ()> {
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<i32>, TimedOut> {
         let deadline = Instant::now() + timeout;
         let child = self.child.as_mut().unwrap();
         loop {
@@ -45,7 +47,7 @@ impl Proc {
                 return Ok(st.code());
             }
             if Instant::now() > deadline {
-                return Err(());
+                return Err(TimedOut);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -55,6 +57,10 @@ impl Proc {
         matches!(self.child.as_mut().unwrap().try_wait(), Ok(None))
     }
 }
+
+/// A process did not exit in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedOut;
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -112,7 +118,7 @@ pub fn have(cmd: &str) -> bool {
 macro_rules! require {
     ($($cmd:expr),+) => {
         for c in [$($cmd),+] {
-            if !$crate::support::have(c) {
+            if !$crate::have(c) {
                 eprintln!("SKIP: {c} is not installed (bash scripts/install-deps.sh)");
                 return;
             }
@@ -338,7 +344,7 @@ impl Drop for Audio {
 pub fn xdpw() -> Option<PathBuf> {
     let p = std::env::var_os("PIXELPASS_XDPW")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/xdpw/xdg-desktop-portal-wlr"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/xdpw/xdg-desktop-portal-wlr"));
     p.is_file().then_some(p)
 }
 
