@@ -1,8 +1,14 @@
 //! Command line: `pixelpass host`, `pixelpass view <ticket>` and the seed's shortcuts.
+//!
+//! Every value is parsed into its type here, at the edge: a bad ticket, relay, address or
+//! window id ends the run with exit code 2 and the reason before anything starts.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use gstiroh::net::Relay;
+use gstiroh::ticket::Ticket;
 
 /// P2P screen sharing for Linux over iroh: the host shares its screen and sound and prints a
 /// ticket; a viewer pastes the ticket and watches in mpv or VLC. No signup, no port
@@ -21,8 +27,8 @@ pub struct Cli {
     pub command: Option<Command>,
 
     /// A ticket to view (same as `pixelpass view TICKET`)
-    #[arg(value_name = "TICKET")]
-    pub ticket: Option<String>,
+    #[arg(value_name = "TICKET", value_parser = parse_ticket)]
+    pub ticket: Option<Ticket>,
 
     /// Remove orphaned PipeWire state left by a crashed host and exit
     #[arg(long)]
@@ -52,9 +58,9 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// Relay server URL (both sides should use the same one); "disabled" for direct
-    /// connections only. Default: n0's public relays
+    /// connections only, "default" for n0's public relays (the default)
     #[arg(long, value_name = "URL", env = "PIXELPASS_RELAY")]
-    pub relay: Option<String>,
+    pub relay: Option<Relay>,
 
     /// Write events as JSON lines on stdout (see README "Events")
     #[arg(long, value_enum, value_name = "FORMAT")]
@@ -62,7 +68,7 @@ pub struct Common {
 
     /// Bind the iroh endpoint to one address (e.g. 127.0.0.1:0) instead of all interfaces
     #[arg(long, value_name = "ADDR", hide = true)]
-    pub bind: Option<String>,
+    pub bind: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -105,8 +111,8 @@ pub struct HostArgs {
     pub window: bool,
 
     /// Share the X11 window with this id (e.g. 0x1e00007), for scripts
-    #[arg(long, value_name = "ID", conflicts_with = "monitor")]
-    pub window_id: Option<String>,
+    #[arg(long, value_name = "ID", conflicts_with = "monitor", value_parser = parse_window_id)]
+    pub window_id: Option<u64>,
 
     /// Share one monitor (X11: an xrandr output name such as HDMI-1; on Wayland the portal
     /// dialog picks it)
@@ -190,19 +196,44 @@ pub enum Player {
 #[derive(Debug, Clone, Args)]
 pub struct ViewArgs {
     /// The ticket the host printed
-    #[arg(value_name = "TICKET")]
-    pub ticket: String,
+    #[arg(value_name = "TICKET", value_parser = parse_ticket)]
+    pub ticket: Ticket,
 
     /// Player to open on the local stream
     #[arg(long, value_enum, default_value = "mpv")]
     pub player: Player,
 
     /// Local address players connect to (loopback only)
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    pub listen: String,
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0", value_parser = parse_loopback)]
+    pub listen: SocketAddr,
 
     #[command(flatten)]
     pub common: Common,
+}
+
+fn parse_ticket(s: &str) -> Result<Ticket, String> {
+    s.parse().map_err(|e| format!("ticket is not valid: {e}"))
+}
+
+/// An X11 window id, as `xwininfo` prints it (0x1e00007) or in decimal (31457287).
+fn parse_window_id(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let v = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    v.map_err(|_| "not a window id (like 0x1e00007 or 31457287)".to_string())
+}
+
+/// The players' address: loopback only, since the local stream is for this machine.
+fn parse_loopback(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s.parse().map_err(|_| "not an address like 127.0.0.1:0".to_string())?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: the local stream is for this machine only"
+        ));
+    }
+    Ok(addr)
 }
 
 #[cfg(test)]
@@ -215,16 +246,78 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    fn ticket() -> String {
+        Ticket {
+            addr: iroh::EndpointAddr::new(iroh::SecretKey::from_bytes(&[1; 32]).public()),
+            secret: [0; 16],
+        }
+        .to_string()
+    }
+
+    /// The message clap prints for a value it refused (exit code 2).
+    fn refused(args: &[&str]) -> String {
+        let e = Cli::try_parse_from(args).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{e}");
+        e.to_string()
+    }
+
     #[test]
     fn shortcuts_and_flags_parse() {
-        let c = Cli::try_parse_from(["pixelpass", "pp1abc"]).unwrap();
-        assert_eq!(c.ticket.as_deref(), Some("pp1abc"));
+        let t = ticket();
+        let c = Cli::try_parse_from(["pixelpass", &t]).unwrap();
+        assert_eq!(c.ticket.map(|t| t.to_string()), Some(t.clone()));
         let c = Cli::try_parse_from(["pixelpass", "host", "--quality", "low", "--max-viewers", "3"]).unwrap();
         let Some(Command::Host(h)) = c.command else { panic!() };
         assert_eq!((h.quality, h.max_viewers), (Quality::Low, Some(3)));
         assert!(Cli::try_parse_from(["pixelpass", "host", "--max-viewers", "0"]).is_err());
         assert!(Cli::try_parse_from(["pixelpass", "host", "--window", "--window-id", "1"]).is_err());
-        let c = Cli::try_parse_from(["pixelpass", "view", "pp1x", "--player", "none"]).unwrap();
+        let c = Cli::try_parse_from(["pixelpass", "view", &t, "--player", "none"]).unwrap();
         assert!(matches!(c.command, Some(Command::View(v)) if v.player == Player::None));
+    }
+
+    #[test]
+    fn bad_tickets_and_non_loopback_listen_are_usage_errors() {
+        let e = refused(&["pixelpass", "view", "hello"]);
+        assert!(e.contains("ticket is not valid"), "{e}");
+        let t = ticket();
+        let e = refused(&["pixelpass", "view", &t, "--listen", "0.0.0.0:8080"]);
+        assert!(e.contains("not a loopback address"), "{e}");
+        let e = refused(&["pixelpass", "view", &t, "--listen", "localhost"]);
+        assert!(e.contains("--listen") && e.contains("not an address"), "{e}");
+        let c = Cli::try_parse_from(["pixelpass", "view", &t, "--listen", "127.0.0.1:0"]).unwrap();
+        assert!(matches!(c.command, Some(Command::View(v)) if v.listen.ip().is_loopback()));
+        let e = refused(&["pixelpass", "nonsense-ticket"]);
+        assert!(e.contains("ticket is not valid"), "{e}");
+    }
+
+    #[test]
+    fn relay_bind_and_window_id_are_typed() {
+        let host = |extra: &[&str]| {
+            let mut args = vec!["pixelpass", "host"];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).unwrap().command {
+                Some(Command::Host(h)) => h,
+                _ => panic!("a host command"),
+            }
+        };
+        assert_eq!(host(&["--relay", "disabled"]).common.relay, Some(Relay::Disabled));
+        assert_eq!(host(&["--relay", "default"]).common.relay, Some(Relay::Default));
+        assert!(matches!(
+            host(&["--relay", "http://127.0.0.1:3340"]).common.relay,
+            Some(Relay::Custom(_))
+        ));
+        let e = refused(&["pixelpass", "host", "--relay", "not-a-url"]);
+        assert!(e.contains("--relay") && e.contains("not-a-url"), "{e}");
+        assert_eq!(
+            host(&["--bind", "127.0.0.1:0"]).common.bind,
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        let e = refused(&["pixelpass", "host", "--bind", "127.0.0.1"]);
+        assert!(e.contains("--bind"), "{e}");
+        assert_eq!(host(&["--window-id", "0x1e00007"]).window_id, Some(0x1e00007));
+        assert_eq!(host(&["--window-id", "31457287"]).window_id, Some(31457287));
+        let e = refused(&["pixelpass", "host", "--window-id", "xclock"]);
+        assert!(e.contains("--window-id") && e.contains("not a window id"), "{e}");
     }
 }

@@ -428,10 +428,10 @@ pub async fn run(args: HostArgs, events: Arc<Events>, cancel: CancellationToken)
     };
     let mut sink_props = format!("max-viewers={max_viewers}");
     if let Some(r) = &args.common.relay {
-        sink_props += &format!(" relay={}", quote(r));
+        sink_props += &format!(" relay={}", quote(&r.to_string()));
     }
     if let Some(b) = &args.common.bind {
-        sink_props += &format!(" bind-address={}", quote(b));
+        sink_props += &format!(" bind-address={}", quote(&b.to_string()));
     }
     if let Some(k) = &args.key_file {
         sink_props += &format!(" key-file={}", quote(&k.to_string_lossy()));
@@ -664,7 +664,7 @@ mod tests {
         let appsrc = serve.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
         let args = crate::cli::HostArgs {
             window: false,
-            window_id: Some("0x7ffff01".into()),
+            window_id: Some(0x7ffff01),
             monitor: None,
             display_server: Some(crate::cli::DisplayServer::X11),
             source: Source::Screen,

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     let command = match (cli.command, cli.ticket) {
         (Some(c), _) => c,
         // The seed's headless viewer: serve the stream and print the mpv command.
-        (None, Some(ticket)) => parse_as(&["pixelpass", "view", &ticket, "--player", "none"]),
+        (None, Some(ticket)) => parse_as(&["pixelpass", "view", &ticket.to_string(), "--player", "none"]),
         (None, None) if cli.repair => {
             return match audio::repair::repair() {
                 Ok(done) if done.is_empty() => {

@@ -387,6 +387,55 @@ fn bad_tickets_exit_2_with_a_message() {
     assert_eq!(v.proc.wait_timeout(Duration::from_secs(10)), Ok(Some(2)));
 }
 
+/// A ticket that parses (nobody answers it).
+fn some_ticket() -> String {
+    gstiroh::ticket::Ticket {
+        addr: iroh::EndpointAddr::new(iroh::SecretKey::from_bytes(&[1; 32]).public()),
+        secret: [0; 16],
+    }
+    .to_string()
+}
+
+/// Runs `pixelpass args` (with `env`) to its end: exit code, stderr, and how long it took.
+fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, Duration) {
+    let config = TempDir::new("e2e-config");
+    let t = Instant::now();
+    let out = Command::new(BIN)
+        .args(args)
+        .env("XDG_CONFIG_HOME", config.path())
+        .env_remove("PIXELPASS_RELAY")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        t.elapsed(),
+    )
+}
+
+#[test]
+fn a_bad_relay_exits_2_at_once_naming_relay() {
+    let ticket = some_ticket();
+    let flag = ["--relay", "not-a-url"];
+    for (args, env) in [
+        (vec!["host", flag[0], flag[1]], vec![]),
+        (vec!["view", &ticket, flag[0], flag[1]], vec![]),
+        (vec!["host"], vec![("PIXELPASS_RELAY", "not-a-url")]),
+        (vec!["view", &ticket], vec![("PIXELPASS_RELAY", "not-a-url")]),
+    ] {
+        let (code, err, took) = run_to_end(&args, &env);
+        assert_eq!(code, Some(2), "{args:?} {env:?}: {err}");
+        assert!(
+            err.contains("--relay") && err.contains("not-a-url"),
+            "{args:?} {env:?}: {err}"
+        );
+        assert!(err.contains("use \"default\", \"disabled\""), "says what works: {err}");
+        assert!(took < Duration::from_secs(2), "{args:?} {env:?} took {took:?}");
+    }
+}
+
 #[test]
 fn a_missing_window_id_is_a_usage_error() {
     require!("Xvfb", "xwininfo");
