@@ -380,6 +380,7 @@ async fn start_capture(
             })
             .build(),
     );
+    let played = pipeline::play(&pipeline, "the capture pipeline");
     let bus = pipeline.bus().expect("pipeline has a bus");
     let bus_task = tokio::spawn(async move {
         let mut stream = bus.stream();
@@ -401,9 +402,9 @@ async fn start_capture(
         apps,
         cast,
     };
-    if capture.pipeline.set_state(gst::State::Playing).is_err() {
+    if let Err(e) = played {
         capture.stop().await;
-        return Err(anyhow!("cannot start capturing"));
+        return Err(e);
     }
     if let Event::CaptureStarted {
         epoch_unix_ns,
@@ -459,10 +460,8 @@ pub async fn run(args: HostArgs, events: Arc<Events>, cancel: CancellationToken)
             });
     }
 
+    pipeline::play(&serve, "the iroh endpoint")?;
     let mut bus = serve.bus().expect("pipeline has a bus").stream();
-    serve
-        .set_state(gst::State::Playing)
-        .map_err(|_| anyhow!("cannot start the iroh endpoint"))?;
     let result = share(
         &args, plan, &serve, &appsrc, &sink, &live_sink, &mut bus, &events, &cancel,
     )

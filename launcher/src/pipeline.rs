@@ -31,6 +31,27 @@ pub fn launch(desc: &str, what: &str) -> Result<gst::Pipeline> {
         .map_err(|_| anyhow!("the {what} description is not a pipeline"))
 }
 
+/// Sets `pipeline` playing. When an element refuses, the error says what it posted (its own
+/// words and error domain, kept as the source), not just that the state change failed. Call it
+/// before taking the bus as a stream: the stream would take the message first.
+pub fn play(pipeline: &gst::Pipeline, what: &str) -> Result<()> {
+    if pipeline.set_state(gst::State::Playing).is_ok() {
+        return Ok(());
+    }
+    let posted = pipeline
+        .bus()
+        .and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]))
+        .and_then(|msg| match msg.view() {
+            gst::MessageView::Error(e) => Some(e.error()),
+            _ => None,
+        });
+    let _ = pipeline.set_state(gst::State::Null);
+    Err(match posted {
+        Some(e) => anyhow::Error::new(e).context(format!("cannot start {what}")),
+        None => anyhow!("cannot start {what} (no element said why)"),
+    })
+}
+
 /// The element `name` of `pipeline`, as type `T`.
 pub fn child<T: IsA<gst::Element>>(pipeline: &gst::Pipeline, name: &str, what: &str) -> Result<T> {
     pipeline

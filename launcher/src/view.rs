@@ -251,10 +251,8 @@ pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken)
         .await
         .map_err(|e| anyhow!("cannot listen on {listen}: {e}"))?;
     let url = format!("http://{}/", listener.local_addr()?);
+    pipeline::play(&pipeline, "receiving")?;
     let mut bus = pipeline.bus().expect("pipeline has a bus").stream();
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|_| anyhow!("cannot start receiving"))?;
     events.emit(Event::Url { url: url.clone() });
 
     let mut gst_window = None;

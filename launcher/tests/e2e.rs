@@ -437,6 +437,27 @@ fn a_bad_relay_exits_2_at_once_naming_relay() {
 }
 
 #[test]
+fn a_bind_address_the_endpoint_cannot_use_says_why() {
+    // A valid address that is not this machine's: irohsink refuses it, and its words show.
+    let (code, err, _) = run_to_end(
+        &[
+            "host",
+            "--source",
+            "test",
+            "--no-audio",
+            "--relay",
+            "disabled",
+            "--bind",
+            "192.0.2.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot start the iroh endpoint: "), "{err}");
+    assert!(err.contains("bind"), "the element's reason is forwarded: {err}");
+}
+
+#[test]
 fn a_missing_window_id_is_a_usage_error() {
     require!("Xvfb", "xwininfo");
     let x = Xvfb::start(640, 480);
