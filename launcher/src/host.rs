@@ -428,12 +428,7 @@ pub async fn run(args: HostArgs, events: Arc<Events>, cancel: CancellationToken)
         plan(&args, &events).await?
     };
     let mut sink_props = format!("max-viewers={max_viewers}");
-    if let Some(r) = &args.common.relay {
-        sink_props += &format!(" relay={}", quote(&r.to_string()));
-    }
-    if let Some(b) = &args.common.bind {
-        sink_props += &format!(" bind-address={}", quote(&b.to_string()));
-    }
+    sink_props += &pipeline::endpoint_props(&args.common);
     if let Some(k) = &args.key_file {
         sink_props += &format!(" key-file={}", quote(&k.to_string_lossy()));
     }

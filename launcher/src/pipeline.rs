@@ -3,6 +3,8 @@
 use anyhow::{Result, anyhow};
 use gst::prelude::*;
 
+use crate::cli::Common;
+
 const HOST_CAPTURE: &str = include_str!("../../pipelines/host-capture.pipeline");
 const HOST_AUDIO: &str = include_str!("../../pipelines/host-audio.pipeline");
 const HOST_SERVE: &str = include_str!("../../pipelines/host-serve.pipeline");
@@ -63,6 +65,19 @@ pub fn child<T: IsA<gst::Element>>(pipeline: &gst::Pipeline, name: &str, what: &
 /// A property value quoted for a pipeline description.
 pub fn quote(v: &str) -> String {
     format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The endpoint properties both sides take from the command line (`relay`, `bind-address`),
+/// as ` name=value` pairs for `irohsink`'s or `irohsrc`'s description.
+pub fn endpoint_props(common: &Common) -> String {
+    let mut props = String::new();
+    if let Some(r) = &common.relay {
+        props += &format!(" relay={}", quote(&r.to_string()));
+    }
+    if let Some(b) = &common.bind {
+        props += &format!(" bind-address={}", quote(&b.to_string()));
+    }
+    props
 }
 
 /// What the capture pipeline is made of.
@@ -128,5 +143,14 @@ mod tests {
         gst::parse::launch(&viewer_local("pp1abc", "").unwrap()).expect("viewer pipeline parses");
         assert!(fill("a {b} c", &[]).unwrap_err().to_string().contains("{b}"));
         assert_eq!(quote("a\"b"), "\"a\\\"b\"");
+        let common = Common {
+            relay: Some(gstiroh::net::Relay::Disabled),
+            events: None,
+            bind: Some("127.0.0.1:0".parse().unwrap()),
+        };
+        assert_eq!(
+            endpoint_props(&common),
+            " relay=\"disabled\" bind-address=\"127.0.0.1:0\""
+        );
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Player, ViewArgs};
 use crate::events::{Event, Events};
-use crate::pipeline::{self, quote};
+use crate::pipeline;
 use crate::player;
 
 /// A local player further behind than this skips to the newest GOP.
@@ -230,13 +230,7 @@ fn gst_player(url: &str) -> Result<gst::Element> {
 /// error.
 pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken) -> Result<()> {
     let (ticket, listen) = (&args.ticket, args.listen);
-    let mut src_props = String::new();
-    if let Some(r) = &args.common.relay {
-        src_props += &format!(" relay={}", quote(&r.to_string()));
-    }
-    if let Some(b) = &args.common.bind {
-        src_props += &format!(" bind-address={}", quote(&b.to_string()));
-    }
+    let src_props = pipeline::endpoint_props(&args.common);
     let pipeline = pipeline::launch(&pipeline::viewer_local(&ticket.to_string(), &src_props)?, "viewer")?;
     let appsink: gst_app::AppSink = pipeline::child(&pipeline, "out", "viewer")?;
     let src: gst::Element = pipeline::child(&pipeline, "src", "viewer")?;
