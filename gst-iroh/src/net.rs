@@ -232,9 +232,8 @@ impl Identity {
         })
     }
 
-    /// Writes the identity to `path` with mode 0600 (atomically: temp file + rename).
+    /// Writes the identity to `path` with mode 0600 (atomically, see [`write_private`]).
     pub fn save(&self, path: &Path) -> Result<(), NetError> {
-        use std::os::unix::fs::OpenOptionsExt as _;
         let hex = |b: &[u8]| data_encoding::HEXLOWER.encode(b);
         let mut text = String::from("# gst-iroh host identity: keep it private; delete it for a new ticket\n");
         text += &format!("secret-key = {}\n", hex(&self.key.to_bytes()));
@@ -245,22 +244,36 @@ impl Identity {
         if let Some(p) = self.port {
             text += &format!("port = {p}\n");
         }
-        let tmp = path.with_extension("tmp");
-        let err = |source| NetError::KeyWrite {
+        write_private(path, text.as_bytes()).map_err(|source| NetError::KeyWrite {
             path: path.into(),
             source,
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        f.write_all(text.as_bytes()).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)
+        })
     }
+}
+
+/// Writes a private file (mode 0600) atomically: a temp file beside it, synced, renamed over
+/// `path`. A reader sees the old contents or the new, never a half-written file; on failure
+/// the temp file is removed.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(contents)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Parses a bind address property ("" = iroh's defaults).

@@ -61,21 +61,8 @@ fn save_token(window: bool, token: &str) {
     if let Some(dir) = p.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = p.with_extension("token.tmp");
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(format!("{token}\n").as_bytes()));
-    if written.is_ok() {
-        let _ = std::fs::rename(&tmp, &p);
-    } else {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    // (a lost token only means the dialog asks again)
+    let _ = gstiroh::net::write_private(&p, format!("{token}\n").as_bytes());
 }
 
 async fn connect(bus: Option<&str>) -> Result<Screencast> {
