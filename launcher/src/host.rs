@@ -24,6 +24,7 @@ use crate::encoder;
 use crate::events::{Event, Events};
 use crate::pipeline::{self, CaptureParts, quote};
 use crate::quality::{self, Overrides};
+use crate::text::list_or_none;
 
 /// A running capture session. Field order is teardown order after the pipeline stops: the
 /// watchers, the per-app sink, then the portal cast (its fd and session).
@@ -139,15 +140,6 @@ impl Plan {
 /// A `pulsesrc` recording `device` (a monitor source).
 fn pulse_source(device: &str) -> String {
     format!("pulsesrc device={} client-name=pixelpass", quote(device))
-}
-
-/// "a, b", or "none".
-fn list_or_none(items: &[&str]) -> String {
-    if items.is_empty() {
-        "none".into()
-    } else {
-        items.join(", ")
-    }
 }
 
 /// The per-app rule the flags ask for, if any.

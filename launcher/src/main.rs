@@ -14,6 +14,7 @@ mod pipeline;
 mod player;
 mod pw;
 mod quality;
+mod text;
 mod view;
 
 use std::io::IsTerminal as _;

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow};
 use super::Plan;
 use crate::UsageError;
 use crate::cli::HostArgs;
+use crate::text::list_or_none;
 
 pub fn plan(args: &HostArgs) -> Result<Plan> {
     let display = std::env::var("DISPLAY").unwrap_or_default();
@@ -166,11 +167,7 @@ fn monitor(name: &str) -> Result<Monitor> {
     let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
     Err(UsageError(format!(
         "no connected monitor named {name:?}; connected: {}",
-        if names.is_empty() {
-            "none".into()
-        } else {
-            names.join(", ")
-        }
+        list_or_none(&names)
     ))
     .into())
 }
