@@ -438,7 +438,7 @@ pub async fn run(args: HostArgs, events: Arc<Events>, cancel: CancellationToken)
             .unwrap()
             .add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
                 if let Some(gst::PadProbeData::Event(ev)) = &info.data
-                    && ev.structure().is_some_and(|s| s.name() == "GstForceKeyUnit")
+                    && gst_video::ForceKeyUnitEvent::is(ev)
                     && let Some(s) = live_sink.lock().unwrap().as_ref()
                 {
                     s.send_event(ev.clone());

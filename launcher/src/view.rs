@@ -173,13 +173,11 @@ async fn serve_player(
     let (mut cursor, want_keyframe) = fanout.join(Instant::now());
     if want_keyframe {
         // Ask the host for a keyframe so this player starts now, not at the next GOP.
-        let ev = gst::event::CustomUpstream::builder(
-            gst::Structure::builder("GstForceKeyUnit")
-                .field("all-headers", true)
+        src.send_event(
+            gst_video::UpstreamForceKeyUnitEvent::builder()
+                .all_headers(true)
                 .build(),
-        )
-        .build();
-        src.send_event(ev);
+        );
     }
     let mut changed = fanout.subscribe();
     loop {
