@@ -15,6 +15,7 @@ use anyhow::{Context, Result, anyhow};
 use futures_util::StreamExt as _;
 use gst::prelude::*;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::audio::apps::{AppAudio, Rule};
 use crate::capture::{self, wayland};
@@ -39,20 +40,11 @@ struct Capture {
 
 /// What watches a portal cast from outside the pipeline; dropping it stops watching.
 struct CastWatch {
-    /// waits for the session's Closed signal
-    _closed: AbortOnDrop,
+    /// waits for the session's Closed signal (a task that ends with its handle, and with it
+    /// what it holds: a portal session, a bus connection)
+    _closed: AbortOnDropHandle<()>,
     /// a PipeWire client that sees the stream node go away
     _node: crate::pw::Client,
-}
-
-/// A task that ends with its handle (a dropped JoinHandle alone would leave it running, and
-/// with it whatever it holds: a portal session, a bus connection).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl Capture {
@@ -294,7 +286,7 @@ async fn start_capture(
             // node itself (some portals just remove it; pipewiresrc then stalls silently).
             let n = notes.clone();
             let closed = cast.closed_signal();
-            let closed = AbortOnDrop(tokio::spawn(async move {
+            let closed = AbortOnDropHandle::new(tokio::spawn(async move {
                 closed.await;
                 let _ = n.send(CaptureNote::Ended(CAST_ENDED.into()));
             }));
