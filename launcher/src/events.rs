@@ -79,8 +79,11 @@ pub enum Event {
 /// Where events go.
 pub struct Events {
     json: bool,
+    /// Stats go to a status line (a terminal, human output).
     status_line: bool,
-    lock: Mutex<bool>,
+    /// Whether a status line is on screen now (the next message clears it first). The lock
+    /// also keeps two events' lines from interleaving.
+    status_line_shown: Mutex<bool>,
 }
 
 impl Events {
@@ -88,7 +91,7 @@ impl Events {
         Events {
             json,
             status_line: !json && std::io::stderr().is_terminal(),
-            lock: Mutex::new(false),
+            status_line_shown: Mutex::new(false),
         }
     }
 
@@ -99,7 +102,7 @@ impl Events {
     /// Emits an event: a JSON line, or the human form (ticket alone on stdout, the rest on
     /// stderr, stats as a status line on a terminal).
     pub fn emit(&self, ev: Event) {
-        let mut status_shown = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut status_shown = self.status_line_shown.lock().unwrap_or_else(|e| e.into_inner());
         if self.json {
             let mut out = std::io::stdout().lock();
             let _ = serde_json::to_writer(&mut out, &ev);
