@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
+use futures_util::StreamExt as _;
 use gst::prelude::*;
+
+use crate::pipeline::{self, StopOnDrop};
 
 /// The chosen encoder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,60 +52,52 @@ impl Encoder {
     }
 }
 
-/// Encodes a few frames with `name`; Ok when it reaches end of stream.
-pub fn probe(name: &str) -> Result<(), String> {
+/// Encodes a few frames with `name`; Ok when they reach the end of the stream. The test
+/// pipeline stops on every path, also when the future is dropped (ctrl-c while planning).
+pub async fn probe(name: &str) -> Result<(), String> {
     if gst::ElementFactory::find(name).is_none() {
         return Err("not installed".into());
     }
+    eprintln!("pixelpass: trying encoder {name} (a short test encode)");
     let enc = Encoder::of(name, String::new());
     let desc = format!(
         "videotestsrc num-buffers=5 ! video/x-raw,format={},width=320,height=240,framerate=30/1 ! {} ! fakesink",
         enc.format,
         enc.description(1000, 30)
     );
-    let pipeline = gst::parse::launch(&desc).map_err(|e| e.to_string())?;
-    let result = (|| {
-        pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|_| "cannot start".to_string())?;
-        let bus = pipeline.bus().ok_or("no bus")?;
-        let msg = bus
-            .timed_pop_filtered(
-                gst::ClockTime::from_nseconds(Duration::from_secs(5).as_nanos() as u64),
-                &[gst::MessageType::Eos, gst::MessageType::Error],
-            )
-            .ok_or("test encode timed out")?;
-        match msg.view() {
-            gst::MessageView::Eos(_) => Ok(()),
-            gst::MessageView::Error(e) => Err(e.error().to_string()),
-            _ => Err("unexpected message".into()),
+    let test = StopOnDrop(pipeline::launch(&desc, "test encode").map_err(|e| format!("{e:#}"))?);
+    pipeline::play(&test.0, "the test encode").map_err(|e| format!("{e:#}"))?;
+    let mut bus = test.0.bus().ok_or("the test encode has no bus")?.stream();
+    let end = async {
+        while let Some(msg) = bus.next().await {
+            match msg.view() {
+                gst::MessageView::Eos(_) => return Ok(()),
+                gst::MessageView::Error(e) => return Err(e.error().to_string()),
+                _ => {}
+            }
         }
-    })();
-    let _ = pipeline.set_state(gst::State::Null);
-    result
+        Err("the test encode stopped".to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(5), end)
+        .await
+        .unwrap_or_else(|_| Err("test encode timed out".into()))
 }
 
 /// Chooses the encoder: `forced` if given (it must work), software if `no_hw`, else the first
 /// hardware encoder that passes a test encode, else x264.
-pub fn choose(no_hw: bool, forced: Option<&str>) -> Result<Encoder> {
+pub async fn choose(no_hw: bool, forced: Option<&str>) -> Result<Encoder> {
     if let Some(name) = forced {
-        return match probe(name) {
+        return match probe(name).await {
             Ok(()) => Ok(Encoder::of(name, "chosen with --encoder".into())),
             Err(e) => Err(anyhow!("encoder {name} does not work here: {e}")),
         };
     }
-    let software = |reason: String| -> Result<Encoder> {
-        probe("x264enc").map_err(|e| {
-            anyhow!("the software encoder x264enc does not work ({e}): install gstreamer1.0-plugins-ugly")
-        })?;
-        Ok(Encoder::of("x264enc", reason))
-    };
     if no_hw {
-        return software("software (x264) forced with --no-hwencode".into());
+        return software("software (x264) forced with --no-hwencode".into()).await;
     }
     let mut tried = Vec::new();
     for name in HARDWARE {
-        match probe(name) {
+        match probe(name).await {
             Ok(()) => return Ok(Encoder::of(name, "hardware encoder, test encode passed".into())),
             Err(e) => tried.push(format!("{name}: {e}")),
         }
@@ -111,6 +106,15 @@ pub fn choose(no_hw: bool, forced: Option<&str>) -> Result<Encoder> {
         "software (x264): no hardware H.264 encoder works here ({})",
         tried.join("; ")
     ))
+    .await
+}
+
+/// x264, after its test encode; `reason` says why software.
+async fn software(reason: String) -> Result<Encoder> {
+    probe("x264enc")
+        .await
+        .map_err(|e| anyhow!("the software encoder x264enc does not work ({e}): install gstreamer1.0-plugins-ugly"))?;
+    Ok(Encoder::of("x264enc", reason))
 }
 
 #[cfg(test)]
@@ -120,6 +124,8 @@ mod tests {
     #[test]
     fn falls_back_to_x264_without_a_gpu() {
         gst::init().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let choose = |no_hw, forced| rt.block_on(choose(no_hw, forced));
         let e = choose(false, None).unwrap();
         // This machine has no GPU: every hardware candidate must fail its test encode.
         if std::path::Path::new("/dev/dri").exists() {

@@ -54,6 +54,16 @@ pub fn play(pipeline: &gst::Pipeline, what: &str) -> Result<()> {
     })
 }
 
+/// A pipeline set to NULL when dropped, on every path (done, failed, or its owner's future
+/// dropped by ctrl-c).
+pub struct StopOnDrop(pub gst::Pipeline);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
 /// The element `name` of `pipeline`, as type `T`.
 pub fn child<T: IsA<gst::Element>>(pipeline: &gst::Pipeline, name: &str, what: &str) -> Result<T> {
     pipeline

@@ -1,5 +1,6 @@
-//! Capture backends: each turns the host options into a GStreamer video source description
-//! and the size of what it captures. Swappable: X11 (`ximagesrc`) and the Wayland ScreenCast portal (`pipewiresrc`).
+//! Capture backends: each turns the host options into a [`Target`]: a GStreamer video source
+//! and its size (X11 `ximagesrc`, the test pattern), or the Wayland ScreenCast portal
+//! (`pipewiresrc`), whose source is known only once the portal answers.
 
 pub mod wayland;
 pub mod x11;
@@ -37,37 +38,54 @@ pub fn detect(forced: Option<DisplayServer>, env: &dyn Fn(&str) -> Option<String
     }
 }
 
-/// What to capture, resolved: a GStreamer source description and its native size.
+/// What the host captures, resolved from its options before any viewer comes.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub enum Target {
+    /// A source pixelpass opens itself: known now.
+    Direct(DirectSource),
+    /// The ScreenCast portal: the source and its size are known once the portal has answered
+    /// (when the first viewer connects). `window`: a window is asked for, not a monitor.
+    Portal { window: bool },
+}
+
+/// A video source GStreamer opens directly (`ximagesrc`, `videotestsrc`).
+#[derive(Debug, Clone)]
+pub struct DirectSource {
     /// `gst-launch` description of the raw video source (live).
-    pub source: String,
-    pub width: u32,
-    pub height: u32,
-    /// What it is, for people ("the whole screen 1920x1080", "window 0x1e00007").
+    pub desc: String,
+    /// Native size in pixels.
+    pub size: (u32, u32),
+    /// What it is, for people ("the whole screen (1920x1080)", "window 0x1e00007 (…)").
     pub what: String,
     /// The X11 window being shared, watched so its closing ends the share cleanly.
     pub window: Option<u64>,
-    /// Captured through the ScreenCast portal: source and size are known only once the
-    /// portal has answered (when the first viewer connects).
-    pub portal: bool,
 }
 
-/// Resolves the capture plan for the host options.
-pub fn plan(args: &HostArgs) -> Result<Plan> {
+impl Target {
+    /// What is shared, for people.
+    pub fn what(&self) -> String {
+        match self {
+            Target::Direct(d) => d.what.clone(),
+            Target::Portal { window: true } => "a window (picked in the portal dialog)".into(),
+            Target::Portal { window: false } => "the screen (picked in the portal dialog)".into(),
+        }
+    }
+}
+
+/// Resolves what to capture for the host options. Helper processes it runs (`xwininfo`,
+/// `xrandr`) are killed if the returned future is dropped (ctrl-c while planning).
+pub async fn resolve_target(args: &HostArgs) -> Result<Target> {
     if args.source == Source::Test {
-        return Ok(Plan {
-            source: "videotestsrc is-live=true pattern=ball".into(),
-            width: 1280,
-            height: 720,
+        return Ok(Target::Direct(DirectSource {
+            desc: "videotestsrc is-live=true pattern=ball".into(),
+            size: (1280, 720),
             what: "a test pattern".into(),
             window: None,
-            portal: false,
-        });
+        }));
     }
     match detect(args.display_server, &|k| std::env::var(k).ok()) {
-        Some(Backend::X11) => x11::plan(args),
-        Some(Backend::Wayland) => wayland::plan(args),
+        Some(Backend::X11) => x11::target(args).await,
+        Some(Backend::Wayland) => wayland::target(args),
         None => Err(crate::UsageError(
             "no display found (neither WAYLAND_DISPLAY nor DISPLAY is set): run pixelpass inside your desktop \
              session, or use --source test to try it without a screen"

@@ -19,7 +19,7 @@ use ashpd::desktop::screencast::{
 use ashpd::desktop::{CreateSessionOptions, Session};
 use ashpd::enumflags2::BitFlags;
 
-use super::Plan;
+use super::Target;
 use crate::cli::HostArgs;
 
 /// What the portal offers, checked when the share starts (before any viewer).
@@ -253,8 +253,8 @@ impl Cast {
     }
 }
 
-/// The capture plan: size is known only once the portal has answered.
-pub fn plan(args: &HostArgs) -> Result<Plan> {
+/// The portal as the capture target, after refusing the X11-only options.
+pub fn target(args: &HostArgs) -> Result<Target> {
     if args.window_id.is_some() {
         return Err(crate::UsageError(
             "--window-id is for X11; on Wayland use --window and pick the window in the portal dialog".into(),
@@ -267,16 +267,5 @@ pub fn plan(args: &HostArgs) -> Result<Plan> {
         )
         .into());
     }
-    Ok(Plan {
-        source: String::new(),
-        width: 0,
-        height: 0,
-        what: if args.window {
-            "a window (picked in the portal dialog)".into()
-        } else {
-            "the screen (picked in the portal dialog)".into()
-        },
-        window: None,
-        portal: true,
-    })
+    Ok(Target::Portal { window: args.window })
 }

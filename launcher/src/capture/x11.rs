@@ -2,70 +2,66 @@
 //! `--window-id`), or one xrandr monitor (`--monitor`).
 
 use std::ffi::{CString, c_int, c_uchar, c_ulong, c_void};
-use std::process::Command;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, anyhow};
+use tokio::process::Command;
 
-use super::Plan;
+use super::{DirectSource, Target};
 use crate::UsageError;
 use crate::cli::HostArgs;
 use crate::text::list_or_none;
 
-pub fn plan(args: &HostArgs) -> Result<Plan> {
+/// The screen, a window or a monitor, as the options ask.
+pub async fn target(args: &HostArgs) -> Result<Target> {
     let display = std::env::var("DISPLAY").unwrap_or_default();
     if display.is_empty() {
         return Err(UsageError("X11 capture needs DISPLAY to be set".into()).into());
     }
     install_error_handler();
     let base = format!("ximagesrc display-name={display} use-damage=false show-pointer=true");
-    if args.window || args.window_id.is_some() {
+    let source = if args.window || args.window_id.is_some() {
         let id = match args.window_id {
             Some(id) => id,
-            None => pick_window()?,
+            None => pick_window().await?,
         };
-        let (w, h) = window_size(id)?;
-        return Ok(Plan {
-            source: format!("{base} xid={id}"),
-            width: w,
-            height: h,
+        let (w, h) = window_size(id).await?;
+        DirectSource {
+            desc: format!("{base} xid={id}"),
+            size: (w, h),
             what: format!("window {id:#x} ({w}x{h})"),
             window: Some(id),
-            portal: false,
-        });
-    }
-    if let Some(name) = &args.monitor {
-        let m = monitor(name)?;
-        return Ok(Plan {
-            source: format!(
-                "{base} startx={} starty={} endx={} endy={}",
-                m.x,
-                m.y,
-                m.x + m.width - 1,
-                m.y + m.height - 1
-            ),
-            width: m.width,
-            height: m.height,
+        }
+    } else if let Some(name) = &args.monitor {
+        let m = monitor(name).await?;
+        let (x1, y1) = (m.x + m.width - 1, m.y + m.height - 1);
+        DirectSource {
+            desc: format!("{base} startx={} starty={} endx={x1} endy={y1}", m.x, m.y),
+            size: (m.width, m.height),
             what: format!("monitor {name} ({}x{}+{}+{})", m.width, m.height, m.x, m.y),
             window: None,
-            portal: false,
-        });
-    }
-    let (w, h) = root_size()?;
-    Ok(Plan {
-        source: base,
-        width: w,
-        height: h,
-        what: format!("the whole screen ({w}x{h})"),
-        window: None,
-        portal: false,
-    })
+        }
+    } else {
+        let (w, h) = root_size().await?;
+        DirectSource {
+            desc: base,
+            size: (w, h),
+            what: format!("the whole screen ({w}x{h})"),
+            window: None,
+        }
+    };
+    Ok(Target::Direct(source))
 }
 
-fn run(cmd: &mut Command) -> Result<String> {
-    let name = cmd.get_program().to_string_lossy().into_owned();
+/// Runs an X11 tool to its end (killed if the future is dropped); its stdout.
+async fn run(cmd: &mut Command) -> Result<String> {
+    let name = cmd.as_std().get_program().to_string_lossy().into_owned();
     let out = cmd
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
         .output()
+        .await
         .with_context(|| format!("cannot run {name}: install x11-utils / x11-xserver-utils"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
@@ -95,19 +91,21 @@ fn xwininfo_fields(text: &str) -> (Option<u64>, Option<u32>, Option<u32>) {
     (id, w, h)
 }
 
-fn root_size() -> Result<(u32, u32)> {
-    match xwininfo_fields(&run(Command::new("xwininfo").arg("-root"))?) {
+async fn root_size() -> Result<(u32, u32)> {
+    match xwininfo_fields(&run(Command::new("xwininfo").arg("-root")).await?) {
         (_, Some(w), Some(h)) => Ok((w, h)),
         _ => Err(anyhow!("cannot read the screen size from xwininfo")),
     }
 }
 
-fn window_size(id: u64) -> Result<(u32, u32)> {
-    let text = run(Command::new("xwininfo").args(["-id", &format!("{id:#x}")])).map_err(|_| {
-        UsageError(format!(
-            "there is no X11 window {id:#x}: list windows with `xwininfo -root -tree`, or use --window to click one"
-        ))
-    })?;
+async fn window_size(id: u64) -> Result<(u32, u32)> {
+    let text = run(Command::new("xwininfo").args(["-id", &format!("{id:#x}")]))
+        .await
+        .map_err(|_| {
+            UsageError(format!(
+                "there is no X11 window {id:#x}: list windows with `xwininfo -root -tree`, or use --window to click one"
+            ))
+        })?;
     match xwininfo_fields(&text) {
         (_, Some(w), Some(h)) => Ok((w, h)),
         _ => Err(anyhow!("cannot read the size of window {id:#x}")),
@@ -115,9 +113,9 @@ fn window_size(id: u64) -> Result<(u32, u32)> {
 }
 
 /// Runs the interactive `xwininfo` picker: the user clicks the window to share.
-fn pick_window() -> Result<u64> {
+async fn pick_window() -> Result<u64> {
     eprintln!("pixelpass: click the window you want to share");
-    match xwininfo_fields(&run(&mut Command::new("xwininfo"))?) {
+    match xwininfo_fields(&run(&mut Command::new("xwininfo")).await?) {
         (Some(id), _, _) => Ok(id),
         _ => Err(anyhow!("no window was picked")),
     }
@@ -158,8 +156,8 @@ pub fn parse_xrandr(text: &str) -> Vec<(String, Monitor)> {
     out
 }
 
-fn monitor(name: &str) -> Result<Monitor> {
-    let text = run(Command::new("xrandr").arg("--query"))?;
+async fn monitor(name: &str) -> Result<Monitor> {
+    let text = run(Command::new("xrandr").arg("--query")).await?;
     let all = parse_xrandr(&text);
     if let Some((_, m)) = all.iter().find(|(n, _)| n == name) {
         return Ok(m.clone());
@@ -224,16 +222,19 @@ pub fn install_error_handler() {
     });
 }
 
-/// Whether window `id` still exists (it is asked fresh, and X errors about it were seen).
-pub fn window_gone(id: u64) -> bool {
+/// Whether window `id` is gone: an X error named it, or `xwininfo` no longer finds it.
+pub async fn window_gone(id: u64) -> bool {
     if BAD_RESOURCE.load(Ordering::Relaxed) == id {
         return true;
     }
     !Command::new("xwininfo")
         .args(["-id", &format!("{id:#x}")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
         .status()
+        .await
         .is_ok_and(|s| s.success())
 }
 

@@ -1,0 +1,297 @@
+//! Hosting: the iroh endpoint (and so the ticket) lives for the whole share, but the screen is
+//! captured and encoded only while at least one viewer watches.
+//!
+//! Two pipelines: *serve* (`appsrc ! irohsink`, always playing, idle without viewers) and
+//! *capture* (screen/audio → H.264/AAC → MPEG-TS → appsink, [`capture`]), started by the first
+//! viewer and stopped by the last. Keyframe requests from irohsink travel back to the capture
+//! encoder. What to capture and how is decided first ([`plan`]), raced against ctrl-c.
+
+mod capture;
+mod plan;
+
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+use futures_util::StreamExt as _;
+use gst::prelude::*;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio_util::sync::CancellationToken;
+
+use self::capture::{Capture, CaptureNote, start_capture};
+use self::plan::{CapturePlan, plan_capture};
+use crate::cli::HostArgs;
+use crate::config::Config;
+use crate::events::{Event, Events};
+use crate::pipeline::{self, quote};
+
+/// Runs a share until ctrl-c (`cancel`), a fatal error, or the shared window closing.
+pub async fn run(args: HostArgs, events: Arc<Events>, cancel: CancellationToken) -> Result<()> {
+    let config = Config::load()?;
+    let plan = tokio::select! {
+        plan = plan_capture(&args, &config, &events) => plan?,
+        _ = cancel.cancelled() => {
+            events.emit(Event::Ended { reason: "cancelled before the share started".into() });
+            return Ok(());
+        }
+    };
+    let max_viewers = args.max_viewers.unwrap_or_else(|| config.default_max_viewers());
+    let serve = Serve::start(&args, max_viewers)?;
+    let mut bus = serve.pipeline.bus().expect("pipeline has a bus").stream();
+    let result = Share::new(plan, &serve, &events).run(&mut bus, &cancel).await;
+    serve.end(&mut bus).await;
+    result
+}
+
+/// The serve pipeline: `appsrc ! irohsink`, playing for the whole share.
+struct Serve {
+    pipeline: gst::Pipeline,
+    appsrc: gst_app::AppSrc,
+    sink: gst::Element,
+    /// The running capture's appsink, where irohsink's keyframe requests go.
+    live_sink: Arc<Mutex<Option<gst_app::AppSink>>>,
+}
+
+impl Serve {
+    /// Builds and starts the serve pipeline: the endpoint binds and the ticket comes.
+    fn start(args: &HostArgs, max_viewers: u32) -> Result<Serve> {
+        let mut sink_props = format!("max-viewers={max_viewers}");
+        sink_props += &pipeline::endpoint_props(&args.common);
+        if let Some(k) = &args.key_file {
+            sink_props += &format!(" key-file={}", quote(&k.to_string_lossy()));
+        }
+        let pipeline = pipeline::launch(&pipeline::host_serve(&sink_props)?, "serve")?;
+        pipeline.use_clock(Some(&gst::SystemClock::obtain()));
+        let serve = Serve {
+            appsrc: pipeline::child(&pipeline, "src", "serve")?,
+            sink: pipeline::child(&pipeline, "sink", "serve")?,
+            pipeline,
+            live_sink: Arc::new(Mutex::new(None)),
+        };
+        serve.forward_keyframe_requests();
+        pipeline::play(&serve.pipeline, "the iroh endpoint")?;
+        Ok(serve)
+    }
+
+    /// Keyframe requests from irohsink (a viewer joined) go back to the live encoder.
+    fn forward_keyframe_requests(&self) {
+        let live_sink = self.live_sink.clone();
+        let pad = self.appsrc.static_pad("src").expect("appsrc has a src pad");
+        pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
+            if let Some(gst::PadProbeData::Event(ev)) = &info.data
+                && gst_video::ForceKeyUnitEvent::is(ev)
+                && let Some(s) = live_sink.lock().unwrap().as_ref()
+            {
+                s.send_event(ev.clone());
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+
+    /// Ends the stream so viewers hear "the host ended the share", then closes the endpoint.
+    /// Bounded: one ctrl-c is always enough.
+    async fn end(self, bus: &mut gst::bus::BusStream) {
+        self.live_sink.lock().unwrap().take();
+        let _ = self.appsrc.end_of_stream();
+        let _ = tokio::time::timeout(Duration::from_millis(150), async {
+            while let Some(msg) = bus.next().await {
+                if matches!(msg.view(), gst::MessageView::Eos(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        let p = self.pipeline;
+        let _ = tokio::task::spawn_blocking(move || p.set_state(gst::State::Null)).await;
+    }
+}
+
+/// A share in progress: reacts to viewers coming and going (capture on demand), to the
+/// capture's notes, and reports stats every second.
+struct Share<'a> {
+    plan: CapturePlan,
+    serve: &'a Serve,
+    events: &'a Events,
+    capture: Option<Capture>,
+    notes_tx: UnboundedSender<CaptureNote>,
+    notes: UnboundedReceiver<CaptureNote>,
+    /// bytes sent at the last stats tick, and when
+    last_bytes: (u64, Instant),
+}
+
+/// What the share loop does next: go on, or end with this result.
+type Next = ControlFlow<Result<()>>;
+
+const WINDOW_CLOSED: &str = "the shared window was closed: the share ends";
+
+impl<'a> Share<'a> {
+    fn new(plan: CapturePlan, serve: &'a Serve, events: &'a Events) -> Self {
+        let (notes_tx, notes) = tokio::sync::mpsc::unbounded_channel();
+        Share {
+            plan,
+            serve,
+            events,
+            capture: None,
+            notes_tx,
+            notes,
+            last_bytes: (0, Instant::now()),
+        }
+    }
+
+    /// Runs until ctrl-c (`cancel`), an error, or the end of what is shared.
+    async fn run(mut self, bus: &mut gst::bus::BusStream, cancel: &CancellationToken) -> Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let result = loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => Next::Break(Ok(())),
+                msg = bus.next() => match msg {
+                    Some(msg) => self.on_message(&msg, cancel).await,
+                    None => Next::Break(Err(anyhow!("the serve pipeline stopped"))),
+                },
+                Some(note) = self.notes.recv() => self.on_note(note).await,
+                _ = tick.tick() => self.on_tick().await,
+            };
+            if let Next::Break(result) = next {
+                break result;
+            }
+        };
+        self.stop_capture("the share ended").await;
+        result
+    }
+
+    async fn on_message(&mut self, msg: &gst::Message, cancel: &CancellationToken) -> Next {
+        match msg.view() {
+            gst::MessageView::Error(e) => Next::Break(Err(anyhow!(
+                "{}{}",
+                e.error(),
+                e.debug().map(|d| format!(" ({d})")).unwrap_or_default()
+            ))),
+            gst::MessageView::Element(el) => match el.structure() {
+                Some(s) if s.name() == "iroh-ticket" => {
+                    if let Ok(t) = s.get::<String>("ticket") {
+                        self.events.emit(Event::Ticket { ticket: t });
+                    }
+                    Next::Continue(())
+                }
+                Some(s) if s.name() == "iroh-viewer-joined" => self.on_viewer_joined(s, cancel).await,
+                Some(s) if s.name() == "iroh-viewer-left" => {
+                    self.on_viewer_left(s).await;
+                    Next::Continue(())
+                }
+                _ => Next::Continue(()),
+            },
+            _ => Next::Continue(()),
+        }
+    }
+
+    /// The first viewer starts capturing (on Wayland after the portal dialog; ctrl-c still
+    /// ends it).
+    async fn on_viewer_joined(&mut self, s: &gst::StructureRef, cancel: &CancellationToken) -> Next {
+        self.events.emit(Event::ViewerJoined {
+            id: s.get("id").unwrap_or_default(),
+            name: s.get("name").unwrap_or_default(),
+            path: s.get("path").unwrap_or_default(),
+        });
+        if self.capture.is_some() {
+            return Next::Continue(());
+        }
+        let start = start_capture(
+            &self.plan,
+            &self.serve.appsrc,
+            &self.serve.pipeline,
+            self.notes_tx.clone(),
+        );
+        let started = tokio::select! {
+            r = start => r,
+            _ = cancel.cancelled() => return Next::Break(Ok(())),
+        };
+        match started {
+            Ok((c, started)) => {
+                *self.serve.live_sink.lock().unwrap() = Some(c.appsink.clone());
+                self.capture = Some(c);
+                self.events.emit(started);
+                Next::Continue(())
+            }
+            Err(e) => Next::Break(Err(e.context("cannot start capturing"))),
+        }
+    }
+
+    /// The last viewer leaving stops capturing.
+    async fn on_viewer_left(&mut self, s: &gst::StructureRef) {
+        self.events.emit(Event::ViewerLeft {
+            id: s.get("id").unwrap_or_default(),
+            reason: s.get("reason").unwrap_or_default(),
+        });
+        if self.serve.sink.property::<u32>("num-viewers") == 0 {
+            self.stop_capture("no viewers").await;
+        }
+    }
+
+    /// A capture error ends the share; so does the desktop ending the cast or the shared
+    /// window closing (those end it cleanly).
+    async fn on_note(&mut self, note: CaptureNote) -> Next {
+        match note {
+            CaptureNote::Ended(reason) => {
+                self.events.emit(Event::Ended { reason });
+                Next::Break(Ok(()))
+            }
+            CaptureNote::Error(e) => match self.plan.window() {
+                Some(id) if crate::capture::x11::window_gone(id).await => {
+                    self.events.emit(Event::Ended {
+                        reason: WINDOW_CLOSED.into(),
+                    });
+                    Next::Break(Ok(()))
+                }
+                _ => Next::Break(Err(anyhow!("capture failed: {e}"))),
+            },
+        }
+    }
+
+    /// Every second: has the shared window closed? Then the host's stats.
+    async fn on_tick(&mut self) -> Next {
+        if let Some(id) = self.plan.window()
+            && self.capture.is_some()
+            && crate::capture::x11::window_gone(id).await
+        {
+            self.events.emit(Event::Ended {
+                reason: WINDOW_CLOSED.into(),
+            });
+            return Next::Break(Ok(()));
+        }
+        self.emit_stats();
+        Next::Continue(())
+    }
+
+    fn emit_stats(&mut self) {
+        let Some(st) = self.serve.sink.property::<Option<gst::Structure>>("stats") else {
+            return;
+        };
+        let bytes = st.get::<u64>("bytes-sent").unwrap_or(0);
+        let dt = self.last_bytes.1.elapsed().as_secs_f64().max(0.001);
+        let kbps = bytes.saturating_sub(self.last_bytes.0) as f64 * 8.0 / dt / 1000.0;
+        self.last_bytes = (bytes, Instant::now());
+        let paths = st
+            .get::<gst::Array>("viewer-stats")
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.get::<gst::Structure>().ok()?.get::<String>("path").ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.events.emit(Event::HostStats {
+            viewers: st.get("viewers").unwrap_or(0),
+            bitrate_kbps: kbps,
+            dropped_gops: st.get("dropped-gops").unwrap_or(0),
+            paths,
+        });
+    }
+
+    async fn stop_capture(&mut self, reason: &str) {
+        if let Some(c) = self.capture.take() {
+            *self.serve.live_sink.lock().unwrap() = None;
+            c.stop().await;
+            self.events.emit(Event::CaptureStopped { reason: reason.into() });
+        }
+    }
+}
