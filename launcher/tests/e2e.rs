@@ -331,6 +331,152 @@ fn host_ctrl_c_ends_the_share_and_viewers_exit_cleanly() {
     assert!(viewer.out.lock().unwrap().contains("the host ended the share"));
 }
 
+/// A host whose stderr lines arrive one by one as they are written, so a test can act on one
+/// at once (a signal the moment a stage starts).
+struct HostLines {
+    proc: Proc,
+    _config: TempDir,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// everything read so far
+    seen: String,
+}
+
+impl HostLines {
+    fn start(args: &[&str], env: &[(String, String)]) -> HostLines {
+        let config = TempDir::new("e2e-config");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("host")
+            .args(args)
+            .args(["--relay", "disabled", "--bind", "127.0.0.1:0"])
+            .env("XDG_CONFIG_HOME", config.path())
+            .env_remove("PIXELPASS_RELAY")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut proc = Proc::spawn("pixelpass", &mut cmd);
+        let err = proc.child.as_mut().unwrap().stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        HostLines {
+            proc,
+            _config: config,
+            lines,
+            seen: String::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle` (false if the host ended or `timeout` passed).
+    fn wait_line(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+            if line.contains(needle) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Presses ctrl-c (SIGINT by PID) and checks what one press must do: exit 0 within 2 s,
+    /// every process the host had started gone with it. Returns all the host printed.
+    fn ctrl_c_ends_it(&mut self) -> String {
+        let children = descendants(self.proc.pid());
+        let t = Instant::now();
+        self.proc.signal(libc::SIGINT);
+        let code = self.proc.wait_timeout(Duration::from_secs(5));
+        let took = t.elapsed();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+        }
+        assert_eq!(code, Ok(Some(0)), "the ctrl-c exit code; host:\n{}", self.seen);
+        assert!(took < Duration::from_secs(2), "one ctrl-c ended the host in {took:?}");
+        assert!(
+            wait_for(Duration::from_secs(2), || children.iter().all(|&c| !running(c))),
+            "processes the host started outlive it: {:?}",
+            children.iter().filter(|&&c| running(c)).collect::<Vec<_>>()
+        );
+        self.seen.clone()
+    }
+}
+
+#[test]
+fn one_sigint_during_the_encoder_test_encode_ends_the_host_at_once() {
+    // The signal goes the moment the host says the test encode starts; it lasts ~150 ms (five
+    // frames at 30 fps into a syncing sink). Should the signal still come after it, the run
+    // proves nothing about the probe and is repeated.
+    for attempt in 1..=5 {
+        let mut host = HostLines::start(&["--source", "test", "--no-audio"], &[]);
+        assert!(
+            host.wait_line("trying encoder x264enc", Duration::from_secs(30)),
+            "the host announces its test encode:\n{}",
+            host.seen
+        );
+        let out = host.ctrl_c_ends_it();
+        if !out.contains("pixelpass: encoder x264enc:") {
+            assert!(out.contains("cancelled before the share started"), "{out}");
+            eprintln!("the signal arrived during the test encode (attempt {attempt})");
+            return;
+        }
+    }
+    panic!("five times the test encode ended before the signal arrived");
+}
+
+#[test]
+fn one_sigint_while_picking_a_window_ends_the_host_and_its_picker() {
+    require!("Xvfb", "xwininfo");
+    let x = Xvfb::start(640, 480);
+    let mut host = HostLines::start(&["--window", "--no-audio"], &display_env(&x));
+    assert!(host.wait_line("click the window you want to share", Duration::from_secs(30)));
+    // xwininfo waits for the click; give it the moment to start
+    assert!(
+        wait_for(Duration::from_secs(5), || !descendants(host.proc.pid()).is_empty()),
+        "the picker runs"
+    );
+    let out = host.ctrl_c_ends_it();
+    assert!(out.contains("cancelled before the share started"), "{out}");
+}
+
+#[test]
+fn one_sigint_while_the_portal_does_not_answer_ends_the_host() {
+    // A session bus that accepts the connection and never answers: the portal probe waits.
+    let dir = TempDir::new("silent-bus");
+    let sock = dir.path().join("bus");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let env = vec![
+        (
+            "DBUS_SESSION_BUS_ADDRESS".to_string(),
+            format!("unix:path={}", sock.display()),
+        ),
+        ("WAYLAND_DISPLAY".to_string(), "wayland-pixelpass-test".to_string()),
+    ];
+    let (tx, dialed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(listener.accept().map(|(conn, _)| conn));
+        // (holds the connection open, unanswered, until the test ends)
+        std::thread::park();
+    });
+    let mut host = HostLines::start(&["--no-audio", "--display-server", "wayland"], &env);
+    let dialed = dialed.recv_timeout(Duration::from_secs(30));
+    assert!(
+        matches!(dialed, Ok(Ok(_))),
+        "the host dials the session bus:\n{}",
+        host.seen
+    );
+    let out = host.ctrl_c_ends_it();
+    assert!(out.contains("cancelled before the share started"), "{out}");
+}
+
 #[test]
 fn no_zombie_when_the_player_exits_under_a_running_viewer() {
     require!("Xvfb", "xwininfo", "mpv");
