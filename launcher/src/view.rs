@@ -1,6 +1,7 @@
 //! Viewing: `irohsrc` receives the share; a loopback-only HTTP server hands it to any number of
 //! local players (mpv, VLC, ffplay, …), each starting at a keyframe.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -136,16 +137,9 @@ fn feed(appsink: &gst_app::AppSink, fanout: Arc<GopCache>) {
     );
 }
 
-/// Serves one local player: a plain HTTP/1.1 response streaming MPEG-TS from a keyframe on.
-async fn serve_player(
-    mut tcp: TcpStream,
-    fanout: Arc<GopCache>,
-    src: gst::Element,
-    cancel: CancellationToken,
-    players: Arc<AtomicU32>,
-) {
-    let _ = tcp.set_nodelay(true);
-    // Read the request head (bounded); any path is the stream.
+/// Reads a player's request head (bounded; any path is the stream) and answers it: true when
+/// the stream should follow (a GET), false after a HEAD or a bad request.
+async fn answer_request(tcp: &mut TcpStream) -> bool {
     let mut head = Vec::with_capacity(1024);
     let read = tokio::time::timeout(Duration::from_secs(5), async {
         let mut buf = [0u8; 1024];
@@ -163,10 +157,22 @@ async fn serve_player(
         let _ = tcp
             .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
             .await;
-        return;
+        return false;
     }
     let resp = b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nCache-Control: no-cache, no-store\r\nConnection: close\r\n\r\n";
-    if tcp.write_all(resp).await.is_err() || head.starts_with(b"HEAD ") {
+    tcp.write_all(resp).await.is_ok() && !head.starts_with(b"HEAD ")
+}
+
+/// Serves one local player: a plain HTTP/1.1 response streaming MPEG-TS from a keyframe on.
+async fn serve_player(
+    mut tcp: TcpStream,
+    fanout: Arc<GopCache>,
+    src: gst::Element,
+    cancel: CancellationToken,
+    players: Arc<AtomicU32>,
+) {
+    let _ = tcp.set_nodelay(true);
+    if !answer_request(&mut tcp).await {
         return;
     }
     let _attached = Attached::new(&players);
@@ -214,149 +220,256 @@ async fn serve_player(
 }
 
 /// The built-in GStreamer player: a window and the speakers, fed from the local URL.
-fn gst_player(url: &str) -> Result<gst::Element> {
+fn gst_player(url: &str) -> Result<gst::Pipeline> {
     let p = gst::ElementFactory::make("playbin")
         .property("uri", url)
         .build()
-        .map_err(|_| anyhow!("the built-in player needs playbin (gstreamer1.0-plugins-base)"))?;
-    p.set_state(gst::State::Playing)
-        .map_err(|_| anyhow!("the built-in player cannot start"))?;
+        .ok()
+        .and_then(|p| p.downcast::<gst::Pipeline>().ok())
+        .ok_or_else(|| anyhow!("the built-in player needs playbin (gstreamer1.0-plugins-base)"))?;
+    pipeline::play(&p, "the built-in player")?;
     Ok(p)
 }
 
 /// Runs a viewer until ctrl-c (`cancel`), the host ends the share, the player exits, or an
 /// error.
 pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken) -> Result<()> {
-    let (ticket, listen) = (&args.ticket, args.listen);
-    let src_props = pipeline::endpoint_props(&args.common);
-    let pipeline = pipeline::launch(&pipeline::viewer_local(&ticket.to_string(), &src_props)?, "viewer")?;
-    let appsink: gst_app::AppSink = pipeline::child(&pipeline, "out", "viewer")?;
-    let src: gst::Element = pipeline::child(&pipeline, "src", "viewer")?;
-    let fanout = Arc::new(GopCache::new(GopCacheConfig {
-        burst_max_age: Duration::from_millis(300),
-        keep: Duration::from_secs(4),
-        ..Default::default()
-    }));
-    feed(&appsink, fanout.clone());
-
-    let listener = TcpListener::bind(listen)
+    let receiver = Receiver::build(&args)?;
+    let listener = TcpListener::bind(args.listen)
         .await
-        .map_err(|e| anyhow!("cannot listen on {listen}: {e}"))?;
+        .map_err(|e| anyhow!("cannot listen on {}: {e}", args.listen))?;
     let url = format!("http://{}/", listener.local_addr()?);
-    pipeline::play(&pipeline, "receiving")?;
-    let mut bus = pipeline.bus().expect("pipeline has a bus").stream();
+    pipeline::play(&receiver.pipeline, "receiving")?;
+    let mut bus = receiver.pipeline.bus().expect("pipeline has a bus").stream();
     events.emit(Event::Url { url: url.clone() });
-
-    let mut gst_window = None;
-    let mut running = None;
-    let mut player = args.player;
-    if let Some(problem) = player::check(player) {
-        events.emit(Event::Warning {
-            message: format!("{problem}; open the URL in another player"),
-        });
-        player = Player::None;
-    }
-    match player {
-        Player::None => {
-            if !events.is_json() {
-                eprintln!("pixelpass: play it with: mpv --profile=low-latency --cache=no {url}");
-            }
-        }
-        Player::Gst => gst_window = Some(gst_player(&url)?),
-        p => match player::spawn(p, &url) {
-            Ok(r) => {
-                events.emit(Event::PlayerStarted {
-                    player: r.name.into(),
-                    pid: r.pid,
-                });
-                running = Some(r);
-            }
-            Err(e) => events.emit(Event::Warning {
-                message: format!("{e}; open {url} in a player"),
-            }),
-        },
-    }
-
-    let clients = cancel.child_token();
-    let players = Arc::new(AtomicU32::new(0));
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last = (0u64, Instant::now());
-    let result = loop {
-        let player_exit = async {
-            match running.as_mut() {
-                Some(r) => (&mut r.exited).await.ok().flatten(),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => break Ok(()),
-            code = player_exit => {
-                let name = running.take().map_or("player", |r| r.name);
-                events.emit(Event::PlayerExited { player: name.into(), code });
-                events.emit(Event::Ended { reason: format!("{name} was closed: the viewer ends") });
-                break Ok(());
-            }
-            conn = listener.accept() => {
-                if let Ok((tcp, _)) = conn {
-                    tokio::spawn(serve_player(tcp, fanout.clone(), src.clone(), clients.clone(), players.clone()));
-                }
-            }
-            msg = bus.next() => {
-                let Some(msg) = msg else { break Err(anyhow!("the viewer pipeline stopped")) };
-                match msg.view() {
-                    gst::MessageView::Error(e) => break Err(ViewError::from_message(e).into()),
-                    gst::MessageView::Eos(_) => {
-                        events.emit(Event::Ended { reason: "the host ended the share".into() });
-                        break Ok(());
-                    }
-                    gst::MessageView::Element(el) => {
-                        let Some(s) = el.structure() else { continue };
-                        match s.name().as_str() {
-                            "iroh-connected" => events.emit(Event::Connected {
-                                id: s.get("viewer-id").unwrap_or_default(),
-                                path: s.get("path").unwrap_or_default(),
-                                rtt_ms: s.get("rtt-ms").unwrap_or(-1.0),
-                            }),
-                            "iroh-path-changed" => events.emit(Event::Path { path: s.get("path").unwrap_or_default() }),
-                            "iroh-reconnecting" => events.emit(Event::Warning {
-                                message: format!(
-                                    "{}; reconnecting (attempt {})",
-                                    s.get::<String>("reason").unwrap_or_default(),
-                                    s.get::<u32>("attempt").unwrap_or(0)
-                                ),
-                            }),
-                            _ => {}
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            _ = tick.tick() => {
-                if let Some(st) = src.property::<Option<gst::Structure>>("stats") {
-                    let bytes = st.get::<u64>("bytes-received").unwrap_or(0);
-                    let kbps = bytes.saturating_sub(last.0) as f64 * 8.0 / last.1.elapsed().as_secs_f64().max(0.001) / 1000.0;
-                    last = (bytes, Instant::now());
-                    events.emit(Event::ViewerStats {
-                        path: st.get("path").unwrap_or_default(),
-                        bitrate_kbps: kbps,
-                        latency_ms: st.get("latency-p50-ms").unwrap_or(-1.0),
-                        gops_skipped: st.get("gops-skipped").unwrap_or(0),
-                        reconnects: st.get("reconnects").unwrap_or(0),
-                        players: players.load(Ordering::Relaxed),
-                    });
-                }
-            }
-        }
+    let players = Players::start(args.player, &url, &events)?;
+    let mut viewing = Viewing {
+        receiver: &receiver,
+        events: &events,
+        players,
+        clients: cancel.child_token(),
+        attached: Arc::new(AtomicU32::new(0)),
+        last_bytes: (0, Instant::now()),
     };
-    clients.cancel();
-    fanout.end();
-    if let Some(w) = gst_window {
+    let result = viewing.run(&listener, &mut bus, &cancel).await;
+    viewing.clients.cancel();
+    receiver.fanout.end();
+    if let Some(w) = viewing.players.window {
         let _ = w.set_state(gst::State::Null);
     }
     // Closing irohsrc closes the connection, so the host sees this viewer leave at once.
-    let p = pipeline.clone();
+    let p = receiver.pipeline.clone();
     let _ = tokio::task::spawn_blocking(move || p.set_state(gst::State::Null)).await;
     result
+}
+
+/// `irohsrc` and the local fanout it feeds.
+struct Receiver {
+    pipeline: gst::Pipeline,
+    src: gst::Element,
+    fanout: Arc<GopCache>,
+}
+
+impl Receiver {
+    fn build(args: &ViewArgs) -> Result<Receiver> {
+        let src_props = pipeline::endpoint_props(&args.common);
+        let desc = pipeline::viewer_local(&args.ticket.to_string(), &src_props)?;
+        let pipeline = pipeline::launch(&desc, "viewer")?;
+        let appsink: gst_app::AppSink = pipeline::child(&pipeline, "out", "viewer")?;
+        let src: gst::Element = pipeline::child(&pipeline, "src", "viewer")?;
+        let fanout = Arc::new(GopCache::new(GopCacheConfig {
+            burst_max_age: Duration::from_millis(300),
+            keep: Duration::from_secs(4),
+            ..Default::default()
+        }));
+        feed(&appsink, fanout.clone());
+        Ok(Receiver { pipeline, src, fanout })
+    }
+}
+
+/// The local player pixelpass started, if any: an external one (reaped) or the built-in
+/// window.
+struct Players {
+    running: Option<player::Running>,
+    window: Option<gst::Pipeline>,
+}
+
+impl Players {
+    /// Starts `player` on `url`. A missing player is a warning: the URL works in any other.
+    fn start(player: Player, url: &str, events: &Events) -> Result<Players> {
+        let mut players = Players {
+            running: None,
+            window: None,
+        };
+        let player = match player::check(player) {
+            Some(problem) => {
+                events.emit(Event::Warning {
+                    message: format!("{problem}; open the URL in another player"),
+                });
+                Player::None
+            }
+            None => player,
+        };
+        match player {
+            Player::None if !events.is_json() => {
+                eprintln!("pixelpass: play it with: mpv --profile=low-latency --cache=no {url}");
+            }
+            Player::None => {}
+            Player::Gst => players.window = Some(gst_player(url)?),
+            p => match player::spawn(p, url) {
+                Ok(r) => {
+                    events.emit(Event::PlayerStarted {
+                        player: r.name.into(),
+                        pid: r.pid,
+                    });
+                    players.running = Some(r);
+                }
+                Err(e) => events.emit(Event::Warning {
+                    message: format!("{e}; open {url} in a player"),
+                }),
+            },
+        }
+        Ok(players)
+    }
+
+    /// Resolves when the external player exits (its exit code); never without one.
+    async fn exited(&mut self) -> Option<i32> {
+        match self.running.as_mut() {
+            Some(r) => (&mut r.exited).await.ok().flatten(),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// A viewer in progress: serves local players, follows the receiver's bus and reports stats
+/// every second.
+struct Viewing<'a> {
+    receiver: &'a Receiver,
+    events: &'a Events,
+    players: Players,
+    /// Cancels the local players' connections.
+    clients: CancellationToken,
+    /// How many local players are attached to the loopback server now.
+    attached: Arc<AtomicU32>,
+    /// bytes received at the last stats tick, and when
+    last_bytes: (u64, Instant),
+}
+
+/// What the viewer loop does next: go on, or end with this result.
+type Next = ControlFlow<Result<()>>;
+
+impl Viewing<'_> {
+    async fn run(
+        &mut self,
+        listener: &TcpListener,
+        bus: &mut gst::bus::BusStream,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => Next::Break(Ok(())),
+                code = self.players.exited() => self.on_player_exit(code),
+                conn = listener.accept() => {
+                    if let Ok((tcp, _)) = conn {
+                        let r = self.receiver;
+                        let (cache, src) = (r.fanout.clone(), r.src.clone());
+                        tokio::spawn(serve_player(tcp, cache, src, self.clients.clone(), self.attached.clone()));
+                    }
+                    Next::Continue(())
+                }
+                msg = bus.next() => match msg {
+                    Some(msg) => self.on_message(&msg),
+                    None => Next::Break(Err(anyhow!("the viewer pipeline stopped"))),
+                },
+                _ = tick.tick() => {
+                    self.emit_stats();
+                    Next::Continue(())
+                }
+            };
+            if let Next::Break(result) = next {
+                return result;
+            }
+        }
+    }
+
+    /// Closing the player ends the viewer.
+    fn on_player_exit(&mut self, code: Option<i32>) -> Next {
+        let name = self.players.running.take().map_or("player", |r| r.name);
+        self.events.emit(Event::PlayerExited {
+            player: name.into(),
+            code,
+        });
+        self.events.emit(Event::Ended {
+            reason: format!("{name} was closed: the viewer ends"),
+        });
+        Next::Break(Ok(()))
+    }
+
+    fn on_message(&mut self, msg: &gst::Message) -> Next {
+        match msg.view() {
+            gst::MessageView::Error(e) => return Next::Break(Err(receiver_error(e))),
+            gst::MessageView::Eos(_) => {
+                self.events.emit(Event::Ended {
+                    reason: "the host ended the share".into(),
+                });
+                return Next::Break(Ok(()));
+            }
+            gst::MessageView::Element(el) => {
+                if let Some(ev) = el.structure().and_then(receiver_event) {
+                    self.events.emit(ev);
+                }
+            }
+            _ => {}
+        }
+        Next::Continue(())
+    }
+
+    fn emit_stats(&mut self) {
+        let Some(st) = self.receiver.src.property::<Option<gst::Structure>>("stats") else {
+            return;
+        };
+        let bytes = st.get::<u64>("bytes-received").unwrap_or(0);
+        let dt = self.last_bytes.1.elapsed().as_secs_f64().max(0.001);
+        let kbps = bytes.saturating_sub(self.last_bytes.0) as f64 * 8.0 / dt / 1000.0;
+        self.last_bytes = (bytes, Instant::now());
+        self.events.emit(Event::ViewerStats {
+            path: st.get("path").unwrap_or_default(),
+            bitrate_kbps: kbps,
+            latency_ms: st.get("latency-p50-ms").unwrap_or(-1.0),
+            gops_skipped: st.get("gops-skipped").unwrap_or(0),
+            reconnects: st.get("reconnects").unwrap_or(0),
+            players: self.attached.load(Ordering::Relaxed),
+        });
+    }
+}
+
+/// What ends the viewer when irohsrc (or another element) posts an error: the error with
+/// its kind, for the exit code and the error event.
+fn receiver_error(e: &gst::message::Error) -> anyhow::Error {
+    ViewError::from_message(e).into()
+}
+
+/// The event for an element message from irohsrc, if it is one people see.
+fn receiver_event(s: &gst::StructureRef) -> Option<Event> {
+    match s.name().as_str() {
+        "iroh-connected" => Some(Event::Connected {
+            id: s.get("viewer-id").unwrap_or_default(),
+            path: s.get("path").unwrap_or_default(),
+            rtt_ms: s.get("rtt-ms").unwrap_or(-1.0),
+        }),
+        "iroh-path-changed" => Some(Event::Path {
+            path: s.get("path").unwrap_or_default(),
+        }),
+        "iroh-reconnecting" => Some(Event::Warning {
+            message: format!(
+                "{}; reconnecting (attempt {})",
+                s.get::<String>("reason").unwrap_or_default(),
+                s.get::<u32>("attempt").unwrap_or(0)
+            ),
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
