@@ -115,77 +115,83 @@ impl Events {
             let _ = write!(err, "\r\x1b[K");
             *status_shown = false;
         }
-        let line = match &ev {
-            Event::Ticket { ticket } => {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{ticket}");
-                let _ = out.flush();
-                return;
+        if let Event::Ticket { ticket } = &ev {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{ticket}");
+            let _ = out.flush();
+        } else if let Some(status) = status_line(&ev) {
+            if self.status_line {
+                let _ = write!(err, "{status}");
+                *status_shown = true;
             }
-            Event::HostStats {
-                viewers,
-                bitrate_kbps,
-                paths,
-                ..
-            } => {
-                if self.status_line {
-                    let path = if paths.is_empty() { "-".into() } else { paths.join(",") };
-                    let _ = write!(
-                        err,
-                        "● {viewers} viewer{} · {:.1} Mbit/s · {path}",
-                        if *viewers == 1 { "" } else { "s" },
-                        bitrate_kbps / 1000.0
-                    );
-                    *status_shown = true;
-                }
-                return;
-            }
-            Event::ViewerStats {
-                path,
-                bitrate_kbps,
-                latency_ms,
-                ..
-            } => {
-                if self.status_line {
-                    let _ = write!(
-                        err,
-                        "● {path} · {:.1} Mbit/s · {latency_ms:.0} ms behind capture",
-                        bitrate_kbps / 1000.0
-                    );
-                    *status_shown = true;
-                }
-                return;
-            }
-            Event::CaptureStarted {
-                what,
-                width,
-                height,
-                fps,
-                bitrate_kbps,
-                audio,
-                ..
-            } => format!(
-                "capturing {what} as {width}x{height}@{fps} {bitrate_kbps} kbit/s{}",
-                if *audio { " with sound" } else { ", no sound" }
-            ),
-            Event::CaptureStopped { reason } => format!("capture stopped: {reason}"),
-            Event::ViewerJoined { id, name, path } => format!("viewer {name} ({id}) joined over {path}"),
-            Event::ViewerLeft { id, reason } => format!("viewer {id} left: {reason}"),
-            Event::Connected { path, rtt_ms, .. } => format!("connected to the host over {path} ({rtt_ms:.0} ms RTT)"),
-            Event::Path { path } => format!("path is now {path}"),
-            Event::Url { url } => format!("stream at {url}"),
-            Event::PlayerStarted { player, pid } => format!("started {player} (pid {pid})"),
-            Event::PlayerExited { player, code } => {
-                format!(
-                    "{player} exited{}",
-                    code.map(|c| format!(" with code {c}")).unwrap_or_default()
-                )
-            }
-            Event::Warning { message } => format!("warning: {message}"),
-            Event::Error { message, .. } => format!("error: {message}"),
-            Event::Ended { reason } => reason.clone(),
-        };
-        let _ = writeln!(err, "pixelpass: {line}");
+        } else {
+            let _ = writeln!(err, "pixelpass: {}", human_line(&ev));
+        }
+    }
+}
+
+/// The status line for a stats event; None for other events.
+fn status_line(ev: &Event) -> Option<String> {
+    match ev {
+        Event::HostStats {
+            viewers,
+            bitrate_kbps,
+            paths,
+            ..
+        } => {
+            let path = if paths.is_empty() { "-".into() } else { paths.join(",") };
+            Some(format!(
+                "● {viewers} viewer{} · {:.1} Mbit/s · {path}",
+                if *viewers == 1 { "" } else { "s" },
+                bitrate_kbps / 1000.0
+            ))
+        }
+        Event::ViewerStats {
+            path,
+            bitrate_kbps,
+            latency_ms,
+            ..
+        } => Some(format!(
+            "● {path} · {:.1} Mbit/s · {latency_ms:.0} ms behind capture",
+            bitrate_kbps / 1000.0
+        )),
+        _ => None,
+    }
+}
+
+/// The line people read on stderr for an event.
+fn human_line(ev: &Event) -> String {
+    match ev {
+        Event::CaptureStarted {
+            what,
+            width,
+            height,
+            fps,
+            bitrate_kbps,
+            audio,
+            ..
+        } => format!(
+            "capturing {what} as {width}x{height}@{fps} {bitrate_kbps} kbit/s{}",
+            if *audio { " with sound" } else { ", no sound" }
+        ),
+        Event::CaptureStopped { reason } => format!("capture stopped: {reason}"),
+        Event::ViewerJoined { id, name, path } => format!("viewer {name} ({id}) joined over {path}"),
+        Event::ViewerLeft { id, reason } => format!("viewer {id} left: {reason}"),
+        Event::Connected { path, rtt_ms, .. } => format!("connected to the host over {path} ({rtt_ms:.0} ms RTT)"),
+        Event::Path { path } => format!("path is now {path}"),
+        Event::Url { url } => format!("stream at {url}"),
+        Event::PlayerStarted { player, pid } => format!("started {player} (pid {pid})"),
+        Event::PlayerExited { player, code } => {
+            format!(
+                "{player} exited{}",
+                code.map(|c| format!(" with code {c}")).unwrap_or_default()
+            )
+        }
+        Event::Warning { message } => format!("warning: {message}"),
+        Event::Error { message, .. } => format!("error: {message}"),
+        Event::Ended { reason } => reason.clone(),
+        Event::Ticket { ticket } => ticket.clone(),
+        Event::HostStats { .. } | Event::ViewerStats { .. } => status_line(ev).unwrap_or_default(),
     }
 }
 
