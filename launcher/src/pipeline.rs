@@ -25,7 +25,7 @@ pub fn fill(template: &str, vars: &[(&str, &str)]) -> Result<String> {
 
 /// Parses a pipeline description; `what` names it in errors. FATAL_ERRORS: without it a
 /// missing element still yields a partial pipeline next to the error, which the bindings never
-/// free (two fds leaked per failed parse, measured).
+/// free.
 pub fn launch(desc: &str, what: &str) -> Result<gst::Pipeline> {
     gst::parse::launch_full(desc, None, gst::ParseFlags::FATAL_ERRORS)
         .map_err(|e| anyhow!("cannot build the {what} pipeline: {e}"))?
