@@ -38,24 +38,7 @@ fn main() -> ExitCode {
         (Some(c), _) => c,
         // The seed's headless viewer: serve the stream and print the mpv command.
         (None, Some(ticket)) => parse_as(&["pixelpass", "view", &ticket.to_string(), "--player", "none"]),
-        (None, None) if cli.repair => {
-            return match audio::repair::repair() {
-                Ok(done) if done.is_empty() => {
-                    println!("nothing to repair: no orphaned pixelpass audio sinks or loopbacks");
-                    ExitCode::SUCCESS
-                }
-                Ok(done) => {
-                    for d in done {
-                        println!("{d}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("pixelpass: --repair: {e:#}");
-                    ExitCode::from(1)
-                }
-            };
-        }
+        (None, None) if cli.repair => return repair(),
         (None, None) if cli.reconfigure => {
             eprintln!("pixelpass: --reconfigure (the upstream bandwidth test) is not available in this version yet");
             return ExitCode::from(1);
@@ -95,6 +78,27 @@ fn exit_code(e: &anyhow::Error, failure: Option<view::Failure>) -> u8 {
     } else {
         1
     }
+}
+
+/// `--repair`: prints what it unloaded, or why there was nothing to.
+fn repair() -> ExitCode {
+    use audio::repair::Repaired;
+    match audio::repair::repair() {
+        Ok(Repaired::NoServer(why)) => println!("nothing to repair: {why}"),
+        Ok(Repaired::Unloaded(done)) if done.is_empty() => {
+            println!("nothing to repair: no orphaned pixelpass audio sinks or loopbacks")
+        }
+        Ok(Repaired::Unloaded(done)) => {
+            for d in done {
+                println!("{d}");
+            }
+        }
+        Err(e) => {
+            eprintln!("pixelpass: --repair: {e:#}");
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Parses a shortcut as its full subcommand, so defaults and environment apply the same way.

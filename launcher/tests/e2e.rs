@@ -685,6 +685,37 @@ fn repair_unloads_what_a_crashed_host_left_and_only_that() {
     assert!(run().contains("nothing to repair"));
 }
 
+#[test]
+fn repair_without_an_audio_server_has_nothing_to_repair() {
+    let dir = TempDir::new("no-audio-server");
+    let nothing = dir.path().join("nothing");
+    for pulse_server in [Some(format!("unix:{}", nothing.display())), None] {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--repair").env("XDG_RUNTIME_DIR", dir.path());
+        match &pulse_server {
+            Some(s) => cmd.env("PULSE_SERVER", s),
+            None => cmd.env_remove("PULSE_SERVER"),
+        };
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            out.status.success(),
+            "{pulse_server:?}: exit 0, not a failure: {stdout}{stderr}"
+        );
+        assert!(
+            stdout.contains("nothing to repair: no audio server is running"),
+            "{pulse_server:?} says why: {stdout}{stderr}"
+        );
+        assert!(
+            stdout.contains(&dir.path().display().to_string()),
+            "and where it looked: {stdout}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Wayland: a real headless sway + xdg-desktop-portal(-wlr) + PipeWire session.
 
