@@ -456,88 +456,12 @@ impl GopCache {
     pub fn next(&self, cursor: &mut Cursor, max_chunks: usize) -> Step {
         let mut inner = self.lock();
         loop {
-            match cursor.pos.clone() {
-                Pos::WaitNext { after, counted } => {
-                    let next = inner
-                        .gops
-                        .iter()
-                        .find(|g| after.is_none_or(|a| g.seq > a) && g.first_idx == 0)
-                        .map(|g| g.seq);
-                    match next {
-                        Some(seq) => {
-                            if counted {
-                                inner.waiting_keyframe = inner.waiting_keyframe.saturating_sub(1);
-                            }
-                            cursor.pos = Pos::In {
-                                seq,
-                                idx: 0,
-                                opened: false,
-                            };
-                        }
-                        None if inner.eos => return Step::End,
-                        None => return Step::Wait,
-                    }
-                }
-                Pos::In { seq, idx, opened } => {
-                    let Some(g) = find(&inner, seq) else {
-                        // Evicted under this viewer: it was far behind. Resync at the newest GOP
-                        // start (skipping what lies between).
-                        let newest = inner.gops.back().map_or(seq, |g| g.seq.max(seq + 1) - 1);
-                        cursor.resync_after(newest);
-                        cursor.dropped_gops += newest - seq;
-                        if cursor.started && opened {
-                            return Step::Close;
-                        }
-                        continue;
-                    };
-                    if !opened {
-                        if g.first_idx > idx {
-                            // Its start was trimmed: wait for the next GOP.
-                            cursor.resync_after(seq);
-                            continue;
-                        }
-                        let headers = if cursor.started {
-                            Vec::new()
-                        } else {
-                            inner.headers.clone()
-                        };
-                        let discont = cursor.discont || cursor.last_seq.is_some_and(|l| seq != l + 1);
-                        cursor.discont = false;
-                        cursor.started = true;
-                        cursor.last_seq = Some(seq);
-                        cursor.pos = Pos::In { seq, idx, opened: true };
-                        return Step::Open {
-                            seq,
-                            caps: g.caps.clone(),
-                            headers,
-                            discont,
-                        };
-                    }
-                    if idx < g.first_idx {
-                        // Trimmed under the viewer mid-GOP.
-                        cursor.resync_after(seq);
-                        return Step::Close;
-                    }
-                    let rel = idx - g.first_idx;
-                    if rel < g.chunks.len() {
-                        let n = (g.chunks.len() - rel).min(max_chunks.max(1));
-                        let out: Vec<Chunk> = g.chunks.range(rel..rel + n).cloned().collect();
-                        cursor.pos = Pos::In {
-                            seq,
-                            idx: idx + n,
-                            opened: true,
-                        };
-                        return Step::Data(out);
-                    }
-                    if g.closed {
-                        cursor.pos = Pos::WaitNext {
-                            after: Some(seq),
-                            counted: false,
-                        };
-                        return Step::Close;
-                    }
-                    return Step::Wait;
-                }
+            let step = match cursor.pos.clone() {
+                Pos::WaitNext { after, counted } => enter_next_gop(&mut inner, cursor, after, counted),
+                Pos::In { seq, idx, opened } => step_in_gop(&inner, cursor, seq, idx, opened, max_chunks),
+            };
+            if let Some(step) = step {
+                return step;
             }
         }
     }
@@ -553,6 +477,96 @@ impl GopCache {
             dropped_before_keyframe: inner.dropped_before_keyframe,
         }
     }
+}
+
+/// A cursor waiting for a GOP after `after` moves into the first one there is (None: go on);
+/// otherwise it waits, or ends after EOS.
+fn enter_next_gop(inner: &mut Inner, cursor: &mut Cursor, after: Option<u64>, counted: bool) -> Option<Step> {
+    let next = inner
+        .gops
+        .iter()
+        .find(|g| after.is_none_or(|a| g.seq > a) && g.first_idx == 0)
+        .map(|g| g.seq);
+    match next {
+        Some(seq) => {
+            if counted {
+                inner.waiting_keyframe = inner.waiting_keyframe.saturating_sub(1);
+            }
+            cursor.pos = Pos::In {
+                seq,
+                idx: 0,
+                opened: false,
+            };
+            None
+        }
+        None if inner.eos => Some(Step::End),
+        None => Some(Step::Wait),
+    }
+}
+
+/// The next step of a cursor inside GOP `seq` (None: its position changed, go on).
+fn step_in_gop(inner: &Inner, cursor: &mut Cursor, seq: u64, idx: usize, opened: bool, max: usize) -> Option<Step> {
+    let Some(g) = find(inner, seq) else {
+        // Evicted under this viewer: it was far behind. Resync at the newest GOP start
+        // (skipping what lies between).
+        let newest = inner.gops.back().map_or(seq, |g| g.seq.max(seq + 1) - 1);
+        cursor.resync_after(newest);
+        cursor.dropped_gops += newest - seq;
+        return (cursor.started && opened).then_some(Step::Close);
+    };
+    if !opened {
+        return open_gop(inner, g, cursor, idx);
+    }
+    if idx < g.first_idx {
+        // Trimmed under the viewer mid-GOP.
+        cursor.resync_after(seq);
+        return Some(Step::Close);
+    }
+    let rel = idx - g.first_idx;
+    if rel < g.chunks.len() {
+        let n = (g.chunks.len() - rel).min(max.max(1));
+        let out: Vec<Chunk> = g.chunks.range(rel..rel + n).cloned().collect();
+        cursor.pos = Pos::In {
+            seq,
+            idx: idx + n,
+            opened: true,
+        };
+        return Some(Step::Data(out));
+    }
+    if g.closed {
+        cursor.pos = Pos::WaitNext {
+            after: Some(seq),
+            counted: false,
+        };
+        return Some(Step::Close);
+    }
+    Some(Step::Wait)
+}
+
+/// Opens GOP `g` for the cursor (stream headers first for a new viewer), unless its start was
+/// trimmed: then the cursor waits for the next GOP (None).
+fn open_gop(inner: &Inner, g: &Gop, cursor: &mut Cursor, idx: usize) -> Option<Step> {
+    if g.first_idx > idx {
+        cursor.resync_after(g.seq);
+        return None;
+    }
+    let headers = if cursor.started {
+        Vec::new()
+    } else {
+        inner.headers.clone()
+    };
+    let seq = g.seq;
+    let discont = cursor.discont || cursor.last_seq.is_some_and(|l| seq != l + 1);
+    cursor.discont = false;
+    cursor.started = true;
+    cursor.last_seq = Some(seq);
+    cursor.pos = Pos::In { seq, idx, opened: true };
+    Some(Step::Open {
+        seq,
+        caps: g.caps.clone(),
+        headers,
+        discont,
+    })
 }
 
 fn find(inner: &Inner, seq: u64) -> Option<&Gop> {
