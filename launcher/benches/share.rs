@@ -1,22 +1,44 @@
-//! `cargo bench -p pixelpass`: a real share on this machine (Xvfb 1920x1080 screen, x264,
-//! iroh on loopback, mpv with its low-latency profile), printing `METRIC <name> <value> <unit>`;
-//! then the same through the Wayland ScreenCast portal (headless sway 1920x1080, the figures
-//! prefixed `wayland_`) when that session can be built here.
+//! `cargo bench -p pixelpass --bench share`: a real share on this machine (Xvfb 1920x1080
+//! screen, x264, iroh on loopback, one viewer), printing `METRIC <name> <value> <unit>`; then
+//! the same through the Wayland ScreenCast portal (headless sway 1920x1080, the figures
+//! prefixed `wayland_`) when that session can be built here. `BENCH_QUICK=1` shortens it; a
+//! name argument (`x11`, `wayland`) runs one part.
+//!
+//! Absolute figures differ 2–3× between machines, so each latency and CPU figure is printed
+//! beside a baseline measured in the same run (`<name>_baseline`, `<name>_ratio`):
 //!
 //! - host_idle_cpu_pct: the host with its ticket out and no viewer (capture is off).
-//! - host_sharing_cpu_pct: the host capturing and encoding 1080p30 for one viewer.
-//! - capture_to_mpv_p50_ms / _p99_ms: from the moment a frame was captured on the host to the
-//!   moment mpv presents it (mpv's time-pos against the host's capture epoch).
-//! - viewer_capture_to_receive_p50_ms: the same up to the viewer's irohsrc.
+//! - host_sharing_cpu_pct: the host capturing and encoding 1080p30 for one viewer; baseline:
+//!   a bare `gst-launch-1.0` pipeline doing the same capture + convert + encode into fakesink
+//!   (same screen, size, rate and x264 settings), measured before and after the share.
+//! - capture_to_receive_p50_ms: from the moment a frame was captured on the host to its
+//!   arrival at the viewer's irohsrc (the viewer's own figure); baseline: capture_to_mux of
+//!   the bare pipeline ending in `h264parse ! mpegtsmux ! appsink`.
+//! - launcher_capture_to_mux_p50_ms: the launcher's own capture pipeline (its template, filled
+//!   as the launcher fills it) up to the mux, beside the same baseline; hop_and_transport_p50_ms
+//!   is what the appsink → appsrc hop, irohsink, QUIC and irohsrc add on top of it.
+//! - capture_to_mpv_p50_ms: captured → presented by mpv (its time-pos against the host's
+//!   capture epoch); baseline: capture_to_receive of the same run (the player's share).
+//! - capture_to_gst_p50_ms: the same for the built-in player (`--player gst`, a playbin on
+//!   the viewer's local URL; here its video sink is a clock-synced fakesink).
+//!
+//! On Wayland the bare pipeline captures through a screen cast the bench opens itself.
 
 use pixelpass_test_support as support;
 
+use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gst::prelude::*;
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pixelpass");
+
+/// The x264 settings pixelpass uses for `--quality high` (encoder.rs): 4 Mbit/s, a keyframe
+/// every 2 s at 30 fps.
+const X264: &str = "x264enc tune=zerolatency speed-preset=ultrafast bitrate=4000 key-int-max=60 vbv-buf-capacity=500";
 
 fn metric(name: &str, value: f64, unit: &str) {
     println!("METRIC {name} {value:.2} {unit}");
@@ -32,12 +54,17 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn cpu_pct(pid: u32, over: Duration) -> f64 {
-    let c0 = cpu_seconds(pid);
+    let (c0, t0) = (cpu_seconds(pid), Instant::now());
     std::thread::sleep(over);
-    (cpu_seconds(pid) - c0) / over.as_secs_f64() * 100.0
+    (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0
 }
 
-fn json_lines(buf: &std::sync::Mutex<String>) -> Vec<serde_json::Value> {
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn json_lines(buf: &Mutex<String>) -> Vec<serde_json::Value> {
     buf.lock()
         .unwrap()
         .lines()
@@ -46,7 +73,7 @@ fn json_lines(buf: &std::sync::Mutex<String>) -> Vec<serde_json::Value> {
 }
 
 /// The string `field` of the first `event` in a JSON-lines output.
-fn event_text(buf: &std::sync::Mutex<String>, event: &str, field: &str) -> String {
+fn event_text(buf: &Mutex<String>, event: &str, field: &str) -> String {
     json_lines(buf)
         .into_iter()
         .find(|v| v["event"] == event)
@@ -54,11 +81,20 @@ fn event_text(buf: &std::sync::Mutex<String>, event: &str, field: &str) -> Strin
         .unwrap_or_else(|| panic!("no {event} event with {field}"))
 }
 
-fn spawn(
-    args: &[&str],
-    env: &[(String, String)],
-    config: &TempDir,
-) -> (Proc, std::sync::Arc<std::sync::Mutex<String>>) {
+/// The viewer's own capture → receive p50 from the `viewer-stats` events after line `from`.
+fn receive_p50_since(buf: &Mutex<String>, from: usize) -> f64 {
+    median(
+        json_lines(buf)
+            .into_iter()
+            .skip(from)
+            .filter(|v| v["event"] == "viewer-stats")
+            .filter_map(|v| v["latency_ms"].as_f64())
+            .filter(|l| *l >= 0.0)
+            .collect(),
+    )
+}
+
+fn spawn(args: &[&str], env: &[(String, String)], config: &TempDir) -> (Proc, Arc<Mutex<String>>) {
     let mut p = Proc::spawn(
         "pixelpass",
         Command::new(BIN)
@@ -74,89 +110,503 @@ fn spawn(
     (p, out)
 }
 
+/// How long each figure is measured for.
+fn window(quick: bool) -> Duration {
+    Duration::from_secs(if quick { 3 } else { 6 })
+}
+
 fn main() {
-    if !have("Xvfb") || !have("mpv") {
-        eprintln!("SKIP: the share bench needs Xvfb and mpv (bash scripts/install-deps.sh)");
+    if !have("Xvfb") || !have("mpv") || !have("gst-launch-1.0") {
+        eprintln!("SKIP: the share bench needs Xvfb, mpv and gst-launch-1.0 (bash scripts/install-deps.sh)");
         return;
     }
+    gst::init().unwrap();
     let quick = std::env::var_os("BENCH_QUICK").is_some();
-    {
+    let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let run = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    if run("x11") {
         let x = Xvfb::start(1920, 1080);
         let env = vec![
             ("DISPLAY".to_string(), x.display.clone()),
             ("WAYLAND_DISPLAY".into(), String::new()),
         ];
-        measure("", &env, quick);
+        let source = format!(
+            "ximagesrc display-name={} use-damage=false show-pointer=true",
+            x.display
+        );
+        // what a GStreamer user would write for the same capture + convert + encode
+        let bare = format!(
+            "{source} ! video/x-raw,framerate=30/1 ! videoconvert ! video/x-raw,format=I420,width=1920,height=1080 \
+             ! {X264}"
+        );
+        let launcher = launcher_capture(&source, true);
+        measure("", &env, quick, Some(Baseline { bare, launcher }));
     }
     match wayland_missing() {
+        _ if !run("wayland") => {}
         Some(why) => eprintln!("SKIP wayland figures: {why}"),
         None => {
             let w = Wayland::start(1920, 1080);
             let mut env = w.env.clone();
             env.push(("DISPLAY".into(), String::new()));
-            measure("wayland_", &env, quick);
+            let bus = env
+                .iter()
+                .find(|(k, _)| k == "DBUS_SESSION_BUS_ADDRESS")
+                .map(|(_, v)| v.clone());
+            let cast = bus.and_then(|b| {
+                BareCast::open(&b)
+                    .map_err(|e| eprintln!("SKIP wayland baselines: the bench's own screen cast failed: {e}"))
+                    .ok()
+            });
+            // 30 fps however often the desktop draws, as the launcher does
+            let baseline = cast.as_ref().map(|c| Baseline {
+                bare: format!(
+                    "{} ! videoconvert ! videorate ! video/x-raw,format=I420,width=1920,height=1080,framerate=30/1 \
+                     ! {X264}",
+                    c.source()
+                ),
+                launcher: launcher_capture(&c.source(), false),
+            });
+            measure("wayland_", &env, quick, baseline);
         }
     }
 }
 
-/// One share in `env`: idle and sharing CPU, capture → mpv and capture → viewer latency.
-fn measure(prefix: &str, env: &[(String, String)], quick: bool) {
-    let metric = |name: &str, value: f64, unit: &str| metric(&format!("{prefix}{name}"), value, unit);
+/// The launcher's own capture pipeline (`pipelines/host-capture.pipeline`, no audio) as it
+/// would build it for this screen at `--quality high` with x264.
+fn launcher_capture(source: &str, paced_source: bool) -> String {
+    let mut d = include_str!("../../pipelines/host-capture.pipeline").to_string();
+    let drop_only = if paced_source { "true" } else { "false" };
+    for (k, v) in [
+        ("video_source", source),
+        ("format", "I420"),
+        ("width", "1920"),
+        ("height", "1080"),
+        ("fps", "30"),
+        ("encoder", X264),
+        ("audio", ""),
+        ("drop_only", drop_only),
+    ] {
+        d = d.replace(&format!("{{{k}}}"), v);
+    }
+    assert!(
+        !d.contains('{'),
+        "a placeholder of host-capture.pipeline is not filled here: {d}"
+    );
+    d
+}
+
+/// What the share is compared with, on the same screen.
+struct Baseline {
+    /// Capture + convert + encode as a GStreamer user would write it (no sink).
+    bare: String,
+    /// The launcher's capture pipeline, ending in `appsink name=out` after the mux.
+    launcher: String,
+}
+
+/// What one share run measured.
+#[derive(Default)]
+struct Figures {
+    idle_cpu: f64,
+    sharing_cpu: f64,
+    /// The bare pipeline's CPU before and after the share.
+    bare_cpu: Vec<f64>,
+    bare_to_mux: Option<f64>,
+    launcher_to_mux: Option<f64>,
+    receive: f64,
+    mpv: f64,
+    receive_gst: f64,
+    gst: f64,
+}
+
+/// One share in `env`: idle and sharing CPU, capture → receive, → mpv and → the gst player,
+/// each beside its baseline.
+fn measure(prefix: &str, env: &[(String, String)], quick: bool, baseline: Option<Baseline>) {
+    let mut f = Figures::default();
     let config = TempDir::new("bench-config");
-    let (host, host_out) = spawn(&["host", "--no-audio", "--quality", "high"], env, &config);
+    let (host, host_out) = spawn(
+        &["host", "--no-audio", "--no-hwencode", "--quality", "high"],
+        env,
+        &config,
+    );
     assert!(
         wait_text(&host_out, "\"ticket\"", Duration::from_secs(30)).is_some(),
         "host ticket"
     );
     let ticket = event_text(&host_out, "ticket", "ticket");
     std::thread::sleep(Duration::from_secs(1));
-    metric(
-        "host_idle_cpu_pct",
-        cpu_pct(host.pid(), Duration::from_secs(5)),
-        "% of a core",
-    );
-
-    let (_viewer, view_out) = spawn(&["view", &ticket, "--player", "none"], &[], &config);
+    f.idle_cpu = cpu_pct(host.pid(), window(quick));
+    if let Some(b) = &baseline {
+        f.bare_cpu.push(bare_cpu(&b.bare, env, quick));
+        let mux = "h264parse config-interval=-1 ! mpegtsmux ! appsink name=out sync=false buffer-list=true";
+        f.bare_to_mux = Some(capture_to_mux(&format!("{} ! {mux}", b.bare), quick));
+        f.launcher_to_mux = Some(capture_to_mux(&b.launcher, quick));
+    }
+    {
+        let (_viewer, view_out) = spawn(&["view", &ticket, "--player", "none"], &[], &config);
+        let url = wait_url(&view_out);
+        let dir = TempDir::new("bench-mpv");
+        let (_mpv, sock) = mpv_headless(&url, dir.path(), None);
+        assert!(wait_text(&host_out, "capture-started", Duration::from_secs(20)).is_some());
+        let epoch = capture_epoch(&host_out, 0);
+        std::thread::sleep(Duration::from_secs(2));
+        f.sharing_cpu = cpu_pct(host.pid(), window(quick));
+        let from = json_lines(&view_out).len();
+        f.mpv = player_p50(epoch, window(quick), || {
+            mpv_get(&sock, "time-pos").and_then(|v| v.as_f64())
+        });
+        f.receive = receive_p50_since(&view_out, from);
+    }
+    // The viewer left: the host stops capturing, and the bare pipeline runs once more.
+    let count = |event: &str| json_lines(&host_out).iter().filter(|v| v["event"] == event).count();
     assert!(
-        wait_text(&view_out, "\"url\"", Duration::from_secs(20)).is_some(),
+        wait_for(Duration::from_secs(10), || count("capture-stopped") >= 1),
+        "capture stops"
+    );
+    if let Some(b) = &baseline {
+        f.bare_cpu.push(bare_cpu(&b.bare, env, quick));
+    }
+    {
+        let starts = count("capture-started");
+        let (_viewer, view_out) = spawn(&["view", &ticket, "--player", "none"], &[], &config);
+        let url = wait_url(&view_out);
+        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let player = GstPlayer::start(&url, epoch.clone());
+        assert!(wait_for(Duration::from_secs(20), || count("capture-started") > starts));
+        epoch.store(capture_epoch(&host_out, starts), std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(2));
+        let from = json_lines(&view_out).len();
+        f.gst = player.p50(window(quick));
+        f.receive_gst = receive_p50_since(&view_out, from);
+    }
+    f.print(prefix);
+}
+
+impl Figures {
+    fn print(&self, prefix: &str) {
+        let metric = |name: &str, value: f64, unit: &str| metric(&format!("{prefix}{name}"), value, unit);
+        let compare = |name: &str, value: f64, baseline: Option<f64>, unit: &str| {
+            metric(name, value, unit);
+            if let Some(b) = baseline {
+                metric(&format!("{name}_baseline"), b, unit);
+                metric(&format!("{name}_ratio"), value / b, "ratio");
+            }
+        };
+        let bare_cpu =
+            (!self.bare_cpu.is_empty()).then(|| self.bare_cpu.iter().sum::<f64>() / self.bare_cpu.len() as f64);
+        if let [before, after] = self.bare_cpu[..] {
+            eprintln!("bare pipeline CPU before / after the share: {before:.1} / {after:.1} % of a core");
+        }
+        metric("host_idle_cpu_pct", self.idle_cpu, "% of a core");
+        compare("host_sharing_cpu_pct", self.sharing_cpu, bare_cpu, "% of a core");
+        compare("capture_to_receive_p50_ms", self.receive, self.bare_to_mux, "ms");
+        if let Some(l) = self.launcher_to_mux {
+            // where the difference lives: the capture pipeline's elements, or the hop + transport
+            compare("launcher_capture_to_mux_p50_ms", l, self.bare_to_mux, "ms");
+            metric("hop_and_transport_p50_ms", self.receive - l, "ms");
+        }
+        compare("capture_to_mpv_p50_ms", self.mpv, Some(self.receive), "ms");
+        compare("capture_to_gst_p50_ms", self.gst, Some(self.receive_gst), "ms");
+    }
+}
+
+fn wait_url(view_out: &Mutex<String>) -> String {
+    assert!(
+        wait_text(view_out, "\"url\"", Duration::from_secs(20)).is_some(),
         "viewer URL"
     );
-    let url = event_text(&view_out, "url", "url");
-    let dir = TempDir::new("bench-mpv");
-    let (_mpv, sock) = mpv_headless(&url, dir.path(), None);
-    assert!(wait_text(&host_out, "capture-started", Duration::from_secs(20)).is_some());
-    let epoch = json_lines(&host_out)
+    event_text(view_out, "url", "url")
+}
+
+/// Wall-clock time of the capture pipeline's running time 0, from the `n`th capture-started.
+fn capture_epoch(host_out: &Mutex<String>, n: usize) -> u64 {
+    json_lines(host_out)
         .into_iter()
-        .find(|v| v["event"] == "capture-started")
+        .filter(|v| v["event"] == "capture-started")
+        .nth(n)
         .and_then(|v| v["epoch_unix_ns"].as_u64())
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let sharing_cpu = cpu_pct(host.pid(), Duration::from_secs(if quick { 2 } else { 5 }));
+        .expect("capture-started carries the capture epoch")
+}
+
+/// Capture → presentation p50 over `over`, polling a player's position (seconds of MPEG-TS
+/// time: mpegtsmux starts its timestamps at one hour of capture running time).
+fn player_p50(epoch: u64, over: Duration, position: impl Fn() -> Option<f64>) -> f64 {
     let mut lat = Vec::new();
-    let end = Instant::now() + Duration::from_secs(if quick { 4 } else { 10 });
+    let end = Instant::now() + over;
     while Instant::now() < end {
-        if let Some(pos) = mpv_get(&sock, "time-pos").and_then(|v| v.as_f64()) {
+        if let Some(pos) = position() {
             let now = gstiroh::net::unix_now_ns();
-            // mpegtsmux PTS start at one hour
             let captured = epoch as f64 + (pos - 3600.0) * 1e9;
             lat.push((now as f64 - captured) / 1e6);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        lat.get(((lat.len().max(1) - 1) as f64 * p).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
+    median(lat)
+}
+
+/// The bare pipeline into fakesink, run by `gst-launch-1.0`: its CPU (% of a core).
+fn bare_cpu(bare: &str, env: &[(String, String)], quick: bool) -> f64 {
+    let mut cmd = Command::new("gst-launch-1.0");
+    // SAFETY: only fcntl (async-signal-safe) between fork and exec: the portal's PipeWire fd
+    // that a Wayland description names (`fd=N`) must survive exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if let Some(fd) = CAST_FD.get() {
+                libc::fcntl(*fd, libc::F_SETFD, 0);
+            }
+            Ok(())
+        });
+    }
+    let p = Proc::spawn(
+        "gst-launch-1.0",
+        cmd.arg("-q")
+            .args(format!("{bare} ! fakesink").split_whitespace())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    cpu_pct(p.pid(), window(quick))
+}
+
+/// Capture → mux p50 of `desc` (a capture pipeline ending in `mpegtsmux ! appsink name=out`),
+/// in this process: the age of each frame (by its running time) when its first packet leaves
+/// the mux, as irohsink would date it.
+fn capture_to_mux(desc: &str, quick: bool) -> f64 {
+    let pipeline = gst::parse::launch(desc).unwrap().downcast::<gst::Pipeline>().unwrap();
+    let sink = pipeline.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let l = lat.clone();
+    let mut last_pts = None;
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let pts = sample
+                    .buffer_list()
+                    .and_then(|l| l.get(0)?.pts())
+                    .or_else(|| sample.buffer()?.pts());
+                let seg = sample
+                    .segment()
+                    .and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
+                if let (Some(pts), Some(seg), Some(clock), Some(base)) = (pts, seg, sink.clock(), sink.base_time())
+                    && last_pts != Some(pts)
+                    && let Some(running) = seg.to_running_time(pts)
+                {
+                    last_pts = Some(pts);
+                    let age = clock.time().saturating_sub(base + running);
+                    l.lock().unwrap().push(age.nseconds() as f64 / 1e6);
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    pipeline.set_state(gst::State::Playing).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    lat.lock().unwrap().clear();
+    std::thread::sleep(window(quick));
+    pipeline.set_state(gst::State::Null).unwrap();
+    let v = std::mem::take(&mut *lat.lock().unwrap());
+    median(v)
+}
+
+/// The built-in player's pipeline (a playbin on the local URL, as `--player gst` runs it) in
+/// this process, its video on a clock-synced fakesink: each frame's capture → presentation
+/// time is taken as the sink renders it. tsdemux rebases timestamps to the stream it joined,
+/// so the MPEG-TS timestamp of a frame comes from pairing the video PES headers going into
+/// tsdemux with the buffers coming out, in order.
+struct GstPlayer {
+    playbin: gst::Element,
+    latencies: Arc<Mutex<Vec<f64>>>,
+}
+
+/// MPEG-TS time minus tsdemux's output time, once learnt (ns).
+type Offset = Arc<Mutex<Option<i128>>>;
+
+impl GstPlayer {
+    fn start(url: &str, epoch: Arc<std::sync::atomic::AtomicU64>) -> GstPlayer {
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let offset: Offset = Arc::default();
+        let video = gst::ElementFactory::make("fakesink")
+            .property("sync", true)
+            .property("signal-handoffs", true)
+            .build()
+            .unwrap();
+        let (l, o) = (latencies.clone(), offset.clone());
+        video.connect("handoff", false, move |args| {
+            let buffer = args[1].get::<gst::Buffer>().ok()?;
+            let epoch = epoch.load(std::sync::atomic::Ordering::Relaxed);
+            if let (Some(pts), Some(off)) = (buffer.pts(), *o.lock().unwrap())
+                && epoch > 0
+            {
+                // mpegtsmux starts MPEG-TS time at one hour of capture running time
+                let captured = epoch as f64 + (pts.nseconds() as i128 + off) as f64 - 3600e9;
+                l.lock()
+                    .unwrap()
+                    .push((gstiroh::net::unix_now_ns() as f64 - captured) / 1e6);
+            }
+            None
+        });
+        let audio = gst::ElementFactory::make("fakesink")
+            .property("sync", true)
+            .build()
+            .unwrap();
+        let playbin = gst::ElementFactory::make("playbin")
+            .property("uri", url)
+            .property("video-sink", &video)
+            .property("audio-sink", &audio)
+            .build()
+            .unwrap();
+        playbin.connect("element-setup", false, move |args| {
+            let el = args[1].get::<gst::Element>().ok()?;
+            if el.factory().is_some_and(|f| f.name() == "tsdemux") {
+                pair_timestamps(&el, offset.clone());
+            }
+            None
+        });
+        playbin.set_state(gst::State::Playing).unwrap();
+        GstPlayer { playbin, latencies }
+    }
+
+    /// Capture → presentation p50 of the frames shown over `over` from now.
+    fn p50(&self, over: Duration) -> f64 {
+        self.latencies.lock().unwrap().clear();
+        std::thread::sleep(over);
+        median(std::mem::take(&mut *self.latencies.lock().unwrap()))
+    }
+}
+
+impl Drop for GstPlayer {
+    fn drop(&mut self) {
+        let _ = self.playbin.set_state(gst::State::Null);
+    }
+}
+
+/// Learns tsdemux's timestamp offset: the nth video PES going in is the nth buffer coming out.
+fn pair_timestamps(tsdemux: &gst::Element, offset: Offset) {
+    let raw = Arc::new(Mutex::new(std::collections::VecDeque::<u64>::new()));
+    let rest = Mutex::new(Vec::<u8>::new());
+    let r = raw.clone();
+    tsdemux
+        .static_pad("sink")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(gst::PadProbeData::Buffer(b)) = &info.data
+                && let Ok(map) = b.map_readable()
+            {
+                let mut rest = rest.lock().unwrap();
+                rest.extend_from_slice(&map);
+                let whole = rest.len() / 188 * 188;
+                r.lock()
+                    .unwrap()
+                    .extend(rest[..whole].chunks(188).filter_map(video_pes_pts));
+                rest.drain(..whole);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    tsdemux.connect_pad_added(move |_, pad| {
+        if !pad.name().starts_with("video") {
+            return;
+        }
+        let (raw, offset) = (raw.clone(), offset.clone());
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(gst::PadProbeData::Buffer(b)) = &info.data
+                && let (Some(pts), Some(ts)) = (b.pts(), raw.lock().unwrap().pop_front())
+            {
+                *offset.lock().unwrap() = Some(ts as i128 - pts.nseconds() as i128);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    });
+}
+
+/// The PTS (ns) of a video PES that starts in this 188-byte MPEG-TS packet.
+fn video_pes_pts(p: &[u8]) -> Option<u64> {
+    if p[0] != 0x47 || p[1] & 0x40 == 0 {
+        return None;
+    }
+    let start = match (p[3] >> 4) & 3 {
+        1 => 4,
+        3 => 5 + p[4] as usize,
+        _ => return None,
     };
-    metric("host_sharing_cpu_pct", sharing_cpu, "% of a core");
-    metric("capture_to_mpv_p50_ms", pct(0.5), "ms");
-    metric("capture_to_mpv_p99_ms", pct(0.99), "ms");
-    let recv = json_lines(&view_out)
-        .into_iter()
-        .rev()
-        .find(|v| v["event"] == "viewer-stats")
-        .and_then(|v| v["latency_ms"].as_f64())
-        .unwrap_or(f64::NAN);
-    metric("viewer_capture_to_receive_p50_ms", recv, "ms");
+    let pes = p.get(start..)?;
+    if pes.len() < 14 || pes[..3] != [0, 0, 1] || pes[3] & 0xf0 != 0xe0 || pes[7] & 0x80 == 0 {
+        return None;
+    }
+    let t = &pes[9..14];
+    let pts = (u64::from(t[0] >> 1) & 7) << 30
+        | u64::from(t[1]) << 22
+        | u64::from(t[2] >> 1) << 15
+        | u64::from(t[3]) << 7
+        | u64::from(t[4] >> 1);
+    Some(pts * 100_000 / 9)
+}
+
+/// The fd of the bench's own screen cast, for children (set once, before any child runs).
+static CAST_FD: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+
+/// A screen cast the bench opens itself through the portal (the test desktop answers without
+/// a dialog), so the bare pipeline captures the same screen as pixelpass.
+struct BareCast {
+    fd: std::os::fd::OwnedFd,
+    node: u32,
+    session: ashpd::desktop::Session<ashpd::desktop::screencast::Screencast>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl BareCast {
+    fn open(bus: &str) -> Result<BareCast, String> {
+        use ashpd::desktop::screencast::*;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = |e: ashpd::Error| e.to_string();
+        let (session, fd, node) = rt.block_on(async {
+            let conn = ashpd::zbus::connection::Builder::address(bus)
+                .map_err(|e| e.to_string())?
+                .build()
+                .await
+                .map_err(|e| e.to_string())?;
+            let sc = Screencast::with_connection(conn).await.map_err(e)?;
+            let session = sc.create_session(Default::default()).await.map_err(e)?;
+            let select = SelectSourcesOptions::default()
+                .set_sources(ashpd::enumflags2::BitFlags::from(SourceType::Monitor))
+                .set_cursor_mode(CursorMode::Embedded);
+            sc.select_sources(&session, select)
+                .await
+                .and_then(|r| r.response())
+                .map_err(e)?;
+            let streams = sc
+                .start(&session, None, StartCastOptions::default())
+                .await
+                .and_then(|r| r.response())
+                .map_err(e)?;
+            let node = streams.streams().first().ok_or("no stream")?.pipe_wire_node_id();
+            let fd = sc
+                .open_pipe_wire_remote(&session, OpenPipeWireRemoteOptions::default())
+                .await
+                .map_err(e)?;
+            Ok::<_, String>((session, fd, node))
+        })?;
+        let _ = CAST_FD.set(std::os::fd::AsRawFd::as_raw_fd(&fd));
+        Ok(BareCast { fd, node, session, rt })
+    }
+
+    /// The same `pipewiresrc` settings as the launcher's.
+    fn source(&self) -> String {
+        format!(
+            "pipewiresrc fd={} path={} do-timestamp=true keepalive-time=250 always-copy=true",
+            std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+            self.node
+        )
+    }
+}
+
+impl Drop for BareCast {
+    fn drop(&mut self) {
+        let _ = self.rt.block_on(self.session.close());
+    }
 }
