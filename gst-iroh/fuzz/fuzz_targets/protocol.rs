@@ -4,7 +4,7 @@
 
 use gstiroh::protocol::{Control, FrameMeta, GopHeader, encode_frame};
 use gstiroh::ticket::Ticket;
-use gstiroh::ts::PsiCache;
+use gstiroh::psi_cache::PsiCache;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
