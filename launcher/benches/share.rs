@@ -10,13 +10,15 @@
 //! - host_idle_cpu_pct: the host with its ticket out and no viewer (capture is off).
 //! - host_sharing_cpu_pct: the host capturing and encoding 1080p30 for one viewer; baseline:
 //!   a bare `gst-launch-1.0` pipeline doing the same capture + convert + encode into fakesink
-//!   (same screen, size, rate and x264 settings), measured before and after the share.
+//!   (same screen, size, rate and x264 settings), running beside the share over the same
+//!   window, so both see the same load.
 //! - capture_to_receive_p50_ms: from the moment a frame was captured on the host to its
 //!   arrival at the viewer's irohsrc (the viewer's own figure); baseline: capture_to_mux of
 //!   the bare pipeline ending in `h264parse ! mpegtsmux ! appsink`.
 //! - launcher_capture_to_mux_p50_ms: the launcher's own capture pipeline (its template, filled
-//!   as the launcher fills it) up to the mux, beside the same baseline; hop_and_transport_p50_ms
-//!   is what the appsink → appsrc hop, irohsink, QUIC and irohsrc add on top of it.
+//!   as the launcher fills it) up to the mux, beside the same baseline: tells whether a
+//!   difference lives in the capture elements or after the mux (the appsink → appsrc hop and
+//!   the transport; the stream bench measures the transport's own share).
 //! - capture_to_mpv_p50_ms: captured → presented by mpv (its time-pos against the host's
 //!   capture epoch); baseline: capture_to_receive of the same run (the player's share).
 //! - capture_to_gst_p50_ms: the same for the built-in player (`--player gst`, a playbin on
@@ -54,9 +56,18 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn cpu_pct(pid: u32, over: Duration) -> f64 {
-    let (c0, t0) = (cpu_seconds(pid), Instant::now());
+    cpu_pcts(&[pid], over)[0]
+}
+
+/// CPU of each process over the same window, % of a core.
+fn cpu_pcts(pids: &[u32], over: Duration) -> Vec<f64> {
+    let (c0, t0): (Vec<f64>, _) = (pids.iter().map(|p| cpu_seconds(*p)).collect(), Instant::now());
     std::thread::sleep(over);
-    (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0
+    let dt = t0.elapsed().as_secs_f64();
+    pids.iter()
+        .zip(c0)
+        .map(|(p, c)| (cpu_seconds(*p) - c) / dt * 100.0)
+        .collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -176,7 +187,7 @@ fn main() {
 /// would build it for this screen at `--quality high` with x264.
 fn launcher_capture(source: &str, paced_source: bool) -> String {
     let mut d = include_str!("../../pipelines/host-capture.pipeline").to_string();
-    let drop_only = if paced_source { "true" } else { "false" };
+    let rate = if paced_source { "" } else { "! videorate" };
     for (k, v) in [
         ("video_source", source),
         ("format", "I420"),
@@ -185,7 +196,7 @@ fn launcher_capture(source: &str, paced_source: bool) -> String {
         ("fps", "30"),
         ("encoder", X264),
         ("audio", ""),
-        ("drop_only", drop_only),
+        ("rate", rate),
     ] {
         d = d.replace(&format!("{{{k}}}"), v);
     }
@@ -209,8 +220,8 @@ struct Baseline {
 struct Figures {
     idle_cpu: f64,
     sharing_cpu: f64,
-    /// The bare pipeline's CPU before and after the share.
-    bare_cpu: Vec<f64>,
+    /// The bare pipeline's CPU, measured over the same window as `sharing_cpu`.
+    bare_cpu: Option<f64>,
     bare_to_mux: Option<f64>,
     launcher_to_mux: Option<f64>,
     receive: f64,
@@ -237,7 +248,6 @@ fn measure(prefix: &str, env: &[(String, String)], quick: bool, baseline: Option
     std::thread::sleep(Duration::from_secs(1));
     f.idle_cpu = cpu_pct(host.pid(), window(quick));
     if let Some(b) = &baseline {
-        f.bare_cpu.push(bare_cpu(&b.bare, env, quick));
         let mux = "h264parse config-interval=-1 ! mpegtsmux ! appsink name=out sync=false buffer-list=true";
         f.bare_to_mux = Some(capture_to_mux(&format!("{} ! {mux}", b.bare), quick));
         f.launcher_to_mux = Some(capture_to_mux(&b.launcher, quick));
@@ -250,22 +260,26 @@ fn measure(prefix: &str, env: &[(String, String)], quick: bool, baseline: Option
         assert!(wait_text(&host_out, "capture-started", Duration::from_secs(20)).is_some());
         let epoch = capture_epoch(&host_out, 0);
         std::thread::sleep(Duration::from_secs(2));
-        f.sharing_cpu = cpu_pct(host.pid(), window(quick));
         let from = json_lines(&view_out).len();
         f.mpv = player_p50(epoch, window(quick), || {
             mpv_get(&sock, "time-pos").and_then(|v| v.as_f64())
         });
         f.receive = receive_p50_since(&view_out, from);
+        // Then the bare pipeline runs beside the share, so both see the same load on this
+        // machine (after the latency figures: it loads the machine too).
+        let bare = baseline.as_ref().map(|b| bare_pipeline(&b.bare, env));
+        let pids: Vec<u32> = [Some(host.pid()), bare.as_ref().map(Proc::pid)]
+            .into_iter()
+            .flatten()
+            .collect();
+        let cpu = cpu_pcts(&pids, window(quick));
+        (f.sharing_cpu, f.bare_cpu) = (cpu[0], cpu.get(1).copied());
     }
-    // The viewer left: the host stops capturing, and the bare pipeline runs once more.
     let count = |event: &str| json_lines(&host_out).iter().filter(|v| v["event"] == event).count();
     assert!(
         wait_for(Duration::from_secs(10), || count("capture-stopped") >= 1),
         "capture stops"
     );
-    if let Some(b) = &baseline {
-        f.bare_cpu.push(bare_cpu(&b.bare, env, quick));
-    }
     {
         let starts = count("capture-started");
         let (_viewer, view_out) = spawn(&["view", &ticket, "--player", "none"], &[], &config);
@@ -292,18 +306,12 @@ impl Figures {
                 metric(&format!("{name}_ratio"), value / b, "ratio");
             }
         };
-        let bare_cpu =
-            (!self.bare_cpu.is_empty()).then(|| self.bare_cpu.iter().sum::<f64>() / self.bare_cpu.len() as f64);
-        if let [before, after] = self.bare_cpu[..] {
-            eprintln!("bare pipeline CPU before / after the share: {before:.1} / {after:.1} % of a core");
-        }
         metric("host_idle_cpu_pct", self.idle_cpu, "% of a core");
-        compare("host_sharing_cpu_pct", self.sharing_cpu, bare_cpu, "% of a core");
+        compare("host_sharing_cpu_pct", self.sharing_cpu, self.bare_cpu, "% of a core");
         compare("capture_to_receive_p50_ms", self.receive, self.bare_to_mux, "ms");
         if let Some(l) = self.launcher_to_mux {
-            // where the difference lives: the capture pipeline's elements, or the hop + transport
+            // where a difference lives: in the capture pipeline's elements, or after the mux
             compare("launcher_capture_to_mux_p50_ms", l, self.bare_to_mux, "ms");
-            metric("hop_and_transport_p50_ms", self.receive - l, "ms");
         }
         compare("capture_to_mpv_p50_ms", self.mpv, Some(self.receive), "ms");
         compare("capture_to_gst_p50_ms", self.gst, Some(self.receive_gst), "ms");
@@ -344,8 +352,8 @@ fn player_p50(epoch: u64, over: Duration, position: impl Fn() -> Option<f64>) ->
     median(lat)
 }
 
-/// The bare pipeline into fakesink, run by `gst-launch-1.0`: its CPU (% of a core).
-fn bare_cpu(bare: &str, env: &[(String, String)], quick: bool) -> f64 {
+/// The bare pipeline into fakesink, run by `gst-launch-1.0` (warmed up).
+fn bare_pipeline(bare: &str, env: &[(String, String)]) -> Proc {
     let mut cmd = Command::new("gst-launch-1.0");
     // SAFETY: only fcntl (async-signal-safe) between fork and exec: the portal's PipeWire fd
     // that a Wayland description names (`fd=N`) must survive exec.
@@ -367,7 +375,7 @@ fn bare_cpu(bare: &str, env: &[(String, String)], quick: bool) -> f64 {
             .stderr(Stdio::null()),
     );
     std::thread::sleep(Duration::from_secs(2));
-    cpu_pct(p.pid(), window(quick))
+    p
 }
 
 /// Capture → mux p50 of `desc` (a capture pipeline ending in `mpegtsmux ! appsink name=out`),
