@@ -98,6 +98,11 @@ pub struct CaptureParts<'a> {
     pub height: u32,
     pub fps: u32,
     pub encoder: &'a str,
+    /// The source delivers frames at the rate its caps ask for (ximagesrc, videotestsrc), so
+    /// no videorate: it would hold every frame until the next one arrives (+1 frame of
+    /// latency). A source that sends frames only when the desktop draws (the portal) gets one,
+    /// to keep the rate with duplicates.
+    pub paced_source: bool,
     /// `gst-launch` description of the audio source, if audio is shared.
     pub audio_source: Option<&'a str>,
 }
@@ -116,6 +121,7 @@ pub fn host_capture(p: &CaptureParts) -> Result<String> {
             ("height", &p.height.to_string()),
             ("fps", &p.fps.to_string()),
             ("encoder", p.encoder),
+            ("rate", if p.paced_source { "" } else { "! videorate" }),
             ("audio", &audio),
         ],
     )
@@ -144,6 +150,7 @@ mod tests {
             height: 480,
             fps: 30,
             encoder: "x264enc tune=zerolatency",
+            paced_source: true,
             audio_source: Some("audiotestsrc is-live=true"),
         })
         .unwrap();

@@ -210,15 +210,16 @@ fn forward_to_serve(
                 }
                 let shift = cap.base_time().map_or(0, |b| b.nseconds() as i128)
                     - serve.base_time().map_or(0, |b| b.nseconds() as i128);
-                if let Some(list) = sample.buffer_list() {
-                    let mut list = list.to_owned();
+                // Owned, not borrowed from the sample: sole owners retime in place, no copies.
+                if let Some(mut list) = sample.buffer_list_owned() {
+                    drop(sample);
                     list.make_mut().foreach_mut(|mut b, _| {
                         retime(b.make_mut(), shift);
                         std::ops::ControlFlow::Continue(Some(b))
                     });
                     src.push_buffer_list(list)?;
-                } else if let Some(buf) = sample.buffer() {
-                    let mut b = buf.to_owned();
+                } else if let Some(mut b) = sample.buffer_owned() {
+                    drop(sample);
                     retime(b.make_mut(), shift);
                     src.push_buffer(b)?;
                 }

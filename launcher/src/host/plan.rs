@@ -72,15 +72,18 @@ impl CapturePlan {
 
     /// The capture pipeline for a video source of `size`.
     pub fn capture_desc(&self, video_source: &str, size: (u32, u32)) -> Result<String> {
-        capture_desc(&self.video, self.audio_source.as_deref(), video_source, size)
+        let paced = matches!(self.input, VideoInput::Direct { .. });
+        capture_desc(&self.video, self.audio_source.as_deref(), video_source, size, paced)
     }
 }
 
+/// `paced_source`: the source keeps the rate its caps ask for (see [`CaptureParts`]).
 fn capture_desc(
     video: &VideoParts,
     audio_source: Option<&str>,
     video_source: &str,
     size: (u32, u32),
+    paced_source: bool,
 ) -> Result<String> {
     let (width, height) = quality::output_size(size.0, size.1, video.max_height);
     pipeline::host_capture(&CaptureParts {
@@ -90,6 +93,7 @@ fn capture_desc(
         height,
         fps: video.fps,
         encoder: &video.encoder,
+        paced_source,
         audio_source,
     })
 }
@@ -137,7 +141,7 @@ async fn video_input(target: Target, video: &VideoParts, audio_source: Option<&s
     };
     match target {
         Target::Direct(d) => {
-            let desc = capture_desc(video, audio_source, &d.desc, d.size)?;
+            let desc = capture_desc(video, audio_source, &d.desc, d.size, true)?;
             check(&desc)?;
             Ok(VideoInput::Direct {
                 desc,
@@ -147,7 +151,7 @@ async fn video_input(target: Target, video: &VideoParts, audio_source: Option<&s
         }
         Target::Portal { window } => {
             // (its pipeline is built once the portal answers: checked here with a stand-in)
-            check(&capture_desc(video, audio_source, "pipewiresrc", (1280, 720))?)?;
+            check(&capture_desc(video, audio_source, "pipewiresrc", (1280, 720), false)?)?;
             Ok(VideoInput::Portal(wayland::Portal::probe(window, None).await?))
         }
     }
