@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use std::time::{Duration, Instant};
@@ -260,22 +261,32 @@ fn stalled_viewer_skips_gops_without_slowing_the_others_and_memory_stays_bounded
     assert!(wait_until(Duration::from_secs(10), || sink
         .property::<u32>("num-viewers")
         == 2));
+    // The host's own frame rate over the same window is the baseline: on a loaded machine the
+    // encoder itself may fall below 30 fps, and that is not the stalled viewer's doing.
+    let encoded = count_buffers(&host, "h264parse");
     let start = Instant::now();
-    let mut frames = 0u32;
+    let (mut frames, host_from) = (0u32, encoded.load(Ordering::Relaxed));
     while start.elapsed() < Duration::from_secs(6) {
         if fast.pull(Duration::from_secs(2)).is_some() {
             frames += 1;
         }
     }
-    let fps = f64::from(frames) / start.elapsed().as_secs_f64();
+    let secs = start.elapsed().as_secs_f64();
+    let fps = f64::from(frames) / secs;
+    let host_fps = (encoded.load(Ordering::Relaxed) - host_from) as f64 / secs;
     let stats = sink.property::<gst::Structure>("stats");
     let per: gst::Array = stats.get("viewer-stats").unwrap();
     let dropped: Vec<u64> = per
         .iter()
         .map(|v| v.get::<gst::Structure>().unwrap().get::<u64>("dropped-gops").unwrap())
         .collect();
-    eprintln!("fast viewer {fps:.1} fps; dropped GOPs per viewer {dropped:?}; stats {stats}");
-    assert!(fps > 24.0, "the fast viewer keeps the frame rate: {fps:.1} fps");
+    eprintln!(
+        "fast viewer {fps:.1} fps, host encoded {host_fps:.1} fps; dropped GOPs per viewer {dropped:?}; stats {stats}"
+    );
+    assert!(
+        fps >= 0.9 * host_fps && host_fps > 10.0,
+        "the fast viewer keeps the host's frame rate: {fps:.1} of {host_fps:.1} fps"
+    );
     assert!(
         dropped.iter().any(|&d| d >= 1),
         "the stalled viewer skipped GOPs: {dropped:?}"

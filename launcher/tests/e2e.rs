@@ -45,6 +45,18 @@ impl Pixelpass {
         }
     }
 
+    /// Waits for it to exit and for everything it wrote to be read: its exit code.
+    fn exit(&mut self, timeout: Duration) -> Result<Option<i32>, TimedOut> {
+        let code = self.proc.wait_timeout(timeout)?;
+        for stream in [&self.out, &self.err] {
+            assert!(
+                wait_closed(stream, Duration::from_secs(5)),
+                "its output closes after exit"
+            );
+        }
+        Ok(code)
+    }
+
     fn host(extra: &[&str], env: &[(String, String)]) -> (Pixelpass, String) {
         let mut args = vec!["host"];
         args.extend_from_slice(extra);
@@ -327,7 +339,7 @@ fn host_ctrl_c_ends_the_share_and_viewers_exit_cleanly() {
     host.proc.signal(libc::SIGINT);
     assert_eq!(host.proc.wait_timeout(Duration::from_secs(5)), Ok(Some(0)));
     assert!(t.elapsed() <= Duration::from_secs(1), "host ended in {:?}", t.elapsed());
-    assert_eq!(viewer.proc.wait_timeout(Duration::from_secs(10)), Ok(Some(0)));
+    assert_eq!(viewer.exit(Duration::from_secs(10)), Ok(Some(0)));
     assert!(viewer.out.lock().unwrap().contains("the host ended the share"));
 }
 
@@ -521,7 +533,7 @@ fn bad_tickets_exit_2_with_a_message() {
         ("pp1abc!d", "characters a ticket never has"),
     ] {
         let mut v = Pixelpass::start(&["view", t, "--player", "none"], &[]);
-        assert_eq!(v.proc.wait_timeout(Duration::from_secs(10)), Ok(Some(2)), "{t}");
+        assert_eq!(v.exit(Duration::from_secs(10)), Ok(Some(2)), "{t}");
         let err = v.err.lock().unwrap().clone();
         assert!(
             err.contains("ticket is not valid") && err.contains(needle),
@@ -608,7 +620,7 @@ fn a_missing_window_id_is_a_usage_error() {
     require!("Xvfb", "xwininfo");
     let x = Xvfb::start(640, 480);
     let mut h = Pixelpass::start(&["host", "--no-audio", "--window-id", "0x7fffff0"], &display_env(&x));
-    assert_eq!(h.proc.wait_timeout(Duration::from_secs(10)), Ok(Some(2)));
+    assert_eq!(h.exit(Duration::from_secs(10)), Ok(Some(2)));
     assert!(h.err.lock().unwrap().contains("there is no X11 window 0x7fffff0"));
 }
 
@@ -632,7 +644,7 @@ fn a_shared_window_that_closes_ends_the_share_cleanly() {
     );
     std::thread::sleep(Duration::from_secs(1));
     x.kill_client(clock);
-    let code = host.proc.wait_timeout(Duration::from_secs(10));
+    let code = host.exit(Duration::from_secs(10));
     let err = host.err.lock().unwrap().clone();
     assert_eq!(code, Ok(Some(0)), "{err}");
     assert!(err.contains("the shared window was closed"), "{err}");
@@ -876,7 +888,7 @@ fn wayland_restore_token_skips_the_dialog_next_time_and_forget_source_drops_it()
         wait_text(&host.out, "capture-started", Duration::from_secs(20))
             .unwrap_or_else(|| panic!("capture started; stderr:\n{}", host.err.lock().unwrap()));
         host.proc.signal(libc::SIGINT);
-        assert_eq!(host.proc.wait_timeout(Duration::from_secs(5)), Ok(Some(0)));
+        assert_eq!(host.exit(Duration::from_secs(5)), Ok(Some(0)));
         let err = host.err.lock().unwrap().clone();
         (std::fs::read_to_string(&token_file).unwrap_or_default(), err)
     };

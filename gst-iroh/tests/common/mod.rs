@@ -156,6 +156,25 @@ pub fn ts_host_pipeline(width: u32, height: u32, extra_sink: &str) -> gst::Pipel
     gst::parse::launch(&desc).unwrap().downcast::<gst::Pipeline>().unwrap()
 }
 
+/// Counts the buffers leaving the first element made by `factory` in `pipeline`.
+pub fn count_buffers(pipeline: &gst::Pipeline, factory: &str) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    let el = pipeline
+        .iterate_recurse()
+        .into_iter()
+        .flatten()
+        .find(|e| e.factory().is_some_and(|f| f.name() == factory))
+        .unwrap_or_else(|| panic!("no {factory} in the pipeline"));
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = n.clone();
+    el.static_pad("src")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+    n
+}
+
 pub fn pipeline_ticket(p: &gst::Pipeline) -> String {
     p.by_name("sink").unwrap().property::<Option<String>>("ticket").unwrap()
 }

@@ -540,6 +540,7 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Reads lines from a child's stream into a shared buffer (so a test can wait for text).
+/// The reader drops its handle at end of stream: [`wait_closed`] waits for that.
 pub fn collect(stream: impl std::io::Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<String>> {
     let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let b = buf.clone();
@@ -551,6 +552,12 @@ pub fn collect(stream: impl std::io::Read + Send + 'static) -> std::sync::Arc<st
         }
     });
     buf
+}
+
+/// Waits until the reader of a [`collect`]ed stream saw its end (the writer closed it, e.g.
+/// exited): then the buffer holds everything the child wrote.
+pub fn wait_closed(buf: &std::sync::Arc<std::sync::Mutex<String>>, timeout: Duration) -> bool {
+    wait_for(timeout, || std::sync::Arc::strong_count(buf) == 1)
 }
 
 /// Waits until `buf` contains `needle`; returns the whole text.
