@@ -13,7 +13,7 @@ runs=${FUZZ_RUNS:-1000000}
 if [ "$runs" != 0 ]; then
   if cargo +nightly --version >/dev/null 2>&1; then
     command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
-    (cd gst-iroh && cargo +nightly fuzz run protocol -- -runs="$runs" -rss_limit_mb=4096 2>&1 | tail -n 1)
+    (cd protocol && cargo +nightly fuzz run protocol -- -runs="$runs" -rss_limit_mb=4096 2>&1 | tail -n 1)
   else
     echo "fuzz: SKIPPED (no nightly toolchain)"
   fi

@@ -12,9 +12,10 @@ pub mod gop_cache;
 mod irohsink;
 mod irohsrc;
 pub mod net;
-pub mod protocol;
-pub mod psi_cache;
-pub mod ticket;
+/// The wire format, the ticket and the PSI cache live in the `pixelpass-protocol` crate
+/// (shared with the launcher and the browser viewer); these paths stay for the elements' users.
+pub use pixelpass_protocol as protocol;
+pub use pixelpass_protocol::{psi_cache, ticket};
 
 pub use irohsink::IrohSink;
 pub use irohsrc::IrohSrc;

@@ -1,8 +1,13 @@
-//! The gst-iroh wire format, version 1 (see `PROTOCOL.md`).
+//! The gst-iroh wire format, version 1 (see `gst-iroh/PROTOCOL.md`), the share [`ticket`],
+//! and the MPEG-TS program tables a host repeats for late joiners ([`psi_cache`]).
 //!
-//! Pure: no GStreamer, no tokio, no I/O. Every decoder takes a byte slice and answers
-//! "here is one item and how many bytes it used", "need more bytes" or a typed error, so the
-//! network code stays a thin loop and this module is unit-tested and fuzzed on its own.
+//! Pure: no GStreamer, no tokio, no I/O, so the elements, the launcher and a browser viewer
+//! (wasm32) share it, and it is fuzzed on its own (`fuzz/`). Every decoder takes a byte slice
+//! and answers "here is one item and how many bytes it used", "need more bytes" or a typed
+//! error, so the network code stays a thin loop.
+
+pub mod psi_cache;
+pub mod ticket;
 
 use thiserror::Error;
 
@@ -635,7 +640,7 @@ mod tests {
 
     #[test]
     fn viewer_label_is_the_short_endpoint_id_and_the_number() {
-        let id = iroh::SecretKey::from_bytes(&[5; 32]).public();
+        let id = iroh_base::SecretKey::from_bytes(&[5; 32]).public();
         assert_eq!(viewer_label(id.as_bytes(), 7), format!("{}-7", id.fmt_short()));
     }
 

@@ -9,10 +9,10 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
-use iroh::{EndpointAddr, EndpointId, RelayUrl, TransportAddr};
+use iroh_base::{EndpointAddr, EndpointId, RelayUrl, TransportAddr};
 use thiserror::Error;
 
-use crate::protocol::{Reader, SECRET_LEN, put_varint};
+use crate::{Reader, SECRET_LEN, put_varint};
 
 /// Text prefix of every ticket.
 pub const PREFIX: &str = "pp1";
@@ -189,7 +189,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Ticket {
-        let id = iroh::SecretKey::from_bytes(&[3; 32]).public();
+        let id = iroh_base::SecretKey::from_bytes(&[3; 32]).public();
         let addr = EndpointAddr::new(id)
             .with_ip_addr("127.0.0.1:4242".parse().unwrap())
             .with_ip_addr("[::1]:4243".parse().unwrap())

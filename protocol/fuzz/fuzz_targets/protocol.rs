@@ -2,9 +2,9 @@
 //! over-read, and whatever decodes re-encodes to the same bytes.
 #![no_main]
 
-use gstiroh::protocol::{Control, FrameMeta, GopHeader, encode_frame};
-use gstiroh::ticket::Ticket;
-use gstiroh::psi_cache::PsiCache;
+use pixelpass_protocol::{Control, FrameMeta, GopHeader, encode_frame};
+use pixelpass_protocol::psi_cache::PsiCache;
+use pixelpass_protocol::ticket::Ticket;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
