@@ -310,10 +310,25 @@ pub async fn bind(
     if !bind_addrs.is_empty() {
         b = b.clear_ip_transports();
         for addr in bind_addrs {
-            b = b.bind_addr(*addr).map_err(|e| NetError::Bind(e.to_string()))?;
+            b = b.bind_addr(*addr).map_err(|e| NetError::Bind(with_causes(&e)))?;
         }
     }
-    b.bind().await.map_err(|e| NetError::Bind(e.to_string()))
+    b.bind().await.map_err(|e| NetError::Bind(with_causes(&e)))
+}
+
+/// An error with its causes ("Failed to bind sockets: Address already in use (os error 98)"):
+/// iroh's own message alone does not say why.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text = format!("{text}: {c_text}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// QUIC settings for media: room for many GOP streams, keep-alives so a dead path is noticed

@@ -596,9 +596,15 @@ fn a_bad_relay_exits_2_at_once_naming_relay() {
 
 #[test]
 fn a_bind_address_the_endpoint_cannot_use_says_why() {
-    // A valid address that is not this machine's: irohsink refuses it, and its words show.
-    let (code, err, _) = run_to_end(
-        &[
+    // A valid address that is not this machine's, and one another socket holds: irohsink
+    // refuses them, and its words show with the operating system's reason.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let in_use = taken.local_addr().unwrap().to_string();
+    for (addr, reason) in [
+        ("192.0.2.1:0", "Cannot assign requested address"),
+        (in_use.as_str(), "Address already in use"),
+    ] {
+        let args = [
             "host",
             "--source",
             "test",
@@ -606,13 +612,16 @@ fn a_bind_address_the_endpoint_cannot_use_says_why() {
             "--relay",
             "disabled",
             "--bind",
-            "192.0.2.1:0",
-        ],
-        &[],
-    );
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("cannot start the iroh endpoint: "), "{err}");
-    assert!(err.contains("bind"), "the element's reason is forwarded: {err}");
+            addr,
+        ];
+        let (code, err, _) = run_to_end(&args, &[]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("cannot start the iroh endpoint: "), "{err}");
+        assert!(
+            err.contains(reason),
+            "the element's reason is forwarded, with the OS's: {err}"
+        );
+    }
 }
 
 #[test]
