@@ -54,12 +54,13 @@ pub enum Event {
     PlayerStarted { player: String, pid: u32 },
     /// Viewer: the player exited.
     PlayerExited { player: String, code: Option<i32> },
-    /// Viewer, every second: path, bitrate, latency, skipped GOPs.
+    /// Viewer, every second: path, bitrate, latency, GOPs skipped whole and cut short.
     ViewerStats {
         path: String,
         bitrate_kbps: f64,
         latency_ms: f64,
         gops_skipped: u64,
+        gops_cut: u64,
         reconnects: u64,
         players: u32,
     },

@@ -438,6 +438,7 @@ impl Viewing<'_> {
             bitrate_kbps: kbps,
             latency_ms: st.get("latency-p50-ms").unwrap_or(-1.0),
             gops_skipped: st.get("gops-skipped").unwrap_or(0),
+            gops_cut: st.get("gops-cut").unwrap_or(0),
             reconnects: st.get("reconnects").unwrap_or(0),
             players: self.attached.load(Ordering::Relaxed),
         });

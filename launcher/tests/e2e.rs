@@ -267,6 +267,11 @@ fn viewer_stats_count_the_players_attached() {
             .and_then(|v| v["players"].as_u64())
     };
     assert!(wait_for(Duration::from_secs(20), || players_now() == Some(0)));
+    let stats = events_of(&viewer.out.lock().unwrap(), "viewer-stats");
+    let last = stats.last().unwrap();
+    for key in ["gops_skipped", "gops_cut"] {
+        assert_eq!(last[key].as_u64(), Some(0), "nothing left out on loopback: {last}");
+    }
     let curls: Vec<Proc> = (0..2)
         .map(|_| {
             Proc::spawn(
