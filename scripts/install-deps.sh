@@ -6,8 +6,8 @@ set -euo pipefail
 PKGS=(
   # build (libpipewire + libclang: the pipewire crate's bindings)
   pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libpipewire-0.3-dev libclang-dev
-  # GStreamer runtime: capture, encode, mux, decode, tools
-  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  # GStreamer runtime: capture, encode, mux, decode, tools (gst-play-1.0: the URI test)
+  gstreamer1.0-tools gstreamer1.0-plugins-base-apps gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x gstreamer1.0-pipewire
   # X11 capture and its tests
   xvfb x11-utils x11-xserver-utils x11-apps xdotool

@@ -1,5 +1,6 @@
-//! Runs `refusals.py`: irohsrc's refusals as a Python (GObject introspection) application
-//! sees them, against the plugin this build produced. Needs python3-gi and
+//! Runs the Python (GObject introspection) applications against the plugin this build
+//! produced: `refusals.py` (irohsrc's refusals by error domain and code) and `uri.py`
+//! (playbin and gst-play-1.0 opening a `pixelpass://` URI). Needs python3-gi and
 //! gir1.2-gstreamer-1.0 (scripts/install-deps.sh installs them); without them it fails.
 
 use std::path::PathBuf;
@@ -45,17 +46,17 @@ impl Drop for PluginDir {
     }
 }
 
-#[test]
-fn python_sees_refusals_by_error_domain_and_code() {
+/// Runs `tests/{script}` against the plugin this build produced: its stdout.
+fn run(script: &str) -> String {
     let dir = PluginDir::new();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/refusals.py");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join(script);
     let out = Command::new(python())
         .arg(&script)
         .env("GST_PLUGIN_PATH", &dir.0)
         .env("GST_REGISTRY", dir.0.join("registry.bin"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -64,8 +65,23 @@ fn python_sees_refusals_by_error_domain_and_code() {
         script.display(),
         out.status
     );
+    stdout
+}
+
+#[test]
+fn python_sees_refusals_by_error_domain_and_code() {
+    let stdout = run("refusals.py");
     assert!(
         stdout.contains("ok: revoked: an error on the bus"),
+        "every check ran:\n{stdout}"
+    );
+}
+
+#[test]
+fn playbin_and_gst_play_open_a_pixelpass_uri() {
+    let stdout = run("uri.py");
+    assert!(
+        stdout.contains("ok: bad URI → Gst.URIError.BAD_URI") && stdout.contains("latency"),
         "every check ran:\n{stdout}"
     );
 }

@@ -195,7 +195,7 @@ pub enum Player {
 
 #[derive(Debug, Clone, Args)]
 pub struct ViewArgs {
-    /// The ticket the host printed
+    /// The ticket the host printed (pp1…), or the share's URI (pixelpass://pp1…)
     #[arg(value_name = "TICKET", value_parser = parse_ticket)]
     pub ticket: Ticket,
 

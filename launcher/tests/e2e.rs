@@ -256,6 +256,42 @@ fn bad_tickets_the_host_refuses_exit_2_with_kind_not_authorized() {
 }
 
 #[test]
+fn a_share_uri_opens_like_its_ticket_also_through_the_desktop_handler() {
+    require!("Xvfb", "xwininfo", "xdg-mime");
+    let x = Xvfb::start(640, 480);
+    let (host, ticket) = Pixelpass::host(&["--no-audio"], &display_env(&x));
+    let (_viewer, _url) = Pixelpass::viewer(&format!("pixelpass://{ticket}"), &[]);
+    assert!(
+        wait_text(&host.err, "joined", Duration::from_secs(20)).is_some(),
+        "the viewer of pixelpass://… joined: {}",
+        host.err.lock().unwrap()
+    );
+    // The desktop file registers the scheme: xdg-mime picks it for pixelpass:// links.
+    let data = TempDir::new("xdg-data");
+    let apps = data.path().join("applications");
+    std::fs::create_dir_all(&apps).unwrap();
+    let desktop = Path::new(env!("CARGO_MANIFEST_DIR")).join("share/pixelpass-view.desktop");
+    std::fs::copy(&desktop, apps.join("pixelpass-view.desktop")).unwrap();
+    let xdg = |args: &[&str]| {
+        let out = Command::new("xdg-mime")
+            .args(args)
+            .env("XDG_DATA_HOME", data.path())
+            .env("XDG_CONFIG_HOME", data.path())
+            .env("XDG_DATA_DIRS", data.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    xdg(&["default", "pixelpass-view.desktop", "x-scheme-handler/pixelpass"]);
+    assert_eq!(
+        xdg(&["query", "default", "x-scheme-handler/pixelpass"]),
+        "pixelpass-view.desktop"
+    );
+    let entry = std::fs::read_to_string(&desktop).unwrap();
+    assert!(entry.contains("\nExec=pixelpass view %u\n"), "{entry}");
+}
+
+#[test]
 fn viewer_stats_count_the_players_attached() {
     require!("Xvfb", "xwininfo", "curl");
     let x = Xvfb::start(640, 480);

@@ -52,7 +52,26 @@ pub enum TicketError {
 
 const B32: data_encoding::Encoding = data_encoding::BASE32_NOPAD;
 
+/// The URI scheme of a share: `pixelpass://pp1…` names a ticket wherever a URI goes (GStreamer
+/// players through irohsrc's URI handler, a desktop's scheme handler, a link).
+pub const URI_SCHEME: &str = "pixelpass";
+
+/// What follows `pixelpass:` and an optional `//`, when `s` is a share URI (any case).
+pub fn strip_scheme(s: &str) -> Option<&str> {
+    let n = URI_SCHEME.len();
+    let rest = s
+        .get(..n + 1)
+        .filter(|p| p[..n].eq_ignore_ascii_case(URI_SCHEME) && p.ends_with(':'))
+        .map(|_| &s[n + 1..])?;
+    Some(rest.strip_prefix("//").unwrap_or(rest))
+}
+
 impl Ticket {
+    /// The share URI: `pixelpass://` and the ticket.
+    pub fn to_uri(&self) -> String {
+        format!("{URI_SCHEME}://{self}")
+    }
+
     /// Binary form (before base32).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(96);
@@ -164,8 +183,13 @@ impl fmt::Display for Ticket {
 impl FromStr for Ticket {
     type Err = TicketError;
 
+    /// Takes the ticket alone or as a share URI (`pixelpass://pp1…`).
     fn from_str(s: &str) -> Result<Self, TicketError> {
         let s = s.trim();
+        let (s, skipped) = match strip_scheme(s) {
+            Some(rest) => (rest.trim_end_matches('/'), s.len() - rest.len()),
+            None => (s, 0),
+        };
         if s.is_empty() {
             return Err(TicketError::Empty);
         }
@@ -175,7 +199,7 @@ impl FromStr for Ticket {
             .map(|_| &s[PREFIX.len()..])
             .ok_or(TicketError::WrongPrefix)?;
         if let Some(i) = body.find(|c: char| !c.is_ascii_alphanumeric() || matches!(c, '0' | '1' | '8' | '9')) {
-            return Err(TicketError::BadCharacters(PREFIX.len() + i));
+            return Err(TicketError::BadCharacters(skipped + PREFIX.len() + i));
         }
         let bytes = B32
             .decode(body.to_ascii_uppercase().as_bytes())
@@ -208,6 +232,30 @@ mod tests {
         assert_eq!(s.parse::<Ticket>(), Ok(t.clone()));
         // whitespace around a pasted ticket and upper case are fine
         assert_eq!(format!("  {}\n", s.to_uppercase()).parse::<Ticket>(), Ok(t));
+    }
+
+    #[test]
+    fn the_share_uri_names_the_same_ticket() {
+        let t = sample();
+        let uri = t.to_uri();
+        assert_eq!(uri, format!("pixelpass://{t}"));
+        for form in [
+            uri.clone(),
+            format!("PixelPass://{t}/"),
+            format!("pixelpass:{t}"),
+            format!(" {uri}\n"),
+        ] {
+            assert_eq!(form.parse::<Ticket>(), Ok(t.clone()), "{form}");
+        }
+        assert_eq!("pixelpass://".parse::<Ticket>(), Err(TicketError::Empty));
+        assert_eq!("pixelpass://hello".parse::<Ticket>(), Err(TicketError::WrongPrefix));
+        // the position counts from the start of what was pasted
+        assert_eq!(
+            "pixelpass://pp1abc!def".parse::<Ticket>(),
+            Err(TicketError::BadCharacters(18))
+        );
+        assert_eq!(strip_scheme("pixelpassx://pp1"), None);
+        assert_eq!(strip_scheme("http://pp1"), None);
     }
 
     #[test]

@@ -210,6 +210,7 @@ impl ObjectSubclass for IrohSrc {
     const NAME: &'static str = "GstIrohSrc";
     type Type = super::IrohSrc;
     type ParentType = gst_base::PushSrc;
+    type Interfaces = (gst::URIHandler,);
 }
 
 impl ObjectImpl for IrohSrc {

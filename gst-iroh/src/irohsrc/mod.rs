@@ -20,9 +20,13 @@
 //! Messages: `iroh-connected` (path, rtt-ms), `iroh-path-changed` (path), `iroh-reconnecting`
 //! (reason, attempt). Statistics: the `stats` property.
 //!
+//! It is the URI handler of `pixelpass://TICKET[?property=value&…]` (the query sets its
+//! properties by name), so `playbin` and `gst-play-1.0` open a share like any URL.
+//!
 //! ## Example
 //! ```text
 //! gst-launch-1.0 irohsrc ticket=pp1… ! tsdemux ! h264parse ! avdec_h264 ! videoconvert ! autovideosink
+//! gst-play-1.0 'pixelpass://pp1…?relay=disabled'
 //! ```
 
 use gst::glib;
@@ -31,13 +35,16 @@ use gst::prelude::*;
 mod error;
 mod imp;
 mod session;
+mod uri;
 
 glib::wrapper! {
     /// The `irohsrc` element.
-    pub struct IrohSrc(ObjectSubclass<imp::IrohSrc>) @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object;
+    pub struct IrohSrc(ObjectSubclass<imp::IrohSrc>) @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object, @implements gst::URIHandler;
 }
 
-/// Registers `irohsrc` with `plugin`.
+/// Registers `irohsrc` with `plugin`. Rank primary: the `pixelpass://` URI handler that
+/// playbin picks (no other element handles the scheme; a source is never autoplugged as a
+/// decoder).
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    gst::Element::register(Some(plugin), "irohsrc", gst::Rank::NONE, IrohSrc::static_type())
+    gst::Element::register(Some(plugin), "irohsrc", gst::Rank::PRIMARY, IrohSrc::static_type())
 }
