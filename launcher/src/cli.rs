@@ -207,8 +207,20 @@ pub struct ViewArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0", value_parser = parse_loopback)]
     pub listen: SocketAddr,
 
+    /// Also record what this viewer receives to FILE (.ts as received, .mkv, or .mp4 in
+    /// fragments), without re-encoding; also with --player none
+    #[arg(long, value_name = "FILE", value_parser = parse_record)]
+    pub record: Option<PathBuf>,
+
     #[command(flatten)]
     pub common: Common,
+}
+
+/// A recording target: a known extension in a folder that exists.
+fn parse_record(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    crate::record::check_target(&path).map_err(|e| e.to_string())?;
+    Ok(path)
 }
 
 fn parse_ticket(s: &str) -> Result<Ticket, String> {

@@ -64,6 +64,10 @@ pub enum Event {
         reconnects: u64,
         players: u32,
     },
+    /// Recording to `path` started (`--record`).
+    Recording { path: String },
+    /// The recording is complete: `bytes` written to `path`.
+    Recorded { path: String, bytes: u64 },
     /// Something worth knowing that does not stop anything.
     Warning { message: String },
     /// What ended the run with a failure; `kind` when a viewer's failure has one
@@ -188,6 +192,8 @@ fn human_line(ev: &Event) -> String {
                 code.map(|c| format!(" with code {c}")).unwrap_or_default()
             )
         }
+        Event::Recording { path } => format!("recording to {path}"),
+        Event::Recorded { path, bytes } => format!("recorded {:.1} MB to {path}", *bytes as f64 / 1e6),
         Event::Warning { message } => format!("warning: {message}"),
         Event::Error { message, .. } => format!("error: {message}"),
         Event::Ended { reason } => reason.clone(),

@@ -14,6 +14,7 @@ mod pipeline;
 mod player;
 mod pw;
 mod quality;
+mod record;
 mod text;
 mod view;
 

@@ -21,6 +21,7 @@ use crate::cli::{Player, ViewArgs};
 use crate::events::{Event, Events};
 use crate::pipeline;
 use crate::player;
+use crate::record::Recorder;
 
 /// A local player further behind than this skips to the newest GOP.
 const PLAYER_MAX_LAG: Duration = Duration::from_secs(2);
@@ -94,8 +95,9 @@ impl Drop for Attached {
     }
 }
 
-/// Feeds what irohsrc outputs into the local fanout (and its MPEG-TS table cache).
-fn feed(appsink: &gst_app::AppSink, fanout: Arc<GopCache>) {
+/// Feeds what irohsrc outputs into the local fanout (and its MPEG-TS table cache), and into
+/// the recording when there is one.
+fn feed(appsink: &gst_app::AppSink, fanout: Arc<GopCache>, recorder: Option<Arc<Recorder>>) {
     let mut psi = gstiroh::psi_cache::PsiCache::default();
     let mut caps_seen: Option<gst::Caps> = None;
     appsink.set_callbacks(
@@ -111,6 +113,9 @@ fn feed(appsink: &gst_app::AppSink, fanout: Arc<GopCache>) {
                 let Some(buffer) = sample.buffer_owned() else {
                     return Ok(gst::FlowSuccess::Ok);
                 };
+                if let Some(r) = &recorder {
+                    r.push(buffer.clone()); // with its DISCONT: where the host left media out
+                }
                 // DISCONT is the viewer's own business: players resync on the MPEG-TS itself.
                 let f = gstiroh::wire_flags(buffer.flags()) & !flags::DISCONT;
                 let data = Bytes::from_owner(
@@ -234,7 +239,7 @@ fn gst_player(url: &str) -> Result<gst::Pipeline> {
 /// Runs a viewer until ctrl-c (`cancel`), the host ends the share, the player exits, or an
 /// error.
 pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken) -> Result<()> {
-    let receiver = Receiver::build(&args)?;
+    let receiver = Receiver::build(&args, &events)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow!("cannot listen on {}: {e}", args.listen))?;
@@ -260,18 +265,23 @@ pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken)
     // Closing irohsrc closes the connection, so the host sees this viewer leave at once.
     let p = receiver.pipeline.clone();
     let _ = tokio::task::spawn_blocking(move || p.set_state(gst::State::Null)).await;
+    if let Some(r) = receiver.recorder {
+        // after the receiver stopped: nothing is pushed while the file is completed
+        let _ = tokio::task::spawn_blocking(move || r.finish(Duration::from_secs(5))).await;
+    }
     result
 }
 
-/// `irohsrc` and the local fanout it feeds.
+/// `irohsrc` and the local fanout it feeds (and the recording).
 struct Receiver {
     pipeline: gst::Pipeline,
     src: gst::Element,
     fanout: Arc<GopCache>,
+    recorder: Option<Arc<Recorder>>,
 }
 
 impl Receiver {
-    fn build(args: &ViewArgs) -> Result<Receiver> {
+    fn build(args: &ViewArgs, events: &Arc<Events>) -> Result<Receiver> {
         let src_props = pipeline::endpoint_props(&args.common);
         let desc = pipeline::viewer_local(&args.ticket.to_string(), &src_props)?;
         let pipeline = pipeline::launch(&desc, "viewer")?;
@@ -282,8 +292,17 @@ impl Receiver {
             keep: Duration::from_secs(4),
             ..Default::default()
         }));
-        feed(&appsink, fanout.clone());
-        Ok(Receiver { pipeline, src, fanout })
+        let recorder = match &args.record {
+            Some(path) => Some(Arc::new(Recorder::start(path, events.clone())?)),
+            None => None,
+        };
+        feed(&appsink, fanout.clone(), recorder.clone());
+        Ok(Receiver {
+            pipeline,
+            src,
+            fanout,
+            recorder,
+        })
     }
 }
 

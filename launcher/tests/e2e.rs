@@ -291,6 +291,123 @@ fn a_share_uri_opens_like_its_ticket_also_through_the_desktop_handler() {
     assert!(entry.contains("\nExec=pixelpass view %u\n"), "{entry}");
 }
 
+/// ffprobe's view of a file: its codecs (in stream order) and duration in seconds.
+fn probe_file(file: &Path) -> (Vec<String>, f64) {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration:stream=codec_name",
+            "-of",
+            "json",
+        ])
+        .arg(file)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let codecs = v["streams"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter_map(|s| s["codec_name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let duration = v["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    (codecs, duration)
+}
+
+/// What ffmpeg complains about while decoding all of `file` (empty: it decodes cleanly).
+fn decode_errors(file: &Path) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(file)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
+}
+
+#[test]
+fn viewers_record_what_they_receive_and_a_full_disk_does_not_stop_the_share() {
+    require!("ffmpeg", "ffprobe");
+    let dir = TempDir::new("record");
+    let (_host, ticket) = Pixelpass::host(&["--source", "test", "--max-viewers", "8"], &[]);
+    let record = |name: &str| {
+        let file = dir.path().join(name);
+        let args = ["view", &ticket, "--player", "none", "--events", "json", "--record"];
+        (
+            Pixelpass::start(&[&args[..], &[file.to_str().unwrap()]].concat(), &[]),
+            file,
+        )
+    };
+    let mut viewers: Vec<_> = ["got.ts", "got.mkv", "got.mp4", "killed.mp4"].map(record).into();
+    // A full disk: /dev/full fails every write with ENOSPC.
+    std::os::unix::fs::symlink("/dev/full", dir.path().join("full.ts")).unwrap();
+    let (mut full, _) = record("full.ts");
+    let connected_at: Vec<Instant> = viewers
+        .iter()
+        .map(|(v, _)| {
+            wait_text(&v.out, "\"event\":\"connected\"", Duration::from_secs(30)).expect("connected");
+            Instant::now()
+        })
+        .collect();
+    let warned = wait_text(&full.out, "recording to", Duration::from_secs(20)).unwrap_or_default();
+    assert!(
+        events_of(&warned, "warning")
+            .iter()
+            .any(|w| w["message"].as_str().unwrap().contains("No space left")),
+        "a full disk is one warning with the reason: {warned}"
+    );
+    // Five more seconds of stats: the share goes on for everyone, the full-disk viewer too.
+    let stats = |p: &Pixelpass| events_of(&p.out.lock().unwrap(), "viewer-stats").len();
+    let (seen_full, seen) = (stats(&full), stats(&viewers[0].0));
+    assert!(wait_for(Duration::from_secs(15), || stats(&viewers[0].0) >= seen + 5));
+    assert!(
+        stats(&full) >= seen_full + 4,
+        "the viewer whose recording failed keeps receiving"
+    );
+    viewers[3].0.proc.signal(libc::SIGKILL);
+    let mut recorded_for = Vec::new();
+    for (i, (v, _)) in viewers.iter_mut().enumerate().take(3) {
+        v.proc.signal(libc::SIGINT);
+        recorded_for.push(connected_at[i].elapsed().as_secs_f64());
+        assert_eq!(v.exit(Duration::from_secs(10)), Ok(Some(0)));
+        assert_eq!(
+            events_of(&v.out.lock().unwrap(), "recorded").len(),
+            1,
+            "{}",
+            v.out.lock().unwrap()
+        );
+    }
+    full.proc.signal(libc::SIGINT);
+    assert_eq!(full.exit(Duration::from_secs(10)), Ok(Some(0)));
+    for (i, (_, file)) in viewers.iter().enumerate() {
+        let (codecs, duration) = probe_file(file);
+        assert_eq!(codecs.len(), 2, "{}: {codecs:?}", file.display());
+        assert!(
+            codecs.contains(&"h264".into()) && codecs.contains(&"aac".into()),
+            "{codecs:?}"
+        );
+        if i == 3 {
+            // killed: the fragments written before the kill play
+            assert!(duration > 3.0, "{}: {duration} s", file.display());
+            continue;
+        }
+        let wall = recorded_for[i];
+        assert!(
+            (duration - wall).abs() <= 1.5,
+            "{}: {duration:.2} s recorded over {wall:.2} s of viewing",
+            file.display()
+        );
+        assert_eq!(decode_errors(file), "", "{} decodes cleanly", file.display());
+    }
+}
+
 #[test]
 fn viewer_stats_count_the_players_attached() {
     require!("Xvfb", "xwininfo", "curl");
