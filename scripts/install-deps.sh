@@ -20,6 +20,8 @@ PKGS=(
   mpv ffmpeg vlc-bin vlc-plugin-base
   # test helpers (python3-gi + the GStreamer typelib: the Python error-code test)
   python3 python3-gi gir1.2-gstreamer-1.0 procps iproute2 curl iptables tcpdump
+  # the menu's tests: a terminal to drive, the X11 and Wayland clipboards to read
+  tmux xclip wl-clipboard
 )
 
 missing=()

@@ -19,7 +19,10 @@ use gstiroh::ticket::Ticket;
     version,
     about,
     args_conflicts_with_subcommands = true,
-    after_help = "Shortcuts: `pixelpass <TICKET>` views; `pixelpass` alone hosts (ticket on stdout).\n\
+    after_help = "Shortcuts: `pixelpass` alone on a terminal opens the menu (Host or View; Enter at every\n\
+                  question shares the whole screen with the recommended settings; the ticket goes to\n\
+                  the clipboard and shows as a QR code; keys k kick, r new ticket, q stop). Without a\n\
+                  terminal `pixelpass` hosts (ticket on stdout). `pixelpass <TICKET>` views headless.\n\
                   Exit codes: 0 ok, 2 usage or bad ticket, 1 runtime error."
 )]
 pub struct Cli {
@@ -34,7 +37,8 @@ pub struct Cli {
     #[arg(long)]
     pub repair: bool,
 
-    /// Re-run the upstream bandwidth test and exit
+    /// Re-run the upstream bandwidth test (about 5 s, up to 5 MB; endpoint from
+    /// PIXELPASS_SPEEDTEST_URL, else the config's, else Cloudflare's), store it and exit
     #[arg(long)]
     pub reconfigure: bool,
 }
@@ -67,7 +71,7 @@ pub struct Common {
     pub events: Option<EventFormat>,
 
     /// Bind the iroh endpoint to one address (e.g. 127.0.0.1:0) instead of all interfaces
-    #[arg(long, value_name = "ADDR", hide = true)]
+    #[arg(long, value_name = "ADDR", hide = true, env = "PIXELPASS_BIND")]
     pub bind: Option<SocketAddr>,
 }
 

@@ -1,5 +1,5 @@
-//! `~/.config/pixelpass/config.toml` (XDG): the bandwidth test result, and the defaults that
-//! derive from it.
+//! `~/.config/pixelpass/config.toml` (XDG): the bandwidth test result, the defaults that
+//! derive from it, and what the menu remembers.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,22 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     #[serde(default)]
     pub bandwidth: Bandwidth,
+    #[serde(default, skip_serializing_if = "Viewer::is_empty")]
+    pub viewer: Viewer,
+}
+
+/// The `[viewer]` section: what the menu's viewer remembers.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Viewer {
+    /// The player picked last (`mpv`, `vlc`, `gst`), offered first next time.
+    pub player: Option<String>,
+}
+
+impl Viewer {
+    fn is_empty(&self) -> bool {
+        self.player.is_none()
+    }
 }
 
 /// The `[bandwidth]` section, in the seed's format.
@@ -25,6 +41,12 @@ pub struct Bandwidth {
     pub upstream_mbps: Option<f64>,
     /// RFC 3339 time of the measurement.
     pub measured_at: Option<String>,
+    /// Why the last test failed (status `failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Upload endpoint for the test (`PIXELPASS_SPEEDTEST_URL` wins); Cloudflare's by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -74,6 +96,25 @@ impl Config {
                 e.message()
             )
         })
+    }
+
+    /// Writes the config (creating its folder); a missing home is an error.
+    pub fn save(&self) -> Result<PathBuf> {
+        let p = path().context("neither XDG_CONFIG_HOME nor HOME is set: nowhere to keep the config")?;
+        self.save_to(&p)?;
+        Ok(p)
+    }
+
+    /// Writes atomically (a temporary file renamed over the old one), so a crash never leaves
+    /// half a config.
+    pub fn save_to(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let text = toml::to_string(self).context("cannot write the config as TOML")?;
+        let tmp = path.with_extension(format!("toml.{}", std::process::id()));
+        std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
     }
 
     /// Measured safe upstream in Mbit/s, if any.
@@ -127,6 +168,25 @@ mod tests {
         let p = tmp("skip", "[bandwidth]\nstatus = \"skipped\"\n");
         let c = Config::load_from(&p).unwrap();
         assert_eq!((c.upstream_mbps(), c.default_max_viewers()), (None, 2));
+        std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn save_round_trips_and_keeps_the_seed_keys() {
+        let p = tmp("save", "");
+        let mut c = Config::default();
+        c.bandwidth = Bandwidth {
+            status: BandwidthStatus::Measured,
+            upstream_mbps: Some(7.5),
+            measured_at: Some("2026-12-01T10:00:00Z".into()),
+            ..Default::default()
+        };
+        c.viewer.player = Some("vlc".into());
+        c.save_to(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("[bandwidth]") && text.contains("status = \"measured\""), "{text}");
+        assert!(!text.contains("endpoint"), "unset keys are left out: {text}");
+        assert_eq!(Config::load_from(&p).unwrap(), c);
         std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
     }
 

@@ -81,6 +81,15 @@ pub enum Event {
     Ended { reason: String },
 }
 
+/// A front end's say in how events are shown to people (the menu's host screen): extra lines
+/// after an event, and its own status line. Not used with `--events json`.
+pub trait Hook: Send + Sync {
+    /// Called after `ev` was shown, with the terminal's stderr.
+    fn after(&self, ev: &Event, err: &mut dyn std::io::Write);
+    /// The status line for a stats event, instead of the plain one.
+    fn status_line(&self, ev: &Event) -> Option<String>;
+}
+
 /// Where events go.
 pub struct Events {
     json: bool,
@@ -89,6 +98,7 @@ pub struct Events {
     /// Whether a status line is on screen now (the next message clears it first). The lock
     /// also keeps two events' lines from interleaving.
     status_line_shown: Mutex<bool>,
+    hook: Option<Box<dyn Hook>>,
 }
 
 impl Events {
@@ -97,7 +107,30 @@ impl Events {
             json,
             status_line: !json && std::io::stderr().is_terminal(),
             status_line_shown: Mutex::new(false),
+            hook: None,
         }
+    }
+
+    /// Human output shaped by a front end's [`Hook`].
+    pub fn with_hook(hook: Box<dyn Hook>) -> Self {
+        Events {
+            hook: Some(hook),
+            ..Events::new(false)
+        }
+    }
+
+    /// A line for people on stderr (clears the status line first); nothing with JSON.
+    pub fn note(&self, line: &str) {
+        if self.json {
+            return;
+        }
+        let mut status_shown = self.status_line_shown.lock().unwrap_or_else(|e| e.into_inner());
+        let mut err = std::io::stderr().lock();
+        if *status_shown {
+            let _ = write!(err, "\r\x1b[K");
+            *status_shown = false;
+        }
+        let _ = writeln!(err, "{line}");
     }
 
     pub fn is_json(&self) -> bool {
@@ -125,12 +158,16 @@ impl Events {
             let _ = writeln!(out, "{ticket}");
             let _ = out.flush();
         } else if let Some(status) = status_line(&ev) {
+            let status = self.hook.as_ref().and_then(|h| h.status_line(&ev)).unwrap_or(status);
             if self.status_line {
                 let _ = write!(err, "{status}");
                 *status_shown = true;
             }
         } else {
             let _ = writeln!(err, "pixelpass: {}", human_line(&ev));
+        }
+        if let Some(h) = &self.hook {
+            h.after(&ev, &mut err);
         }
     }
 }

@@ -4,15 +4,19 @@
 //! to a message and an exit code (0 ok, 2 usage or bad ticket, 1 runtime).
 
 mod audio;
+mod bandwidth;
 mod capture;
 mod cli;
+mod clipboard;
 mod config;
 mod encoder;
 mod events;
 mod host;
 mod pipeline;
+mod menu;
 mod player;
 mod pw;
+mod qr;
 mod quality;
 mod record;
 mod text;
@@ -40,16 +44,10 @@ fn main() -> ExitCode {
         // The seed's headless viewer: serve the stream and print the mpv command.
         (None, Some(ticket)) => parse_as(&["pixelpass", "view", &ticket.to_string(), "--player", "none"]),
         (None, None) if cli.repair => return repair(),
-        (None, None) if cli.reconfigure => {
-            eprintln!("pixelpass: --reconfigure (the upstream bandwidth test) is not available in this version yet");
-            return ExitCode::from(1);
-        }
-        (None, None) => {
-            if std::io::stdin().is_terminal() {
-                eprintln!("pixelpass: hosting (the interactive menu is not built yet; see `pixelpass --help`)");
-            }
-            parse_as(&["pixelpass", "host"])
-        }
+        (None, None) if cli.reconfigure => return reconfigure(),
+        // A person at a terminal gets the menu; scripts get the seed's headless host.
+        (None, None) if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() => return from_menu(),
+        (None, None) => parse_as(&["pixelpass", "host"]),
     };
     match command {
         Command::Completions { shell } => {
@@ -100,6 +98,72 @@ fn repair() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `--reconfigure`: runs the bandwidth test, stores the result (replacing any old one) and
+/// prints it; exit 1 when the test failed.
+fn reconfigure() -> ExitCode {
+    let mut config = match config::Config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pixelpass: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = match menu::measure_now(&config) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("pixelpass: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    config.bandwidth = bandwidth::record(&config.bandwidth, &outcome, std::time::SystemTime::now());
+    println!("{}", bandwidth::describe(&outcome));
+    match config.save() {
+        Ok(p) => eprintln!("pixelpass: saved in {}", p.display()),
+        Err(e) => {
+            eprintln!("pixelpass: the result is not saved: {e:#}");
+            return ExitCode::from(1);
+        }
+    }
+    match outcome {
+        bandwidth::Outcome::Measured { .. } => ExitCode::SUCCESS,
+        bandwidth::Outcome::Failed(_) => ExitCode::from(1),
+    }
+}
+
+/// The interactive menu, then what it chose: a host with the menu's screen and keys, or a
+/// viewer. Ctrl-C at a question exits 130 at once.
+fn from_menu() -> ExitCode {
+    let argv = match menu::run() {
+        Ok(menu::Choice::Run(argv)) => argv,
+        Ok(menu::Choice::Quit) => return ExitCode::from(130),
+        Err(e) => {
+            eprintln!("pixelpass: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    match Cli::try_parse_from(&argv).map(|c| c.command) {
+        Ok(Some(Command::Host(args))) => host_on_screen(args),
+        Ok(Some(Command::View(args))) => {
+            let events = Arc::new(Events::new(false));
+            run(events.clone(), |cancel| view::run(args, events, cancel))
+        }
+        Ok(_) => unreachable!("the menu runs host or view"),
+        Err(e) => e.exit(),
+    }
+}
+
+/// A host driven from the terminal: the menu's screen (QR code, clipboard, viewers) and keys.
+fn host_on_screen(args: cli::HostArgs) -> ExitCode {
+    use menu::screen;
+    let viewers = screen::Viewers::default();
+    let events = Arc::new(Events::with_hook(Box::new(screen::HostScreen::new(viewers.clone()))));
+    let (commander, commands) = host::control::channel();
+    let _keys = screen::KeyMode::enter();
+    let ev = events.clone();
+    std::thread::spawn(move || screen::read_keys(commander, viewers, ev));
+    run(events.clone(), |cancel| host::run_with(args, events, cancel, Some(commands)))
 }
 
 /// Parses a shortcut as its full subcommand, so defaults and environment apply the same way.

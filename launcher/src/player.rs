@@ -49,11 +49,25 @@ pub fn command(player: Player, url: &str) -> Option<(&'static str, Vec<String>)>
     }
 }
 
-/// Why a player cannot play the stream here, if we can tell (missing binary, VLC plugins).
+/// Whether the player's program is installed (the built-in window always is).
+pub fn installed(player: Player) -> bool {
+    match player {
+        Player::Mpv => which("mpv"),
+        Player::Vlc => which("vlc"),
+        Player::Gst | Player::None => true,
+    }
+}
+
+/// Why a player cannot play the stream here, if we can tell (missing binary, VLC as root, VLC
+/// plugins).
 pub fn check(player: Player) -> Option<String> {
     match player {
         Player::Mpv if !which("mpv") => Some("mpv is not installed (Debian: apt install mpv)".into()),
         Player::Vlc if !which("vlc") => Some("VLC is not installed (Debian: apt install vlc)".into()),
+        // SAFETY: geteuid has no preconditions.
+        Player::Vlc if unsafe { libc::geteuid() } == 0 => {
+            Some("VLC refuses to run as root: pick mpv, or run pixelpass as your own user".into())
+        }
         Player::Vlc => vlc_plugins_missing(Path::new("/usr/lib")),
         _ => None,
     }

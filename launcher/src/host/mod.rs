@@ -7,6 +7,7 @@
 //! encoder. What to capture and how is decided first ([`plan`]), raced against ctrl-c.
 
 mod capture;
+pub mod control;
 mod plan;
 
 use std::ops::ControlFlow;
@@ -20,6 +21,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
 use self::capture::{Capture, CaptureNote, start_capture};
+use self::control::{Commands, HostCommand};
 use self::plan::{CapturePlan, plan_capture};
 use crate::cli::HostArgs;
 use crate::config::Config;
@@ -28,6 +30,16 @@ use crate::pipeline::{self, quote};
 
 /// Runs a share until ctrl-c (`cancel`), a fatal error, or the shared window closing.
 pub async fn run(args: HostArgs, events: Arc<Events>, cancel: CancellationToken) -> Result<()> {
+    run_with(args, events, cancel, None).await
+}
+
+/// [`run`], also obeying `commands` (kick, revoke, stop) from a front end.
+pub async fn run_with(
+    args: HostArgs,
+    events: Arc<Events>,
+    cancel: CancellationToken,
+    commands: Option<Commands>,
+) -> Result<()> {
     let config = Config::load()?;
     let plan = tokio::select! {
         plan = plan_capture(&args, &config, &events) => plan?,
@@ -39,7 +51,9 @@ pub async fn run(args: HostArgs, events: Arc<Events>, cancel: CancellationToken)
     let max_viewers = args.max_viewers.unwrap_or_else(|| config.default_max_viewers());
     let serve = Serve::start(&args, max_viewers)?;
     let mut bus = serve.pipeline.bus().expect("pipeline has a bus").stream();
-    let result = Share::new(plan, &serve, &events).run(&mut bus, &cancel).await;
+    let mut share = Share::new(plan, &serve, &events);
+    share.commands = commands;
+    let result = share.run(&mut bus, &cancel).await;
     serve.end(&mut bus).await;
     result
 }
@@ -118,6 +132,22 @@ struct Share<'a> {
     notes: UnboundedReceiver<CaptureNote>,
     /// bytes sent at the last stats tick, and when
     last_bytes: (u64, Instant),
+    /// A front end's commands, if one drives this share.
+    commands: Option<Commands>,
+}
+
+/// The next command, or never when no front end sends any (or it went away).
+async fn next_command(commands: &mut Option<Commands>) -> Option<HostCommand> {
+    match commands {
+        Some(c) => match c.recv().await {
+            Some(cmd) => Some(cmd),
+            None => {
+                *commands = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// What the share loop does next: go on, or end with this result.
@@ -136,6 +166,7 @@ impl<'a> Share<'a> {
             notes_tx,
             notes,
             last_bytes: (0, Instant::now()),
+            commands: None,
         }
     }
 
@@ -151,6 +182,7 @@ impl<'a> Share<'a> {
                 },
                 Some(note) = self.notes.recv() => self.on_note(note).await,
                 _ = tick.tick() => self.on_tick().await,
+                Some(cmd) = next_command(&mut self.commands) => self.on_command(cmd),
             };
             if let Next::Break(result) = next {
                 break result;
@@ -246,6 +278,19 @@ impl<'a> Share<'a> {
                 _ => Next::Break(Err(anyhow!("capture failed: {e}"))),
             },
         }
+    }
+
+    fn on_command(&mut self, cmd: HostCommand) -> Next {
+        if let Err(message) = control::apply(&self.serve.sink, &cmd) {
+            self.events.emit(Event::Warning { message });
+        }
+        if cmd == HostCommand::Stop {
+            self.events.emit(Event::Ended {
+                reason: "the host stopped the share".into(),
+            });
+            return Next::Break(Ok(()));
+        }
+        Next::Continue(())
     }
 
     /// Every second: has the shared window closed? Then the host's stats.

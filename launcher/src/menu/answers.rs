@@ -1,0 +1,232 @@
+//! The menu's decisions, as pure functions: which questions to ask, the choices in order
+//! (recommended first, so Enter everywhere gives the recommended share), and the answers as
+//! the command line they stand for, parsed by the same definition as typed flags.
+
+use crate::cli::{Player, Quality};
+use crate::config::{BandwidthStatus, Config};
+use crate::quality::{self, Overrides};
+
+/// What to share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShareWhat {
+    Screen,
+    Window,
+    /// An xrandr output by name (X11).
+    Monitor(String),
+}
+
+/// Which sound to share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sound {
+    System,
+    Only(String),
+    Except(String),
+    None,
+}
+
+/// Everything the host questions decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAnswers {
+    pub what: ShareWhat,
+    pub sound: Sound,
+    pub quality: Quality,
+}
+
+impl Default for HostAnswers {
+    fn default() -> Self {
+        HostAnswers {
+            what: ShareWhat::Screen,
+            sound: Sound::System,
+            quality: Quality::Auto,
+        }
+    }
+}
+
+/// The bandwidth question comes on the first run only: skipped, failed or measured are all
+/// answers (`--reconfigure` asks again).
+pub fn asks_bandwidth(config: &Config) -> bool {
+    config.bandwidth.status == BandwidthStatus::Unmeasured
+}
+
+/// The host answers as `pixelpass` arguments.
+pub fn host_argv(a: &HostAnswers) -> Vec<String> {
+    let mut v = vec!["pixelpass".to_string(), "host".into()];
+    match &a.what {
+        ShareWhat::Screen => {}
+        ShareWhat::Window => v.push("--window".into()),
+        ShareWhat::Monitor(name) => v.extend(["--monitor".into(), name.clone()]),
+    }
+    match &a.sound {
+        Sound::System => {}
+        Sound::Only(app) => v.extend(["--app".into(), app.clone()]),
+        Sound::Except(app) => v.extend(["--exclude-app".into(), app.clone()]),
+        Sound::None => v.push("--no-audio".into()),
+    }
+    v.extend(["--quality".into(), quality_name(a.quality).into()]);
+    v
+}
+
+/// The viewer answers as `pixelpass` arguments.
+pub fn view_argv(ticket: &str, player: Player) -> Vec<String> {
+    vec![
+        "pixelpass".into(),
+        "view".into(),
+        ticket.trim().into(),
+        "--player".into(),
+        player_name(player).into(),
+    ]
+}
+
+pub fn quality_name(q: Quality) -> &'static str {
+    match q {
+        Quality::Source => "source",
+        Quality::High => "high",
+        Quality::Medium => "medium",
+        Quality::Low => "low",
+        Quality::Auto => "auto",
+    }
+}
+
+/// The quality choices: auto first, saying what it resolves to and why, then the presets.
+pub fn quality_choices(config: &Config) -> Vec<(Quality, String)> {
+    let viewers = config.default_max_viewers();
+    let up = config.upstream_mbps();
+    let auto = quality::resolve(Quality::Auto, Overrides::default(), up, viewers);
+    let why = match up {
+        Some(m) => format!(
+            "{} kbit/s × {viewers} viewer{} fits your measured {m:.1} Mbit/s upstream",
+            auto.bitrate_kbps,
+            if viewers == 1 { "" } else { "s" }
+        ),
+        None => "no measured upstream (pixelpass --reconfigure measures it)".into(),
+    };
+    let mut out = vec![(
+        Quality::Auto,
+        format!("auto: {} ({why})", preset_label(auto.preset)),
+    )];
+    for q in [Quality::Source, Quality::High, Quality::Medium, Quality::Low] {
+        out.push((q, preset_label(q)));
+    }
+    out
+}
+
+/// "high: up to 1080p, 4000 kbit/s".
+fn preset_label(q: Quality) -> String {
+    let s = quality::resolve(q, Overrides::default(), None, 1);
+    let res = s.max_height.map_or("native resolution".into(), |h| format!("up to {h}p"));
+    format!("{}: {res}, {} kbit/s", quality_name(q), s.bitrate_kbps)
+}
+
+pub fn player_name(p: Player) -> &'static str {
+    match p {
+        Player::Mpv => "mpv",
+        Player::Vlc => "vlc",
+        Player::Gst => "gst",
+        Player::None => "none",
+    }
+}
+
+/// The players to offer: the installed ones, the last used first, else mpv, VLC, built-in.
+pub fn player_choices(installed: &dyn Fn(Player) -> bool, last: Option<&str>) -> Vec<Player> {
+    let mut v: Vec<Player> = [Player::Mpv, Player::Vlc, Player::Gst]
+        .into_iter()
+        .filter(|p| installed(*p))
+        .collect();
+    if let Some(i) = v.iter().position(|p| Some(player_name(*p)) == last) {
+        let p = v.remove(i);
+        v.insert(0, p);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser as _;
+
+    fn parse_host(argv: &[String]) -> crate::cli::HostArgs {
+        match Cli::try_parse_from(argv).unwrap().command {
+            Some(Command::Host(h)) => h,
+            _ => panic!("a host command"),
+        }
+    }
+
+    #[test]
+    fn enter_everywhere_is_the_whole_screen_with_sound_and_auto_quality() {
+        let argv = host_argv(&HostAnswers::default());
+        assert_eq!(argv, ["pixelpass", "host", "--quality", "auto"]);
+        let h = parse_host(&argv);
+        assert!(!h.window && h.monitor.is_none() && !h.no_audio && h.app.is_empty());
+        assert_eq!(h.quality, Quality::Auto);
+    }
+
+    #[test]
+    fn each_answer_becomes_its_flag() {
+        let a = HostAnswers {
+            what: ShareWhat::Monitor("HDMI-1".into()),
+            sound: Sound::Except("Discord".into()),
+            quality: Quality::Low,
+        };
+        let h = parse_host(&host_argv(&a));
+        assert_eq!(h.monitor.as_deref(), Some("HDMI-1"));
+        assert_eq!(h.exclude_app, ["Discord"]);
+        assert_eq!(h.quality, Quality::Low);
+        let a = HostAnswers {
+            what: ShareWhat::Window,
+            sound: Sound::Only("Firefox".into()),
+            quality: Quality::Source,
+        };
+        let h = parse_host(&host_argv(&a));
+        assert!(h.window);
+        assert_eq!(h.app, ["Firefox"]);
+        let a = HostAnswers {
+            sound: Sound::None,
+            ..Default::default()
+        };
+        assert!(parse_host(&host_argv(&a)).no_audio);
+    }
+
+    #[test]
+    fn bandwidth_is_asked_on_the_first_run_only() {
+        let mut c = Config::default();
+        assert!(asks_bandwidth(&c));
+        for s in [BandwidthStatus::Skipped, BandwidthStatus::Failed, BandwidthStatus::Measured] {
+            c.bandwidth.status = s;
+            assert!(!asks_bandwidth(&c), "{s:?} is an answer");
+        }
+    }
+
+    #[test]
+    fn auto_says_what_it_resolves_to_and_why() {
+        let mut c = Config::default();
+        let q = quality_choices(&c);
+        assert_eq!(q[0].0, Quality::Auto);
+        assert!(q[0].1.starts_with("auto: medium") && q[0].1.contains("--reconfigure"), "{}", q[0].1);
+        c.bandwidth.status = BandwidthStatus::Measured;
+        c.bandwidth.upstream_mbps = Some(8.8);
+        let q = quality_choices(&c);
+        assert_eq!(
+            q[0].1,
+            "auto: medium: up to 720p, 2500 kbit/s (2500 kbit/s × 3 viewers fits your measured 8.8 Mbit/s upstream)"
+        );
+        let names: Vec<_> = q.iter().map(|(q, _)| *q).collect();
+        assert_eq!(
+            names,
+            [Quality::Auto, Quality::Source, Quality::High, Quality::Medium, Quality::Low]
+        );
+        assert_eq!(q[1].1, "source: native resolution, 6000 kbit/s");
+    }
+
+    #[test]
+    fn players_are_the_installed_ones_last_used_first() {
+        let all = |_: Player| true;
+        assert_eq!(player_choices(&all, None), [Player::Mpv, Player::Vlc, Player::Gst]);
+        assert_eq!(player_choices(&all, Some("vlc")), [Player::Vlc, Player::Mpv, Player::Gst]);
+        let no_vlc = |p: Player| p != Player::Vlc;
+        assert_eq!(player_choices(&no_vlc, Some("vlc")), [Player::Mpv, Player::Gst]);
+        assert_eq!(player_choices(&no_vlc, Some("gst")), [Player::Gst, Player::Mpv]);
+        let argv = view_argv(" pp1abc \n", Player::Gst);
+        assert_eq!(argv, ["pixelpass", "view", "pp1abc", "--player", "gst"]);
+    }
+}
