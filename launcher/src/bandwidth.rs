@@ -184,10 +184,7 @@ async fn uploads(client: &reqwest::Client, url: &str, sent: &AtomicU64, start: I
             // A slow link: the uploads that did complete still tell the rate.
             Err(Stop::Timeout) if !done.is_empty() => break,
             Err(Stop::Timeout) => {
-                return Outcome::Failed(format!(
-                    "{url} did not answer within {} s",
-                    HARD_BOUND.as_secs()
-                ));
+                return Outcome::Failed(format!("{url} did not answer within {} s", HARD_BOUND.as_secs()));
             }
             Err(Stop::Failed(why)) => return Outcome::Failed(why),
         }
@@ -272,7 +269,10 @@ mod tests {
     #[test]
     fn sizes_start_small_then_fill_the_budget() {
         assert_eq!(next_size(&[], Duration::ZERO), Some(250_000));
-        assert_eq!(next_size(&[s(250_000, 0.5)], Duration::from_millis(500)), Some(1_000_000));
+        assert_eq!(
+            next_size(&[s(250_000, 0.5)], Duration::from_millis(500)),
+            Some(1_000_000)
+        );
         // 4 Mbit/s: 2.5 s used, 2.5 s left at 0.5 MB/s → 90 % of 1.25 MB.
         let done = [s(250_000, 0.5), s(1_000_000, 2.0)];
         assert_eq!(next_size(&done, Duration::from_millis(2500)), Some(1_125_000));

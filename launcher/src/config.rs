@@ -174,17 +174,23 @@ mod tests {
     #[test]
     fn save_round_trips_and_keeps_the_seed_keys() {
         let p = tmp("save", "");
-        let mut c = Config::default();
-        c.bandwidth = Bandwidth {
-            status: BandwidthStatus::Measured,
-            upstream_mbps: Some(7.5),
-            measured_at: Some("2026-12-01T10:00:00Z".into()),
-            ..Default::default()
+        let c = Config {
+            bandwidth: Bandwidth {
+                status: BandwidthStatus::Measured,
+                upstream_mbps: Some(7.5),
+                measured_at: Some("2026-12-01T10:00:00Z".into()),
+                ..Default::default()
+            },
+            viewer: Viewer {
+                player: Some("vlc".into()),
+            },
         };
-        c.viewer.player = Some("vlc".into());
         c.save_to(&p).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
-        assert!(text.contains("[bandwidth]") && text.contains("status = \"measured\""), "{text}");
+        assert!(
+            text.contains("[bandwidth]") && text.contains("status = \"measured\""),
+            "{text}"
+        );
         assert!(!text.contains("endpoint"), "unset keys are left out: {text}");
         assert_eq!(Config::load_from(&p).unwrap(), c);
         std::fs::remove_dir_all(p.parent().unwrap()).unwrap();

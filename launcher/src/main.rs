@@ -12,8 +12,8 @@ mod config;
 mod encoder;
 mod events;
 mod host;
-mod pipeline;
 mod menu;
+mod pipeline;
 mod player;
 mod pw;
 mod qr;
@@ -163,7 +163,9 @@ fn host_on_screen(args: cli::HostArgs) -> ExitCode {
     let _keys = screen::KeyMode::enter();
     let ev = events.clone();
     std::thread::spawn(move || screen::read_keys(commander, viewers, ev));
-    run(events.clone(), |cancel| host::run_with(args, events, cancel, Some(commands)))
+    run(events.clone(), |cancel| {
+        host::run_with(args, events, cancel, Some(commands))
+    })
 }
 
 /// Parses a shortcut as its full subcommand, so defaults and environment apply the same way.

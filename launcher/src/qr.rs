@@ -48,19 +48,13 @@ mod tests {
     /// The modules of a rendered code, read back from its characters (row-major, true = dark),
     /// with the code's width including the quiet zone. For checks: what a camera would see.
     fn modules(lines: &[String]) -> (usize, Vec<bool>) {
-        let rows: Vec<Vec<char>> = lines
-            .iter()
-            .map(|l| strip_ansi(l).chars().collect())
-            .collect();
+        let rows: Vec<Vec<char>> = lines.iter().map(|l| strip_ansi(l).chars().collect()).collect();
         let size = rows.first().map_or(0, Vec::len);
         let mut dark = Vec::with_capacity(size * size);
         for y in 0..size {
             for x in 0..size {
                 let c = rows.get(y / 2).and_then(|r| r.get(x)).copied().unwrap_or('█');
-                let light = match (c, y % 2) {
-                    ('█', _) | ('▀', 0) | ('▄', 1) => true,
-                    _ => false,
-                };
+                let light = matches!((c, y % 2), ('█', _) | ('▀', 0) | ('▄', 1));
                 dark.push(!light);
             }
         }
@@ -98,7 +92,9 @@ mod tests {
         let t = ticket();
         let lines = render(&t).unwrap();
         let code = QrCode::with_error_correction_level(t.to_ascii_uppercase(), EcLevel::L).unwrap();
-        let qrcode::Version::Normal(v) = code.version() else { panic!("a normal QR code") };
+        let qrcode::Version::Normal(v) = code.version() else {
+            panic!("a normal QR code")
+        };
         let size = 17 + 4 * v as usize + 2 * QUIET;
         assert_eq!(lines.len(), size.div_ceil(2));
         assert!(lines.iter().all(|l| strip_ansi(l).chars().count() == size));
@@ -111,7 +107,10 @@ mod tests {
         let (size, dark) = modules(&render(&t).unwrap());
         let decoded = decode(size, &dark).expect("a QR code is found and decodes");
         assert_eq!(decoded.to_ascii_lowercase(), t);
-        assert!(decoded.parse::<gstiroh::ticket::Ticket>().is_ok(), "the upper-case form parses");
+        assert!(
+            decoded.parse::<gstiroh::ticket::Ticket>().is_ok(),
+            "the upper-case form parses"
+        );
     }
 
     /// Decodes modules with rqrr, scaled to pixels as a camera would see them.

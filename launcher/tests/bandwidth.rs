@@ -50,7 +50,11 @@ struct Netns {
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap();
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Netns {
@@ -171,7 +175,11 @@ fn an_http_error_fails_at_once() {
 #[test]
 fn an_endpoint_that_never_answers_fails_within_the_bound() {
     let addr = sink(Ipv4Addr::LOCALHOST, Answer::Never);
-    assert_fails(&format!("http://{addr}/__up"), Duration::from_secs(12), "did not answer within 10 s");
+    assert_fails(
+        &format!("http://{addr}/__up"),
+        Duration::from_secs(12),
+        "did not answer within 10 s",
+    );
 }
 
 #[test]
@@ -187,11 +195,17 @@ fn reconfigure_replaces_an_old_result() {
     let addr = sink(Ipv4Addr::LOCALHOST, Answer::Ok);
     let (code, out, _) = reconfigure(&[], config.path(), &format!("http://{addr}/__up"));
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("upstream") && out.contains("Mbit/s"), "prints the result: {out}");
+    assert!(
+        out.contains("upstream") && out.contains("Mbit/s"),
+        "prints the result: {out}"
+    );
     let b = bandwidth_of(config.path());
     assert_eq!(b["status"].as_str(), Some("measured"), "{b}");
     assert_ne!(b["upstream_mbps"].as_float(), Some(99.0), "{b}");
     assert_ne!(b["measured_at"].as_str(), Some("2020-01-01T00:00:00Z"), "{b}");
     let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.contains("player = \"vlc\""), "the rest of the config stays: {text}");
+    assert!(
+        text.contains("player = \"vlc\""),
+        "the rest of the config stays: {text}"
+    );
 }

@@ -100,10 +100,7 @@ pub fn quality_choices(config: &Config) -> Vec<(Quality, String)> {
         ),
         None => "no measured upstream (pixelpass --reconfigure measures it)".into(),
     };
-    let mut out = vec![(
-        Quality::Auto,
-        format!("auto: {} ({why})", preset_label(auto.preset)),
-    )];
+    let mut out = vec![(Quality::Auto, format!("auto: {} ({why})", preset_label(auto.preset)))];
     for q in [Quality::Source, Quality::High, Quality::Medium, Quality::Low] {
         out.push((q, preset_label(q)));
     }
@@ -113,7 +110,9 @@ pub fn quality_choices(config: &Config) -> Vec<(Quality, String)> {
 /// "high: up to 1080p, 4000 kbit/s".
 fn preset_label(q: Quality) -> String {
     let s = quality::resolve(q, Overrides::default(), None, 1);
-    let res = s.max_height.map_or("native resolution".into(), |h| format!("up to {h}p"));
+    let res = s
+        .max_height
+        .map_or("native resolution".into(), |h| format!("up to {h}p"));
     format!("{}: {res}, {} kbit/s", quality_name(q), s.bitrate_kbps)
 }
 
@@ -191,7 +190,11 @@ mod tests {
     fn bandwidth_is_asked_on_the_first_run_only() {
         let mut c = Config::default();
         assert!(asks_bandwidth(&c));
-        for s in [BandwidthStatus::Skipped, BandwidthStatus::Failed, BandwidthStatus::Measured] {
+        for s in [
+            BandwidthStatus::Skipped,
+            BandwidthStatus::Failed,
+            BandwidthStatus::Measured,
+        ] {
             c.bandwidth.status = s;
             assert!(!asks_bandwidth(&c), "{s:?} is an answer");
         }
@@ -202,7 +205,11 @@ mod tests {
         let mut c = Config::default();
         let q = quality_choices(&c);
         assert_eq!(q[0].0, Quality::Auto);
-        assert!(q[0].1.starts_with("auto: medium") && q[0].1.contains("--reconfigure"), "{}", q[0].1);
+        assert!(
+            q[0].1.starts_with("auto: medium") && q[0].1.contains("--reconfigure"),
+            "{}",
+            q[0].1
+        );
         c.bandwidth.status = BandwidthStatus::Measured;
         c.bandwidth.upstream_mbps = Some(8.8);
         let q = quality_choices(&c);
@@ -213,7 +220,13 @@ mod tests {
         let names: Vec<_> = q.iter().map(|(q, _)| *q).collect();
         assert_eq!(
             names,
-            [Quality::Auto, Quality::Source, Quality::High, Quality::Medium, Quality::Low]
+            [
+                Quality::Auto,
+                Quality::Source,
+                Quality::High,
+                Quality::Medium,
+                Quality::Low
+            ]
         );
         assert_eq!(q[1].1, "source: native resolution, 6000 kbit/s");
     }
@@ -222,7 +235,10 @@ mod tests {
     fn players_are_the_installed_ones_last_used_first() {
         let all = |_: Player| true;
         assert_eq!(player_choices(&all, None), [Player::Mpv, Player::Vlc, Player::Gst]);
-        assert_eq!(player_choices(&all, Some("vlc")), [Player::Vlc, Player::Mpv, Player::Gst]);
+        assert_eq!(
+            player_choices(&all, Some("vlc")),
+            [Player::Vlc, Player::Mpv, Player::Gst]
+        );
         let no_vlc = |p: Player| p != Player::Vlc;
         assert_eq!(player_choices(&no_vlc, Some("vlc")), [Player::Mpv, Player::Gst]);
         assert_eq!(player_choices(&no_vlc, Some("gst")), [Player::Gst, Player::Mpv]);

@@ -130,7 +130,10 @@ fn ask_bandwidth(config: &mut Config) -> Result<Asked<()>> {
         "Test your upload speed first? (about 5 s and 5 MB; sizes the viewer cap and quality)",
         vec![
             (true, "Run the test (recommended)".into()),
-            (false, "Skip (2 viewers, medium quality; pixelpass --reconfigure runs it later)".into()),
+            (
+                false,
+                "Skip (2 viewers, medium quality; pixelpass --reconfigure runs it later)".into(),
+            ),
         ],
     )? {
         Ok(Some(r)) => r,
@@ -171,7 +174,10 @@ fn ask_what() -> Result<Asked<ShareWhat>> {
             items.push((Some(ShareWhat::Monitor(name)), label));
         }
     } else {
-        items.push((Some(ShareWhat::Window), "One window (pick it in the desktop's dialog)".into()));
+        items.push((
+            Some(ShareWhat::Window),
+            "One window (pick it in the desktop's dialog)".into(),
+        ));
     }
     Ok(pick("What to share?", items)?.map(|o| o.map(|w| w.unwrap_or(ShareWhat::Screen))))
 }
@@ -198,9 +204,15 @@ fn ask_sound() -> Result<Asked<Sound>> {
         let kind = match pick(
             "Sound?",
             vec![
-                (SoundKind::System, "System sound: everything you hear (recommended)".into()),
+                (
+                    SoundKind::System,
+                    "System sound: everything you hear (recommended)".into(),
+                ),
                 (SoundKind::Only, "Only one app's sound".into()),
-                (SoundKind::Except, "Everything except one app (e.g. your voice chat)".into()),
+                (
+                    SoundKind::Except,
+                    "Everything except one app (e.g. your voice chat)".into(),
+                ),
                 (SoundKind::None, "No sound".into()),
             ],
         )? {

@@ -66,7 +66,10 @@ impl Hook for HostScreen {
                 });
             }
             Event::ViewerLeft { id, .. } => {
-                self.viewers.lock().unwrap_or_else(|e| e.into_inner()).retain(|x| &x.id != id);
+                self.viewers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|x| &x.id != id);
             }
             _ => {}
         }
@@ -94,7 +97,10 @@ pub fn status(viewers: &[Viewer], bitrate_kbps: f64) -> String {
             names.join(", ")
         )
     };
-    format!("● {who} · {:.1} Mbit/s · k kick · r new ticket · q stop", bitrate_kbps / 1000.0)
+    format!(
+        "● {who} · {:.1} Mbit/s · k kick · r new ticket · q stop",
+        bitrate_kbps / 1000.0
+    )
 }
 
 fn label(v: &Viewer) -> &str {
