@@ -41,6 +41,14 @@ pub struct Cli {
     /// PIXELPASS_SPEEDTEST_URL, else the config's, else Cloudflare's), store it and exit
     #[arg(long)]
     pub reconfigure: bool,
+
+    /// `pixelpass` alone takes the host options too: the menu does not ask what they answer,
+    /// and without a terminal the host uses them.
+    #[command(
+        flatten,
+        next_help_heading = "Host options for `pixelpass` alone (the menu skips what they answer)"
+    )]
+    pub host: HostArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -290,6 +298,14 @@ mod tests {
         assert!(Cli::try_parse_from(["pixelpass", "host", "--window", "--window-id", "1"]).is_err());
         let c = Cli::try_parse_from(["pixelpass", "view", &t, "--player", "none"]).unwrap();
         assert!(matches!(c.command, Some(Command::View(v)) if v.player == Player::None));
+    }
+
+    #[test]
+    fn pixelpass_alone_takes_host_options_but_not_with_a_subcommand() {
+        let c = Cli::try_parse_from(["pixelpass", "--no-audio", "--quality", "low"]).unwrap();
+        assert!(c.command.is_none() && c.host.no_audio && c.host.quality == Quality::Low);
+        assert!(Cli::try_parse_from(["pixelpass", "--no-audio", "host"]).is_err());
+        assert!(Cli::try_parse_from(["pixelpass", "--quality", "nonsense"]).is_err());
     }
 
     #[test]

@@ -34,9 +34,10 @@ impl Clipboard {
             Ok(b)
         });
         match (copied, osc) {
-            (Ok(b), _) => {
+            (Ok(b), osc) => {
                 self.board = Some(b);
-                "copied to your clipboard".into()
+                let also = if osc { " (and your terminal's, OSC 52)" } else { "" };
+                format!("copied to your clipboard{also}")
             }
             (Err(_), true) => "sent to your terminal's clipboard (OSC 52)".into(),
             (Err(e), false) => format!("not copied to the clipboard ({e}): copy it from here"),

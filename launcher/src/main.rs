@@ -26,7 +26,7 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{CommandFactory as _, Parser as _};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser as _};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, EventFormat};
@@ -38,16 +38,30 @@ use crate::events::{Event, Events};
 pub struct UsageError(pub String);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The arguments as typed: the shortcuts pass them on to their subcommand.
+    let typed: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let command = match (cli.command, cli.ticket) {
         (Some(c), _) => c,
         // The seed's headless viewer: serve the stream and print the mpv command.
-        (None, Some(ticket)) => parse_as(&["pixelpass", "view", &ticket.to_string(), "--player", "none"]),
+        (None, Some(_)) => parse_as("view", &typed, &["--player", "none"]),
         (None, None) if cli.repair => return repair(),
         (None, None) if cli.reconfigure => return reconfigure(),
         // A person at a terminal gets the menu; scripts get the seed's headless host.
-        (None, None) if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() => return from_menu(),
-        (None, None) => parse_as(&["pixelpass", "host"]),
+        (None, None) if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() => {
+            let typed_ids: Vec<String> = matches
+                .ids()
+                .filter(|id| matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+                .map(|id| id.to_string())
+                .collect();
+            let preset = menu::answers::preset(&|id| typed_ids.iter().any(|t| t == id));
+            return from_menu(&preset, &typed);
+        }
+        (None, None) => parse_as("host", &typed, &[]),
     };
     match command {
         Command::Completions { shell } => {
@@ -134,8 +148,8 @@ fn reconfigure() -> ExitCode {
 
 /// The interactive menu, then what it chose: a host with the menu's screen and keys, or a
 /// viewer. Ctrl-C at a question exits 130 at once.
-fn from_menu() -> ExitCode {
-    let argv = match menu::run() {
+fn from_menu(preset: &menu::answers::Preset, typed: &[String]) -> ExitCode {
+    let argv = match menu::run(preset, typed) {
         Ok(menu::Choice::Run(argv)) => argv,
         Ok(menu::Choice::Quit) => return ExitCode::from(130),
         Err(e) => {
@@ -168,9 +182,18 @@ fn host_on_screen(args: cli::HostArgs) -> ExitCode {
     })
 }
 
-/// Parses a shortcut as its full subcommand, so defaults and environment apply the same way.
-fn parse_as(argv: &[&str]) -> Command {
-    Cli::parse_from(argv).command.expect("the shortcut names a subcommand")
+/// Parses a shortcut as its full subcommand (the typed arguments, then `extra`), so defaults,
+/// environment and checks apply the same way.
+fn parse_as(sub: &str, typed: &[String], extra: &[&str]) -> Command {
+    let argv = ["pixelpass", sub]
+        .into_iter()
+        .map(String::from)
+        .chain(typed.iter().cloned())
+        .chain(extra.iter().map(|s| s.to_string()));
+    match Cli::try_parse_from(argv) {
+        Ok(c) => c.command.expect("the shortcut names a subcommand"),
+        Err(e) => e.exit(),
+    }
 }
 
 /// Runs a mode on a tokio runtime with ctrl-c wired to cancellation; maps errors to codes.

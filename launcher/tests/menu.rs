@@ -26,14 +26,23 @@ impl Tmux {
     /// Runs `pixelpass` (no arguments) in a 100x60 terminal with `env`; when it exits, the pane
     /// shows `EXIT=<code>` and the terminal's mode (`stty -a`), and stays.
     fn start(env: &[(String, String)]) -> Tmux {
+        Tmux::start_with(env, "")
+    }
+
+    /// [`Tmux::start`] with arguments for pixelpass. The terminal takes OSC 52 clipboard
+    /// requests into its paste buffer.
+    fn start_with(env: &[(String, String)], args: &str) -> Tmux {
         let dir = TempDir::new("tmux");
         let socket = dir.path().join("socket").display().to_string();
+        let conf = dir.path().join("tmux.conf");
+        std::fs::write(&conf, "set -g set-clipboard on\n").unwrap();
+        let conf = conf.display().to_string();
         let t = Tmux { socket, _dir: dir };
         let vars: String = env.iter().map(|(k, v)| format!("{k}='{v}' ")).collect();
         let cmd = format!(
-            "env {vars} {BIN}; echo EXIT=$?; stty -a | tr -s ' ;' '\\n\\n' | grep -x -- '-*\\(icanon\\|echo\\)' | tr '\\n' ' '; echo STTY; sleep 3600"
+            "env {vars} {BIN} {args}; echo EXIT=$?; stty -a | tr -s ' ;' '\\n\\n' | grep -x -- '-*\\(icanon\\|echo\\)' | tr '\\n' ' '; echo STTY; sleep 3600"
         );
-        t.tmux(&["-f", "/dev/null", "new-session", "-d", "-x", "100", "-y", "60", &cmd]);
+        t.tmux(&["-f", &conf, "new-session", "-d", "-x", "100", "-y", "60", &cmd]);
         t
     }
 
@@ -433,6 +442,44 @@ fn wayland_the_ticket_is_on_the_clipboard_while_the_host_runs() {
         got.as_deref() == Some(ticket.as_str())
     });
     assert_eq!(got.as_deref(), Some(ticket.as_str()), "wl-paste reads the ticket");
+    t.keys(&["q"]);
+    assert_eq!(t.exit(10).0, 0);
+}
+
+#[test]
+fn typed_host_flags_skip_their_questions() {
+    require!("tmux", "Xvfb");
+    let x = Xvfb::start(320, 240);
+    let config = answered_config();
+    let t = Tmux::start_with(
+        &env_for(config.path(), &x11(&x), "http://127.0.0.1:9/"),
+        "--no-audio --quality low",
+    );
+    t.wait("What do you want to do?", 10);
+    t.keys(&["Enter"]);
+    t.wait("What to share?", 10);
+    t.keys(&["Enter"]);
+    let s = t.wait("send it to your viewers", 30);
+    assert!(!s.contains("Sound?") && !s.contains("Quality"), "not asked:\n{s}");
+    t.keys(&["q"]);
+    assert_eq!(t.exit(10).0, 0);
+}
+
+#[test]
+fn over_ssh_the_ticket_also_goes_to_the_terminal_clipboard_with_osc52() {
+    require!("tmux", "Xvfb");
+    let x = Xvfb::start(320, 240);
+    let config = answered_config();
+    let mut env = env_for(config.path(), &x11(&x), "http://127.0.0.1:9/");
+    env.push(("SSH_TTY".into(), "/dev/pts/99".into()));
+    let t = Tmux::start(&env);
+    let ticket = menu_host(&t);
+    let mut buffer = String::new();
+    let got = wait_for(Duration::from_secs(5), || {
+        buffer = t.tmux(&["show-buffer"]);
+        buffer == ticket
+    });
+    assert!(got, "the terminal's clipboard holds the ticket: {buffer:?}");
     t.keys(&["q"]);
     assert_eq!(t.exit(10).0, 0);
 }

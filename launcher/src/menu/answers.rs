@@ -24,22 +24,54 @@ pub enum Sound {
     None,
 }
 
-/// Everything the host questions decide.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything the host questions decide; None where a typed flag answered the question.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostAnswers {
-    pub what: ShareWhat,
-    pub sound: Sound,
-    pub quality: Quality,
+    pub what: Option<ShareWhat>,
+    pub sound: Option<Sound>,
+    pub quality: Option<Quality>,
 }
 
-impl Default for HostAnswers {
-    fn default() -> Self {
-        HostAnswers {
-            what: ShareWhat::Screen,
-            sound: Sound::System,
-            quality: Quality::Auto,
-        }
+/// Which host questions the typed flags already answer (so the menu does not ask them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Preset {
+    pub what: bool,
+    pub sound: bool,
+    pub quality: bool,
+}
+
+/// `typed(id)`: whether the argument with this clap id was on the command line.
+pub fn preset(typed: &dyn Fn(&str) -> bool) -> Preset {
+    let any = |ids: &[&str]| ids.iter().any(|id| typed(id));
+    Preset {
+        what: any(&["window", "window_id", "monitor", "source"]),
+        sound: any(&["no_audio", "app", "exclude_app"]),
+        quality: any(&["quality"]),
     }
+}
+
+/// The host's questions, in the order asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Bandwidth,
+    What,
+    Sound,
+    Quality,
+}
+
+/// The question after `from` (None: the first), skipping the bandwidth test after the first
+/// run and what typed flags answer; None when all are answered.
+pub fn next_step(from: Option<Step>, first_run: bool, preset: &Preset) -> Option<Step> {
+    const ORDER: [Step; 4] = [Step::Bandwidth, Step::What, Step::Sound, Step::Quality];
+    let start = from
+        .and_then(|f| ORDER.iter().position(|s| *s == f))
+        .map_or(0, |i| i + 1);
+    ORDER[start..].iter().copied().find(|s| match s {
+        Step::Bandwidth => first_run,
+        Step::What => !preset.what,
+        Step::Sound => !preset.sound,
+        Step::Quality => !preset.quality,
+    })
 }
 
 /// The bandwidth question comes on the first run only: skipped, failed or measured are all
@@ -48,21 +80,24 @@ pub fn asks_bandwidth(config: &Config) -> bool {
     config.bandwidth.status == BandwidthStatus::Unmeasured
 }
 
-/// The host answers as `pixelpass` arguments.
-pub fn host_argv(a: &HostAnswers) -> Vec<String> {
+/// The host answers as `pixelpass host` arguments, after the ones typed.
+pub fn host_argv(typed: &[String], a: &HostAnswers) -> Vec<String> {
     let mut v = vec!["pixelpass".to_string(), "host".into()];
+    v.extend(typed.iter().cloned());
     match &a.what {
-        ShareWhat::Screen => {}
-        ShareWhat::Window => v.push("--window".into()),
-        ShareWhat::Monitor(name) => v.extend(["--monitor".into(), name.clone()]),
+        None | Some(ShareWhat::Screen) => {}
+        Some(ShareWhat::Window) => v.push("--window".into()),
+        Some(ShareWhat::Monitor(name)) => v.extend(["--monitor".into(), name.clone()]),
     }
     match &a.sound {
-        Sound::System => {}
-        Sound::Only(app) => v.extend(["--app".into(), app.clone()]),
-        Sound::Except(app) => v.extend(["--exclude-app".into(), app.clone()]),
-        Sound::None => v.push("--no-audio".into()),
+        None | Some(Sound::System) => {}
+        Some(Sound::Only(app)) => v.extend(["--app".into(), app.clone()]),
+        Some(Sound::Except(app)) => v.extend(["--exclude-app".into(), app.clone()]),
+        Some(Sound::None) => v.push("--no-audio".into()),
     }
-    v.extend(["--quality".into(), quality_name(a.quality).into()]);
+    if let Some(q) = a.quality {
+        v.extend(["--quality".into(), quality_name(q).into()]);
+    }
     v
 }
 
@@ -153,7 +188,12 @@ mod tests {
 
     #[test]
     fn enter_everywhere_is_the_whole_screen_with_sound_and_auto_quality() {
-        let argv = host_argv(&HostAnswers::default());
+        let enter = HostAnswers {
+            what: Some(ShareWhat::Screen),
+            sound: Some(Sound::System),
+            quality: Some(Quality::Auto),
+        };
+        let argv = host_argv(&[], &enter);
         assert_eq!(argv, ["pixelpass", "host", "--quality", "auto"]);
         let h = parse_host(&argv);
         assert!(!h.window && h.monitor.is_none() && !h.no_audio && h.app.is_empty());
@@ -163,27 +203,52 @@ mod tests {
     #[test]
     fn each_answer_becomes_its_flag() {
         let a = HostAnswers {
-            what: ShareWhat::Monitor("HDMI-1".into()),
-            sound: Sound::Except("Discord".into()),
-            quality: Quality::Low,
+            what: Some(ShareWhat::Monitor("HDMI-1".into())),
+            sound: Some(Sound::Except("Discord".into())),
+            quality: Some(Quality::Low),
         };
-        let h = parse_host(&host_argv(&a));
+        let h = parse_host(&host_argv(&[], &a));
         assert_eq!(h.monitor.as_deref(), Some("HDMI-1"));
         assert_eq!(h.exclude_app, ["Discord"]);
         assert_eq!(h.quality, Quality::Low);
         let a = HostAnswers {
-            what: ShareWhat::Window,
-            sound: Sound::Only("Firefox".into()),
-            quality: Quality::Source,
+            what: Some(ShareWhat::Window),
+            sound: Some(Sound::Only("Firefox".into())),
+            quality: Some(Quality::Source),
         };
-        let h = parse_host(&host_argv(&a));
+        let h = parse_host(&host_argv(&[], &a));
         assert!(h.window);
         assert_eq!(h.app, ["Firefox"]);
         let a = HostAnswers {
-            sound: Sound::None,
+            sound: Some(Sound::None),
             ..Default::default()
         };
-        assert!(parse_host(&host_argv(&a)).no_audio);
+        assert!(parse_host(&host_argv(&[], &a)).no_audio);
+    }
+
+    #[test]
+    fn typed_flags_answer_their_questions_and_are_kept() {
+        let typed = |ids: &'static [&'static str]| move |id: &str| ids.contains(&id);
+        assert_eq!(preset(&typed(&[])), Preset::default());
+        assert_eq!(
+            preset(&typed(&["no_audio", "relay"])),
+            Preset {
+                sound: true,
+                ..Default::default()
+            }
+        );
+        let p = preset(&typed(&["monitor", "exclude_app", "quality"]));
+        assert!(p.what && p.sound && p.quality);
+        assert!(preset(&typed(&["source"])).what, "--source test answers what to share");
+        let typed = ["--no-audio".to_string(), "--max-viewers".into(), "4".into()];
+        let a = HostAnswers {
+            what: Some(ShareWhat::Window),
+            quality: Some(Quality::High),
+            ..Default::default()
+        };
+        let h = parse_host(&host_argv(&typed, &a));
+        assert!(h.no_audio && h.window);
+        assert_eq!((h.max_viewers, h.quality), (Some(4), Quality::High));
     }
 
     #[test]
@@ -198,6 +263,28 @@ mod tests {
             c.bandwidth.status = s;
             assert!(!asks_bandwidth(&c), "{s:?} is an answer");
         }
+    }
+
+    #[test]
+    fn questions_come_in_order_without_the_answered_ones() {
+        let none = Preset::default();
+        assert_eq!(next_step(None, true, &none), Some(Step::Bandwidth));
+        assert_eq!(next_step(None, false, &none), Some(Step::What));
+        assert_eq!(next_step(Some(Step::What), false, &none), Some(Step::Sound));
+        assert_eq!(next_step(Some(Step::Quality), false, &none), None);
+        let sound = Preset { sound: true, ..none };
+        assert_eq!(next_step(Some(Step::What), true, &sound), Some(Step::Quality));
+        let all = Preset {
+            what: true,
+            sound: true,
+            quality: true,
+        };
+        assert_eq!(next_step(None, false, &all), None, "nothing left to ask: host at once");
+        assert_eq!(
+            next_step(None, true, &all),
+            Some(Step::Bandwidth),
+            "first run still asks"
+        );
     }
 
     #[test]

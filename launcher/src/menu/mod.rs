@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use inquire::error::InquireError;
 use inquire::{Select, Text};
 
-use self::answers::{HostAnswers, ShareWhat, Sound};
+use self::answers::{HostAnswers, ShareWhat, Sound, Step};
 use crate::cli::{Player, Quality};
 use crate::config::Config;
 use crate::{bandwidth, capture, player};
@@ -55,8 +55,9 @@ fn pick<T: Clone>(question: &str, items: Vec<(T, String)>) -> Result<Asked<T>> {
     Ok(asked(r)?.map(|o| o.map(|Item(v, _)| v)))
 }
 
-/// Runs the menu: Host or View, then their questions.
-pub fn run() -> Result<Choice> {
+/// Runs the menu: Host or View, then their questions (but not those `preset` answers; the
+/// `typed` arguments go to the host as they are).
+pub fn run(preset: &answers::Preset, typed: &[String]) -> Result<Choice> {
     let mut config = Config::load()?;
     loop {
         let mode = pick(
@@ -69,7 +70,7 @@ pub fn run() -> Result<Choice> {
         let result = match mode {
             Err(Quit) => return Ok(Choice::Quit),
             Ok(None) => continue, // Esc on the first question: nothing to go back to
-            Ok(Some(true)) => host(&mut config)?,
+            Ok(Some(true)) => host(&mut config, preset, typed)?,
             Ok(Some(false)) => view(&mut config)?,
         };
         match result {
@@ -80,45 +81,35 @@ pub fn run() -> Result<Choice> {
     }
 }
 
-/// The host's questions, in order; Esc goes back one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    Bandwidth,
-    What,
-    Sound,
-    Quality,
-}
-
-fn host(config: &mut Config) -> Result<Asked<Vec<String>>> {
+fn host(config: &mut Config, preset: &answers::Preset, typed: &[String]) -> Result<Asked<Vec<String>>> {
+    let first_run = answers::asks_bandwidth(config);
     let mut a = HostAnswers::default();
-    let mut step = if answers::asks_bandwidth(config) {
-        Step::Bandwidth
-    } else {
-        Step::What
-    };
     let mut history: Vec<Step> = Vec::new();
+    let Some(mut step) = answers::next_step(None, first_run, preset) else {
+        return Ok(Ok(Some(answers::host_argv(typed, &a))));
+    };
     loop {
         let answered = match step {
             Step::Bandwidth => ask_bandwidth(config)?,
-            Step::What => ask_what().map(|r| r.map(|o| o.map(|w| a.what = w)))?,
-            Step::Sound => ask_sound().map(|r| r.map(|o| o.map(|s| a.sound = s)))?,
-            Step::Quality => pick("Quality", answers::quality_choices(config))
-                .map(|r| r.map(|o| o.map(|q: Quality| a.quality = q)))?,
+            Step::What => ask_what()?.map(|o| o.map(|w| a.what = Some(w))),
+            Step::Sound => ask_sound()?.map(|o| o.map(|s| a.sound = Some(s))),
+            Step::Quality => {
+                pick("Quality", answers::quality_choices(config))?.map(|o| o.map(|q: Quality| a.quality = Some(q)))
+            }
         };
         match answered {
             Err(Quit) => return Ok(Err(Quit)),
+            // Esc: back one question, or to Host/View from the first.
             Ok(None) => match history.pop() {
                 Some(s) => step = s,
                 None => return Ok(Ok(None)),
             },
             Ok(Some(())) => {
                 history.push(step);
-                step = match step {
-                    Step::Bandwidth => Step::What,
-                    Step::What => Step::Sound,
-                    Step::Sound => Step::Quality,
-                    Step::Quality => return Ok(Ok(Some(answers::host_argv(&a)))),
-                };
+                match answers::next_step(Some(step), first_run, preset) {
+                    Some(s) => step = s,
+                    None => return Ok(Ok(Some(answers::host_argv(typed, &a)))),
+                }
             }
         }
     }
