@@ -330,6 +330,27 @@ mod tests {
         assert_eq!(endpoint(&c, Some(" ".into())), "http://a/", "empty means unset");
     }
 
+    /// The HTTPS path is set up (the crypto provider, the platform's roots) without the
+    /// internet: a refused connection is a failure that says so, not a panic.
+    #[test]
+    fn https_is_set_up_and_a_refused_endpoint_fails_with_the_reason() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let out = rt.block_on(measure(&format!("https://127.0.0.1:{port}/__up"), false));
+        let Outcome::Failed(why) = out else { panic!("{out:?}") };
+        assert!(
+            why.contains("cannot upload to https://127.0.0.1") && why.contains("refused"),
+            "{why}"
+        );
+    }
+
     #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");

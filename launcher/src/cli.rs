@@ -89,6 +89,12 @@ pub enum EventFormat {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ControlFrom {
+    /// JSON lines on standard input
+    Stdin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DisplayServer {
     Wayland,
     X11,
@@ -188,6 +194,11 @@ pub struct HostArgs {
     /// Keep the host identity in this file: the same ticket after a restart
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
+
+    /// Take commands as JSON lines on stdin: {"cmd":"kick","id":"…"}, {"cmd":"revoke"},
+    /// {"cmd":"stop"}; the end of stdin stops the host (for GUIs and scripts)
+    #[arg(long, value_enum, value_name = "FROM")]
+    pub control: Option<ControlFrom>,
 
     #[command(flatten)]
     pub common: Common,

@@ -74,7 +74,13 @@ fn main() -> ExitCode {
         },
         Command::Host(args) => {
             let events = Arc::new(Events::new(args.common.events == Some(EventFormat::Json)));
-            run(events.clone(), |cancel| host::run(args, events, cancel))
+            let commands = args.control.map(|cli::ControlFrom::Stdin| {
+                let (commander, commands) = host::control::channel();
+                let ev = events.clone();
+                std::thread::spawn(move || host::control::read_stdin(commander, ev));
+                commands
+            });
+            run(events.clone(), |cancel| host::run(args, events, cancel, commands))
         }
         Command::View(args) => {
             let events = Arc::new(Events::new(args.common.events == Some(EventFormat::Json)));
@@ -177,9 +183,7 @@ fn host_on_screen(args: cli::HostArgs) -> ExitCode {
     let _keys = screen::KeyMode::enter();
     let ev = events.clone();
     std::thread::spawn(move || screen::read_keys(commander, viewers, ev));
-    run(events.clone(), |cancel| {
-        host::run_with(args, events, cancel, Some(commands))
-    })
+    run(events.clone(), |cancel| host::run(args, events, cancel, Some(commands)))
 }
 
 /// Parses a shortcut as its full subcommand (the typed arguments, then `extra`), so defaults,

@@ -319,6 +319,7 @@ mod tests {
             bitrate: None,
             framerate: None,
             key_file: None,
+            control: None,
             common: crate::cli::Common {
                 relay: None,
                 events: None,

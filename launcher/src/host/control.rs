@@ -1,11 +1,19 @@
-//! The host's commands: what a front end (the menu's keys, later a GUI over `--control`) asks
-//! a running share to do. One small API: send a [`HostCommand`] on the channel, watch the
-//! events for the result (a `viewer-left` with reason `kicked`, a new `ticket`, `ended`).
+//! The host's commands: what a front end (the menu's keys, a GUI or script over
+//! `--control stdin`) asks a running share to do. One small API: send a [`HostCommand`] on the
+//! channel, watch the events for the result (a `viewer-left` with reason `kicked`, a new
+//! `ticket`, `ended`).
 
+use std::io::BufRead as _;
+
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
-/// A command to a running host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use crate::events::{Event, Events};
+
+/// A command to a running host. On `--control stdin`, one JSON object per line:
+/// `{"cmd":"kick","id":"…"}`, `{"cmd":"revoke"}`, `{"cmd":"stop"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum HostCommand {
     /// End this viewer's connection (its `viewer-joined` id); it is told it was kicked.
     Kick { id: String },
@@ -25,6 +33,33 @@ pub fn channel() -> (Commander, Commands) {
     mpsc::unbounded_channel()
 }
 
+/// Reads JSON-line commands from stdin until it ends; its end stops the host (a front end that
+/// goes away takes its share with it). A bad line is a warning event, not the end.
+pub fn read_stdin(commands: Commander, events: std::sync::Arc<Events>) {
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse(&line) {
+            Ok(cmd) => {
+                if commands.send(cmd).is_err() {
+                    return;
+                }
+            }
+            Err(message) => events.emit(Event::Warning { message }),
+        }
+    }
+    let _ = commands.send(HostCommand::Stop);
+}
+
+/// One control line.
+pub fn parse(line: &str) -> Result<HostCommand, String> {
+    serde_json::from_str(line).map_err(|e| {
+        format!(r#"control: not a command ({e}): {line}; send {{"cmd":"kick","id":"…"}}, {{"cmd":"revoke"}} or {{"cmd":"stop"}}"#)
+    })
+}
+
 /// What a command does to the serve pipeline's irohsink; Err is a message for people.
 pub(super) fn apply(sink: &gst::Element, cmd: &HostCommand) -> Result<(), String> {
     use gst::prelude::*;
@@ -42,5 +77,29 @@ pub(super) fn apply(sink: &gst::Element, cmd: &HostCommand) -> Result<(), String
             None => Err("the ticket cannot be revoked before the endpoint is up".into()),
         },
         HostCommand::Stop => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_lines_parse_into_commands() {
+        assert_eq!(
+            parse(r#"{"cmd":"kick","id":"ab-1"}"#),
+            Ok(HostCommand::Kick { id: "ab-1".into() })
+        );
+        assert_eq!(parse(r#"{"cmd":"revoke"}"#), Ok(HostCommand::Revoke));
+        assert_eq!(parse(r#" {"cmd":"stop"} "#), Ok(HostCommand::Stop));
+        for bad in [
+            r#"{"cmd":"kick"}"#,
+            r#"{"cmd":"dance"}"#,
+            "stop",
+            r#"{"cmd":"stop","x":1}"#,
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains("not a command") && e.contains(r#"{"cmd":"revoke"}"#), "{e}");
+        }
     }
 }

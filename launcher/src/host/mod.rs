@@ -28,13 +28,9 @@ use crate::config::Config;
 use crate::events::{Event, Events};
 use crate::pipeline::{self, quote};
 
-/// Runs a share until ctrl-c (`cancel`), a fatal error, or the shared window closing.
-pub async fn run(args: HostArgs, events: Arc<Events>, cancel: CancellationToken) -> Result<()> {
-    run_with(args, events, cancel, None).await
-}
-
-/// [`run`], also obeying `commands` (kick, revoke, stop) from a front end.
-pub async fn run_with(
+/// Runs a share until ctrl-c (`cancel`), a fatal error, the shared window closing, or a stop
+/// command; obeys `commands` (kick, revoke, stop) from a front end, if one drives it.
+pub async fn run(
     args: HostArgs,
     events: Arc<Events>,
     cancel: CancellationToken,
