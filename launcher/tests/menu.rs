@@ -69,7 +69,7 @@ impl Tmux {
 
     /// The screen and its scrollback.
     fn screen(&self) -> String {
-        self.tmux(&["capture-pane", "-p", "-S", "-300"])
+        self.tmux(&["capture-pane", "-p", "-J", "-S", "-300"])
     }
 
     /// Waits for `needle` on screen; panics with the screen if it never comes.
@@ -254,7 +254,7 @@ fn menu_host(t: &Tmux) -> String {
 
 #[test]
 fn a_menu_viewer_plays_in_mpv_then_k_kicks_it_and_r_revokes_the_ticket() {
-    require!("tmux", "Xvfb", "xclip", "mpv");
+    require!("tmux", "Xvfb", "xclip", "mpv", "xwininfo");
     let x = Xvfb::start(640, 360);
     let host_cfg = answered_config();
     let host = Tmux::start(&env_for(host_cfg.path(), &x11(&x), "http://127.0.0.1:9/"));
@@ -277,6 +277,7 @@ fn a_menu_viewer_plays_in_mpv_then_k_kicks_it_and_r_revokes_the_ticket() {
     let s = host.wait("1 viewer: ", 30);
     assert!(s.contains("joined over"), "the host shows the join:\n{s}");
     viewer.wait("ms behind capture", 20);
+    assert!(x.window_id("pixelpass").is_some(), "mpv opened its window on the display");
     let cfg = std::fs::read_to_string(view_cfg.path().join("pixelpass/config.toml")).unwrap();
     assert!(cfg.contains("player = \"mpv\""), "the player is remembered: {cfg}");
 
