@@ -277,7 +277,10 @@ fn a_menu_viewer_plays_in_mpv_then_k_kicks_it_and_r_revokes_the_ticket() {
     let s = host.wait("1 viewer: ", 30);
     assert!(s.contains("joined over"), "the host shows the join:\n{s}");
     viewer.wait("ms behind capture", 20);
-    assert!(x.window_id("pixelpass").is_some(), "mpv opened its window on the display");
+    assert!(
+        x.window_id("pixelpass").is_some(),
+        "mpv opened its window on the display"
+    );
     let cfg = std::fs::read_to_string(view_cfg.path().join("pixelpass/config.toml")).unwrap();
     assert!(cfg.contains("player = \"mpv\""), "the player is remembered: {cfg}");
 
