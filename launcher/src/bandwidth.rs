@@ -226,19 +226,14 @@ async fn upload(client: &reqwest::Client, url: &str, size: u64, limit: Duration)
     Ok(secs)
 }
 
-/// An error and its causes on one line ("error sending request: connection refused").
+/// What actually went wrong: the innermost cause ("Connection refused (os error 111)", "failed
+/// to lookup address information: …", "invalid peer certificate: …"), not reqwest's wrapping.
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s += ": ";
-            s += &t;
-        }
-        src = c.source();
+    let mut inner = e;
+    while let Some(c) = inner.source() {
+        inner = c;
     }
-    s
+    inner.to_string()
 }
 
 /// A bar over the time budget and the megabytes sent so far, redrawn ten times a second.
