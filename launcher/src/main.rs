@@ -13,6 +13,7 @@ mod encoder;
 mod events;
 mod host;
 mod menu;
+mod output;
 mod pipeline;
 mod player;
 mod pw;

@@ -2,9 +2,9 @@
 //! Matroska (`.mkv`) or fragmented MP4 (`.mp4`: every second is a complete fragment, so the
 //! file plays even when the recording was cut off).
 //!
-//! A recording never stops the share: its pipeline is separate, fed without blocking (a slow
-//! disk drops recorded data, never the viewers'), and a write failure (full disk, removed
-//! drive) is one warning, after which the share goes on unrecorded.
+//! A recording never stops the share: its pipeline is separate and fed without blocking
+//! (`output.rs`), and a write failure (full disk, removed drive) is one warning, after which
+//! the share goes on unrecorded.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use anyhow::{Result, bail};
 use gst::prelude::*;
 
 use crate::events::{Event, Events};
+use crate::output::{self, OutputPipeline};
 use crate::pipeline;
 
 /// What a recording's file extension asks for.
@@ -45,8 +46,8 @@ impl Container {
     fn muxer(self) -> Option<&'static str> {
         match self {
             Container::Ts => None,
-            Container::Mkv => Some("matroskamux"),
-            Container::Mp4 => Some("mp4mux fragment-duration=1000"),
+            Container::Mkv => Some("matroskamux name=mux"),
+            Container::Mp4 => Some("mp4mux name=mux fragment-duration=1000"),
         }
     }
 }
@@ -86,20 +87,11 @@ impl Recorder {
     /// a failure later is one warning on `events`.
     pub fn start(path: &Path, events: Arc<Events>) -> Result<Recorder> {
         let container = check_target(path)?;
-        let location = glib_quote(&path.to_string_lossy());
-        // leaky: a disk slower than the stream loses recorded data, never blocks the share
-        let src = "appsrc name=src is-live=true format=bytes max-bytes=33554432 leaky-type=downstream";
-        let desc = match container.muxer() {
-            None => format!("{src} ! filesink location={location} sync=false"),
-            Some(mux) => {
-                format!("{src} ! tsdemux name=demux {mux} name=mux ! filesink name=sink location={location} sync=false")
-            }
-        };
-        let pipeline = pipeline::launch(&desc, "recording")?;
-        let src: gst_app::AppSrc = pipeline::child(&pipeline, "src", "recording")?;
-        if container.muxer().is_some() {
-            remux_each_stream(&pipeline)?;
-        }
+        let sink = format!(
+            "filesink location={} sync=false",
+            output::quote(&path.to_string_lossy())
+        );
+        let OutputPipeline { pipeline, src } = output::build(container.muxer(), &sink, "recording")?;
         let failed = Arc::new(AtomicBool::new(false));
         watch_failures(&pipeline, path, &failed, events.clone());
         pipeline::play(&pipeline, "recording")?;
@@ -156,37 +148,6 @@ impl Drop for Recorder {
     }
 }
 
-/// Links each elementary stream tsdemux finds (H.264, AAC) through its parser into the muxer.
-fn remux_each_stream(pipeline: &gst::Pipeline) -> Result<()> {
-    let demux: gst::Element = pipeline::child(pipeline, "demux", "recording")?;
-    let mux: gst::Element = pipeline::child(pipeline, "mux", "recording")?;
-    let bin = pipeline.downgrade();
-    demux.connect_pad_added(move |_, pad| {
-        let Some(bin) = bin.upgrade() else { return };
-        let caps = pad.current_caps().or_else(|| pad.allowed_caps());
-        let kind = caps
-            .as_ref()
-            .and_then(|c| c.structure(0))
-            .map(|s| s.name().to_string())
-            .unwrap_or_default();
-        let parser = match kind.as_str() {
-            "video/x-h264" => "h264parse",
-            "audio/mpeg" => "aacparse",
-            _ => return, // a stream the containers here do not carry: left out
-        };
-        let Ok(chain) = gst::parse::bin_from_description(&format!("queue ! {parser}"), true) else {
-            return;
-        };
-        let _ = bin.add(&chain);
-        let _ = chain.sync_state_with_parent();
-        let linked = pad.link(&chain.static_pad("sink").expect("ghost sink")).is_ok() && chain.link(&mux).is_ok();
-        if !linked {
-            gst::element_error!(bin, gst::StreamError::Mux, ("cannot record the {} stream", kind));
-        }
-    });
-    Ok(())
-}
-
 /// The first error of the recording pipeline becomes one warning; recording stops there.
 fn watch_failures(pipeline: &gst::Pipeline, path: &Path, failed: &Arc<AtomicBool>, events: Arc<Events>) {
     let bus = pipeline.bus().expect("pipeline has a bus");
@@ -204,11 +165,6 @@ fn watch_failures(pipeline: &gst::Pipeline, path: &Path, failed: &Arc<AtomicBool
         gst::MessageView::Eos(_) => gst::BusSyncReply::Pass,
         _ => gst::BusSyncReply::Drop,
     });
-}
-
-/// A value for a `gst-launch` description: quoted, with quotes and backslashes escaped.
-fn glib_quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 #[cfg(test)]
@@ -232,10 +188,5 @@ mod tests {
             .to_string();
         assert!(e.contains("the folder /nonexistent-pixelpass does not exist"), "{e}");
         assert_eq!(check_target(Path::new("here.mkv")).unwrap(), Container::Mkv);
-    }
-
-    #[test]
-    fn file_names_are_quoted_for_the_description() {
-        assert_eq!(glib_quote(r#"a "b"\c.ts"#), r#""a \"b\"\\c.ts""#);
     }
 }
