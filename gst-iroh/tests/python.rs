@@ -31,7 +31,10 @@ struct PluginDir(PathBuf);
 
 impl PluginDir {
     fn new() -> PluginDir {
-        let dir = std::env::temp_dir().join(format!("gst-iroh-python-{}", std::process::id()));
+        // One per test: tests run in parallel, and each removes its own on drop.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("gst-iroh-python-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let link = dir.join("libgstiroh.so");
         let _ = std::fs::remove_file(&link);
