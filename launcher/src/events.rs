@@ -42,6 +42,9 @@ pub enum Event {
         bitrate_kbps: f64,
         dropped_gops: u64,
         paths: Vec<String>,
+        /// The viewers' ids, in the order of `paths` (a path changes while a viewer watches:
+        /// connections start on the relay, then go direct).
+        ids: Vec<String>,
     },
     /// Viewer: connected to the host; `id` is what the host calls this viewer (its
     /// `viewer-joined` id; empty when the host does not say).
@@ -86,8 +89,9 @@ pub enum Event {
 pub trait Hook: Send + Sync {
     /// Called after `ev` was shown, with the terminal's stderr.
     fn after(&self, ev: &Event, err: &mut dyn std::io::Write);
-    /// The status line for a stats event, instead of the plain one.
-    fn status_line(&self, ev: &Event) -> Option<String>;
+    /// The status line for a stats event, instead of the plain one; `width` is the
+    /// terminal's (a longer line is cut to it).
+    fn status_line(&self, ev: &Event, width: usize) -> Option<String>;
 }
 
 /// Where events go.
@@ -126,10 +130,7 @@ impl Events {
         }
         let mut status_shown = self.status_line_shown.lock().unwrap_or_else(|e| e.into_inner());
         let mut err = std::io::stderr().lock();
-        if *status_shown {
-            let _ = write!(err, "\r\x1b[K");
-            *status_shown = false;
-        }
+        clear_status_line(&mut status_shown, &mut err);
         let _ = writeln!(err, "{line}");
     }
 
@@ -149,18 +150,22 @@ impl Events {
             return;
         }
         let mut err = std::io::stderr().lock();
-        if *status_shown {
-            let _ = write!(err, "\r\x1b[K");
-            *status_shown = false;
-        }
+        clear_status_line(&mut status_shown, &mut err);
         if let Event::Ticket { ticket } = &ev {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{ticket}");
             let _ = out.flush();
         } else if let Some(status) = status_line(&ev) {
-            let status = self.hook.as_ref().and_then(|h| h.status_line(&ev)).unwrap_or(status);
             if self.status_line {
-                let _ = write!(err, "{status}");
+                // Only the last row can be cleared: the line must not wrap.
+                let width = terminal_width();
+                let status = self
+                    .hook
+                    .as_ref()
+                    .and_then(|h| h.status_line(&ev, width))
+                    .unwrap_or(status);
+                let _ = write!(err, "{}", fit(&status, width));
+                let _ = err.flush();
                 *status_shown = true;
             }
         } else {
@@ -172,6 +177,47 @@ impl Events {
     }
 }
 
+/// Clears the status line if one is on screen, so the next line takes its place.
+fn clear_status_line(shown: &mut bool, err: &mut impl std::io::Write) {
+    if std::mem::take(shown) {
+        let _ = write!(err, "\r\x1b[K");
+    }
+}
+
+/// The terminal's width in columns (80 when it cannot tell).
+fn terminal_width() -> usize {
+    match crossterm::terminal::size() {
+        Ok((cols, _)) if cols > 0 => usize::from(cols),
+        _ => 80,
+    }
+}
+
+/// `line` cut to fit `width` columns with room for the cursor (a line filling the last
+/// column would wrap on some terminals), ending in "…" when cut.
+pub fn fit(line: &str, width: usize) -> String {
+    use unicode_width::UnicodeWidthChar as _;
+    let room = width.saturating_sub(1);
+    if unicode_width::UnicodeWidthStr::width(line) <= room {
+        return line.to_string();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in line.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w + 1 > room {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out + "…"
+}
+
+/// The host's status line: "● {who} · 2.4 Mbit/s", then `extra` (a front end's keys).
+pub fn host_status(who: &str, bitrate_kbps: f64, extra: &str) -> String {
+    format!("● {who} · {:.1} Mbit/s{extra}", bitrate_kbps / 1000.0)
+}
+
 /// The status line for a stats event; None for other events.
 fn status_line(ev: &Event) -> Option<String> {
     match ev {
@@ -181,12 +227,13 @@ fn status_line(ev: &Event) -> Option<String> {
             paths,
             ..
         } => {
-            let path = if paths.is_empty() { "-".into() } else { paths.join(",") };
-            Some(format!(
-                "● {viewers} viewer{} · {:.1} Mbit/s · {path}",
-                if *viewers == 1 { "" } else { "s" },
-                bitrate_kbps / 1000.0
-            ))
+            let s = if *viewers == 1 { "" } else { "s" };
+            let who = if paths.is_empty() {
+                format!("{viewers} viewer{s}")
+            } else {
+                format!("{viewers} viewer{s} ({})", paths.join(", "))
+            };
+            Some(host_status(&who, *bitrate_kbps, ""))
         }
         Event::ViewerStats {
             path,
@@ -271,5 +318,20 @@ mod tests {
         })
         .unwrap();
         assert!(v.get("kind").is_none(), "no kind when there is none: {v}");
+    }
+
+    #[test]
+    fn a_status_line_is_cut_to_the_terminal() {
+        assert_eq!(fit("● 1 viewer", 80), "● 1 viewer");
+        let long = "● ".to_string() + &"x".repeat(100);
+        let cut = fit(&long, 80);
+        assert_eq!(cut.chars().count(), 79, "{cut}");
+        assert!(cut.ends_with('…'));
+        // Wide characters count double.
+        assert_eq!(
+            unicode_width::UnicodeWidthStr::width(fit(&"名".repeat(50), 20).as_str()),
+            19
+        );
+        assert_eq!(fit("abcdef", 6), "abcd…");
     }
 }

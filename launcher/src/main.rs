@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         (None, None) if cli.repair => return repair(),
         (None, None) if cli.reconfigure => return reconfigure(),
         // A person at a terminal gets the menu; scripts get the seed's headless host.
-        (None, None) if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() => {
+        (None, None) if wants_menu(&cli.host) => {
             let typed_ids: Vec<String> = matches
                 .ids()
                 .filter(|id| matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
@@ -88,6 +88,15 @@ fn main() -> ExitCode {
             run(events.clone(), |cancel| view::run(args, events, cancel))
         }
     }
+}
+
+/// The menu is for a person at a terminal; `--events json` or `--control stdin` mean a program
+/// reads or drives the host, so those get the headless host even on a terminal.
+fn wants_menu(host: &cli::HostArgs) -> bool {
+    std::io::stdin().is_terminal()
+        && std::io::stderr().is_terminal()
+        && host.common.events.is_none()
+        && host.control.is_none()
 }
 
 /// 2 for usage errors and tickets the host refuses (wrong or revoked secret: the ticket is
@@ -179,12 +188,22 @@ fn from_menu(preset: &menu::answers::Preset, typed: &[String]) -> ExitCode {
 fn host_on_screen(args: cli::HostArgs) -> ExitCode {
     use menu::screen;
     let viewers = screen::Viewers::default();
-    let events = Arc::new(Events::with_hook(Box::new(screen::HostScreen::new(viewers.clone()))));
+    let events = Arc::new_cyclic(|events| {
+        let to_clipboard = screen::copy_tickets(events.clone());
+        Events::with_hook(Box::new(screen::HostScreen::new(viewers.clone(), to_clipboard)))
+    });
     let (commander, commands) = host::control::channel();
-    let _keys = screen::KeyMode::enter();
-    let ev = events.clone();
-    std::thread::spawn(move || screen::read_keys(commander, viewers, ev));
-    run(events.clone(), |cancel| host::run(args, events, cancel, Some(commands)))
+    run(events.clone(), |cancel| {
+        // Only now, with ctrl-c handled, may the terminal change (see KeyMode).
+        let keys = screen::KeyMode::enter();
+        let ev = events.clone();
+        std::thread::spawn(move || screen::read_keys(commander, viewers, ev));
+        async move {
+            let result = host::run(args, events, cancel, Some(commands)).await;
+            drop(keys);
+            result
+        }
+    })
 }
 
 /// Parses a shortcut as its full subcommand (the typed arguments, then `extra`), so defaults,
@@ -222,20 +241,18 @@ where
         .expect("tokio runtime");
     let cancel = CancellationToken::new();
     let result = rt.block_on(async {
-        let c = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                c.cancel();
-            }
-        });
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let c = cancel.clone();
-        tokio::spawn(async move {
-            if let Some(t) = term.as_mut() {
-                t.recv().await;
-                c.cancel();
-            }
-        });
+        // Handlers in place before `mode` starts (and may change the terminal).
+        use tokio::signal::unix::{SignalKind, signal};
+        for kind in [SignalKind::interrupt(), SignalKind::terminate()] {
+            let mut sig = signal(kind).ok();
+            let c = cancel.clone();
+            tokio::spawn(async move {
+                if let Some(s) = sig.as_mut() {
+                    s.recv().await;
+                    c.cancel();
+                }
+            });
+        }
         mode(cancel).await
     });
     rt.shutdown_timeout(std::time::Duration::from_millis(200));

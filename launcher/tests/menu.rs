@@ -32,6 +32,11 @@ impl Tmux {
     /// [`Tmux::start`] with arguments for pixelpass. The terminal takes OSC 52 clipboard
     /// requests into its paste buffer.
     fn start_with(env: &[(String, String)], args: &str) -> Tmux {
+        Tmux::start_sized(env, args, 100)
+    }
+
+    /// [`Tmux::start_with`] in a terminal `cols` wide.
+    fn start_sized(env: &[(String, String)], args: &str, cols: u32) -> Tmux {
         let dir = TempDir::new("tmux");
         let socket = dir.path().join("socket").display().to_string();
         let conf = dir.path().join("tmux.conf");
@@ -42,7 +47,8 @@ impl Tmux {
         let cmd = format!(
             "env {vars} {BIN} {args}; echo EXIT=$?; stty -a | tr -s ' ;' '\\n\\n' | grep -x -- '-*\\(icanon\\|echo\\)' | tr '\\n' ' '; echo STTY; sleep 3600"
         );
-        t.tmux(&["-f", &conf, "new-session", "-d", "-x", "100", "-y", "60", &cmd]);
+        let cols = cols.to_string();
+        t.tmux(&["-f", &conf, "new-session", "-d", "-x", &cols, "-y", "60", &cmd]);
         t
     }
 
@@ -70,6 +76,11 @@ impl Tmux {
     /// The screen and its scrollback.
     fn screen(&self) -> String {
         self.tmux(&["capture-pane", "-p", "-J", "-S", "-300"])
+    }
+
+    /// The screen and its scrollback as drawn: a wrapped line is two rows.
+    fn rows(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-S", "-300"])
     }
 
     /// Waits for `needle` on screen; panics with the screen if it never comes.
@@ -286,7 +297,7 @@ fn a_menu_viewer_plays_in_mpv_then_k_kicks_it_and_r_revokes_the_ticket() {
 
     host.keys(&["k"]);
     host.wait("kick which viewer? 1) ", 5);
-    host.keys(&["1"]);
+    host.keys(&["1", "Enter"]);
     let s = viewer.wait("EXIT=", 15);
     assert!(
         s.contains("the host removed this viewer from the share"),
@@ -486,4 +497,48 @@ fn over_ssh_the_ticket_also_goes_to_the_terminal_clipboard_with_osc52() {
     assert!(got, "the terminal's clipboard holds the ticket: {buffer:?}");
     t.keys(&["q"]);
     assert_eq!(t.exit(10).0, 0);
+}
+
+/// With two viewers on an 80-column terminal the status line stays one row: redrawn in place
+/// every second, never wrapping onto rows it cannot clear.
+#[test]
+fn the_status_line_fits_an_80_column_terminal_with_two_viewers() {
+    require!("tmux", "Xvfb");
+    let x = Xvfb::start(320, 240);
+    let config = answered_config();
+    let t = Tmux::start_sized(&env_for(config.path(), &x11(&x), "http://127.0.0.1:9/"), "", 80);
+    let ticket = menu_host(&t);
+    let viewers = [headless_viewer(&ticket), headless_viewer(&ticket)];
+    t.wait("2 viewers", 30);
+    // A few redraws after both joined.
+    std::thread::sleep(Duration::from_secs(3));
+    let rows = t.rows();
+    let status: Vec<&str> = rows.lines().filter(|l| l.contains('●')).collect();
+    assert_eq!(status.len(), 1, "one status row, redrawn in place:\n{rows}");
+    assert!(status[0].starts_with("● 2 viewers"), "{rows}");
+    assert!(status[0].chars().count() < 80, "fits the width: {:?}", status[0]);
+    let last = rows.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+    assert!(last.starts_with('●'), "the status line is the last row:\n{rows}");
+    drop(viewers);
+    t.keys(&["q"]);
+    assert_eq!(t.exit(10).0, 0);
+}
+
+/// Ctrl-C on the host screen (not only `q`) ends the share with the terminal restored.
+#[test]
+fn ctrl_c_on_the_host_screen_restores_the_terminal() {
+    require!("tmux", "Xvfb");
+    let x = Xvfb::start(320, 240);
+    let config = answered_config();
+    let t = Tmux::start(&env_for(config.path(), &x11(&x), "http://127.0.0.1:9/"));
+    menu_host(&t);
+    t.keys(&["C-c"]);
+    let (code, stty) = t.exit(10);
+    assert_eq!(code, 0, "ctrl-c stops the share cleanly");
+    assert!(
+        stty.contains("icanon") && !stty.contains("-icanon"),
+        "cooked mode again: {stty}"
+    );
+    assert!(stty.contains("echo") && !stty.contains("-echo"), "echo again: {stty}");
+    assert!(t.cursor_visible(), "the cursor is visible");
 }

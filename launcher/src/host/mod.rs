@@ -312,12 +312,15 @@ impl<'a> Share<'a> {
         let dt = self.last_bytes.1.elapsed().as_secs_f64().max(0.001);
         let kbps = bytes.saturating_sub(self.last_bytes.0) as f64 * 8.0 / dt / 1000.0;
         self.last_bytes = (bytes, Instant::now());
-        let paths = st
+        let (ids, paths) = st
             .get::<gst::Array>("viewer-stats")
             .map(|a| {
                 a.iter()
-                    .filter_map(|v| v.get::<gst::Structure>().ok()?.get::<String>("path").ok())
-                    .collect()
+                    .filter_map(|v| {
+                        let v = v.get::<gst::Structure>().ok()?;
+                        Some((v.get::<String>("id").ok()?, v.get::<String>("path").ok()?))
+                    })
+                    .unzip()
             })
             .unwrap_or_default();
         self.events.emit(Event::HostStats {
@@ -325,6 +328,7 @@ impl<'a> Share<'a> {
             bitrate_kbps: kbps,
             dropped_gops: st.get("dropped-gops").unwrap_or(0),
             paths,
+            ids,
         });
     }
 
