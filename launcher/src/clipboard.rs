@@ -1,10 +1,12 @@
 //! The ticket on the clipboard: arboard (X11, or Wayland's data-control protocol) and, over SSH
 //! or without a display, OSC 52 so the local terminal takes it. The contents live only while
-//! the process that set them does, so the host keeps its [`Clipboard`] until it exits. A
+//! the process that set them does, so the host keeps its [`Clipboard`] until it exits (a
+//! clipboard manager may keep a copy: the ticket is marked to be left out of its history). A
 //! failure is only ever reported, never fatal.
 
 use std::io::Write as _;
 
+use arboard::SetExtLinux as _;
 use base64::Engine as _;
 
 /// The clipboard the host owns while it runs.
@@ -30,7 +32,8 @@ impl Clipboard {
             None => arboard::Clipboard::new(),
         };
         let copied = board.and_then(|mut b| {
-            b.set_text(text)?;
+            // The ticket is a secret: clipboard managers are asked not to keep it.
+            b.set().exclude_from_history().text(text)?;
             Ok(b)
         });
         match (copied, osc) {
