@@ -1,6 +1,7 @@
 //! The upstream bandwidth test (`--reconfigure`, and the menu's first run): POST a few bodies to
 //! an upload endpoint and time each to its response, as speed-test clients do. The largest
-//! completed upload decides; the config keeps 80 % of it as the safe upstream.
+//! completed upload after the first (which also opens the connection) decides; the config
+//! keeps 80 % of it as the safe upstream.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -21,11 +22,13 @@ const MAX_TOTAL: u64 = 5_000_000;
 const SOFT_BUDGET: Duration = Duration::from_secs(5);
 /// A test never takes longer than this: a stalled endpoint fails here.
 pub const HARD_BOUND: Duration = Duration::from_secs(10);
-/// The first two uploads (the first opens the connection and grows TCP's window); later ones
-/// are sized to fill the rest of the budget, so on a slow link the last, largest one decides.
-const FIRST_SIZES: [u64; 2] = [100_000, 1_000_000];
-/// Smallest upload worth timing after the first ones (slow start would dominate below it).
-const MIN_LATER: u64 = 500_000;
+/// The first upload: it opens the connection (DNS, TCP, TLS) and grows TCP's window, so its
+/// time says little; its rate sizes the second.
+const FIRST_SIZE: u64 = 100_000;
+/// The second upload takes about this long at the first's rate, up to [`SECOND_MAX`] bytes;
+/// later ones fill the rest of the budget, so on a slow link the last, largest one decides.
+const SECOND_SECS: f64 = 1.0;
+const SECOND_MAX: u64 = 1_000_000;
 
 /// One completed upload.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,7 +39,11 @@ pub struct Sample {
 
 impl Sample {
     fn mbps(&self) -> f64 {
-        self.bytes as f64 * 8.0 / self.secs.max(1e-6) / 1e6
+        self.bytes_per_sec() * 8.0 / 1e6
+    }
+
+    fn bytes_per_sec(&self) -> f64 {
+        self.bytes as f64 / self.secs.max(1e-6)
     }
 }
 
@@ -49,15 +56,27 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// The endpoint: the environment variable, else the config's, else Cloudflare's.
-pub fn endpoint(config: &Config, env: Option<String>) -> String {
-    env.filter(|v| !v.trim().is_empty())
-        .or_else(|| config.bandwidth.endpoint.clone())
-        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
+/// The endpoint: the environment variable, else the config's, else Cloudflare's; an
+/// http(s) URL, else an error that says where the bad one came from.
+pub fn endpoint(config: &Config, env: Option<String>) -> Result<String, String> {
+    let (url, from) = match env.filter(|v| !v.trim().is_empty()) {
+        Some(v) => (v, format!("the environment variable {ENDPOINT_ENV}")),
+        None => match &config.bandwidth.endpoint {
+            Some(v) => (v.clone(), "`endpoint` in the config's [bandwidth] section".to_string()),
+            None => return Ok(DEFAULT_ENDPOINT.to_string()),
+        },
+    };
+    let url = url.trim().to_string();
+    match reqwest::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(url),
+        Ok(_) => Err(format!("{from} is {url:?}: not an http:// or https:// URL")),
+        Err(e) => Err(format!("{from} is {url:?}: not a URL ({e})")),
+    }
 }
 
-/// The next upload's size, or None when the test is done: the first sizes, then what the rate
-/// so far fits in the rest of the budget, within the byte total.
+/// The next upload's size, or None when the test is done: a small first one, a second sized
+/// from the first's rate, then what the last rate fits in the rest of the budget (only if
+/// larger than every upload before it: a smaller one would not decide), within the byte total.
 pub fn next_size(done: &[Sample], elapsed: Duration) -> Option<u64> {
     let sent: u64 = done.iter().map(|s| s.bytes).sum();
     let left_bytes = MAX_TOTAL.saturating_sub(sent);
@@ -65,19 +84,26 @@ pub fn next_size(done: &[Sample], elapsed: Duration) -> Option<u64> {
     if left_bytes == 0 || left_time <= 0.0 {
         return None;
     }
-    if let Some(&first) = FIRST_SIZES.get(done.len()) {
-        return Some(first.min(left_bytes));
-    }
-    let last = done.last()?;
+    let last = match done {
+        [] => return Some(FIRST_SIZE.min(left_bytes)),
+        [first] => {
+            let size = (first.bytes_per_sec() * SECOND_SECS) as u64;
+            return Some(size.clamp(FIRST_SIZE, SECOND_MAX).min(left_bytes));
+        }
+        [.., last] => last,
+    };
     // 95 % of what fits, so the last upload ends before the budget does.
-    let fits = (last.bytes as f64 / last.secs.max(1e-6) * left_time * 0.95) as u64;
+    let fits = (last.bytes_per_sec() * left_time * 0.95) as u64;
     let size = fits.min(left_bytes);
-    (size >= MIN_LATER).then_some(size)
+    let largest = done.iter().map(|s| s.bytes).max().unwrap_or(0);
+    (size > largest).then_some(size)
 }
 
-/// Raw Mbit/s from the largest completed upload.
+/// The upload that decides: the largest after the first (whose time includes opening the
+/// connection); the first only when it is the only one.
 pub fn decide(done: &[Sample]) -> Option<Sample> {
-    done.iter().copied().max_by_key(|s| s.bytes)
+    let warm = done.get(1..).filter(|w| !w.is_empty()).unwrap_or(done);
+    warm.iter().copied().max_by_key(|s| s.bytes)
 }
 
 /// The `[bandwidth]` section for an outcome at `now` (the endpoint setting is kept).
@@ -119,29 +145,23 @@ pub fn describe(outcome: &Outcome) -> String {
             decided_by.secs,
             raw_mbps * SAFE_SHARE
         ),
-        Outcome::Failed(why) => format!("the bandwidth test failed: {why}; hosting uses the defaults"),
+        Outcome::Failed(why) => format!(
+            "the bandwidth test failed: {why}; hosting uses the defaults (`pixelpass --reconfigure` tries again; {ENDPOINT_ENV} names another upload endpoint)"
+        ),
     }
 }
 
 /// RFC 3339 in UTC, whole seconds.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let t = time::OffsetDateTime::from(t);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
     )
 }
 
@@ -168,6 +188,8 @@ fn client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .user_agent(concat!("pixelpass/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(HARD_BOUND)
+        // A redirect would turn the POST into a GET: timed, that is no upload at all.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| format!("cannot set up HTTP: {}", chain(&e)))
 }
@@ -205,24 +227,36 @@ enum Stop {
 }
 
 /// One POST of `size` bytes: seconds from sending to the response (the endpoint answers after
-/// reading the whole body).
+/// reading the whole body). The response's body is read too, within the same limit: only then
+/// can the next upload reuse the connection (no new handshakes, no new slow start).
 async fn upload(client: &reqwest::Client, url: &str, size: u64, limit: Duration) -> Result<f64, Stop> {
     let body = vec![b'0'; size as usize];
     let t = Instant::now();
-    let req = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "text/plain")
-        .body(body)
-        .send();
-    let resp = match tokio::time::timeout(limit, req).await {
+    let exchange = async {
+        let resp = client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "text/plain")
+            .body(body)
+            .send()
+            .await?;
+        let secs = t.elapsed().as_secs_f64();
+        let status = resp.status();
+        resp.bytes().await?;
+        Ok::<_, reqwest::Error>((status, secs))
+    };
+    let (status, secs) = match tokio::time::timeout(limit, exchange).await {
         Err(_) => return Err(Stop::Timeout),
         Ok(Err(e)) if e.is_timeout() => return Err(Stop::Timeout),
         Ok(Err(e)) => return Err(Stop::Failed(format!("cannot upload to {url}: {}", chain(&e)))),
         Ok(Ok(r)) => r,
     };
-    let secs = t.elapsed().as_secs_f64();
-    if !resp.status().is_success() {
-        return Err(Stop::Failed(format!("{url} answered HTTP {}", resp.status())));
+    if status.is_redirection() {
+        return Err(Stop::Failed(format!(
+            "{url} answered HTTP {status}: redirects are not followed, give the URL it points to"
+        )));
+    }
+    if !status.is_success() {
+        return Err(Stop::Failed(format!("{url} answered HTTP {status}")));
     }
     Ok(secs)
 }
@@ -265,30 +299,39 @@ mod tests {
     #[test]
     fn sizes_start_small_then_fill_the_budget() {
         assert_eq!(next_size(&[], Duration::ZERO), Some(100_000));
+        // The second takes about a second at the first's rate, 100 kB to 1 MB.
+        assert_eq!(next_size(&[s(100_000, 0.2)], Duration::from_millis(200)), Some(500_000));
         assert_eq!(
-            next_size(&[s(100_000, 0.2)], Duration::from_millis(200)),
+            next_size(&[s(100_000, 0.02)], Duration::from_millis(20)),
             Some(1_000_000)
         );
-        // 4 Mbit/s: 2.2 s used, 2.8 s left at 0.5 MB/s → 95 % of 1.4 MB, more than the 1 MB
-        // before it.
-        let done = [s(100_000, 0.2), s(1_000_000, 2.0)];
-        assert_eq!(next_size(&done, Duration::from_millis(2200)), Some(1_330_000));
+        // 0.5 Mbit/s: 100 kB took 1.6 s; the second is not smaller than the first.
+        assert_eq!(
+            next_size(&[s(100_000, 1.6)], Duration::from_millis(1600)),
+            Some(100_000)
+        );
+        // 4 Mbit/s: 1.2 s used, 3.8 s left at 0.5 MB/s → 95 % of 1.9 MB.
+        let done = [s(100_000, 0.2), s(500_000, 1.0)];
+        assert_eq!(next_size(&done, Duration::from_millis(1200)), Some(1_805_000));
         // Fast: the byte total caps it.
         let done = [s(100_000, 0.02), s(1_000_000, 0.08)];
         assert_eq!(next_size(&done, Duration::from_millis(100)), Some(3_900_000));
-        // Out of time, or too little left to be worth timing.
+        // Out of time, or no larger upload fits (it would not decide).
         assert_eq!(next_size(&done, Duration::from_secs(6)), None);
-        let done = [s(100_000, 2.0), s(1_000_000, 2.9)];
-        assert_eq!(next_size(&done, Duration::from_millis(4900)), None);
+        let done = [s(100_000, 2.0), s(100_000, 2.0)];
+        assert_eq!(next_size(&done, Duration::from_millis(4000)), None);
         let done = [s(100_000, 0.01), s(1_000_000, 0.01), s(3_900_000, 0.1)];
         assert_eq!(next_size(&done, Duration::from_millis(200)), None, "5 MB sent");
     }
 
     #[test]
-    fn the_largest_upload_decides() {
-        let d = decide(&[s(250_000, 0.1), s(1_000_000, 2.0), s(500_000, 0.2)]).unwrap();
+    fn the_largest_upload_after_the_first_decides() {
+        let d = decide(&[s(100_000, 0.1), s(1_000_000, 2.0), s(500_000, 0.2)]).unwrap();
         assert_eq!(d, s(1_000_000, 2.0));
         assert!((d.mbps() - 4.0).abs() < 1e-9);
+        // The first (with the connection's opening in its time) only when it is the only one.
+        assert_eq!(decide(&[s(100_000, 0.5), s(100_000, 0.2)]), Some(s(100_000, 0.2)));
+        assert_eq!(decide(&[s(100_000, 0.5)]), Some(s(100_000, 0.5)));
         assert_eq!(decide(&[]), None);
     }
 
@@ -320,22 +363,62 @@ mod tests {
     #[test]
     fn the_environment_wins_over_the_config() {
         let mut c = Config::default();
-        assert_eq!(endpoint(&c, None), DEFAULT_ENDPOINT);
+        assert_eq!(endpoint(&c, None).unwrap(), DEFAULT_ENDPOINT);
         c.bandwidth.endpoint = Some("http://a/".into());
-        assert_eq!(endpoint(&c, None), "http://a/");
-        assert_eq!(endpoint(&c, Some("http://b/".into())), "http://b/");
-        assert_eq!(endpoint(&c, Some(" ".into())), "http://a/", "empty means unset");
+        assert_eq!(endpoint(&c, None).unwrap(), "http://a/");
+        assert_eq!(endpoint(&c, Some("http://b/".into())).unwrap(), "http://b/");
+        assert_eq!(
+            endpoint(&c, Some(" ".into())).unwrap(),
+            "http://a/",
+            "empty means unset"
+        );
+    }
+
+    #[test]
+    fn a_bad_endpoint_says_where_it_came_from() {
+        let mut c = Config::default();
+        let e = endpoint(&c, Some("ftp://sink/up".into())).unwrap_err();
+        assert!(
+            e.contains(ENDPOINT_ENV) && e.contains("not an http:// or https:// URL"),
+            "{e}"
+        );
+        c.bandwidth.endpoint = Some("sink:8080/up".into());
+        let e = endpoint(&c, None).unwrap_err();
+        assert!(e.contains("`endpoint` in the config's [bandwidth]"), "{e}");
+        let e = endpoint(&c, Some("not a url".into())).unwrap_err();
+        assert!(e.contains("not a URL"), "{e}");
+    }
+
+    /// A TLS server on loopback with a self-signed certificate: accepts one connection and
+    /// runs the handshake (the client gives up on the certificate).
+    fn self_signed_tls_server() -> u16 {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let cert = CertificateDer::from(key.cert.der().to_vec());
+        let pkcs8 = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], pkcs8)
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((tcp, _)) = listener.accept() {
+                let conn = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                let _ = std::io::Read::read(&mut tls, &mut [0u8; 1]);
+            }
+        });
+        port
     }
 
     /// The HTTPS path is set up (the crypto provider, the platform's roots) without the
-    /// internet: a refused connection is a failure that says so, not a panic.
+    /// internet: a certificate nobody vouches for is a failure that says so, not a panic.
     #[test]
-    fn https_is_set_up_and_a_refused_endpoint_fails_with_the_reason() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+    fn https_checks_the_certificate_and_says_why_it_fails() {
+        let port = self_signed_tls_server();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -343,7 +426,7 @@ mod tests {
         let out = rt.block_on(measure(&format!("https://127.0.0.1:{port}/__up"), false));
         let Outcome::Failed(why) = out else { panic!("{out:?}") };
         assert!(
-            why.contains("cannot upload to https://127.0.0.1") && why.contains("refused"),
+            why.contains("cannot upload to https://127.0.0.1") && why.contains("certificate"),
             "{why}"
         );
     }

@@ -37,7 +37,7 @@ pub struct Cli {
     #[arg(long)]
     pub repair: bool,
 
-    /// Re-run the upstream bandwidth test (about 5 s, up to 5 MB; endpoint from
+    /// Re-run the upstream bandwidth test (about 5 s, at most 10; up to 5 MB; endpoint from
     /// PIXELPASS_SPEEDTEST_URL, else the config's, else Cloudflare's), store it and exit
     #[arg(long)]
     pub reconfigure: bool,

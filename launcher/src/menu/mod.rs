@@ -118,7 +118,7 @@ fn host(config: &mut Config, preset: &answers::Preset, typed: &[String]) -> Resu
 /// First run: test the upstream now (default) or skip (remembered).
 fn ask_bandwidth(config: &mut Config) -> Result<Asked<()>> {
     let run = match pick(
-        "Test your upload speed first? (about 5 s and 5 MB; sizes the viewer cap and quality)",
+        "Test your upload speed first? (about 5 s, at most 10; up to 5 MB; sizes the viewer cap and quality)",
         vec![
             (true, "Run the test (recommended)".into()),
             (
@@ -145,7 +145,10 @@ fn ask_bandwidth(config: &mut Config) -> Result<Asked<()>> {
 
 /// Runs the bandwidth test on a small runtime of its own, with a progress bar.
 pub fn measure_now(config: &Config) -> Result<bandwidth::Outcome> {
-    let url = bandwidth::endpoint(config, std::env::var(bandwidth::ENDPOINT_ENV).ok());
+    let url = match bandwidth::endpoint(config, std::env::var(bandwidth::ENDPOINT_ENV).ok()) {
+        Ok(u) => u,
+        Err(why) => return Ok(bandwidth::Outcome::Failed(why)),
+    };
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -6,12 +6,19 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How the sink answers an upload.
 #[derive(Clone, Copy, PartialEq)]
 pub enum Answer {
     Ok,
+    /// 200 with a body (as Cloudflare's endpoint answers): the client must read it to reuse
+    /// the connection.
+    OkWithBody,
     Http500,
+    /// 301 to another path (a client following it would POST nothing there).
+    Redirect,
     /// Reads the body, never answers.
     Never,
 }
@@ -19,14 +26,22 @@ pub enum Answer {
 /// An HTTP upload sink: reads each POST body (by Content-Length), then answers per [`Answer`].
 /// Its threads end with the test process.
 pub fn sink(ip: Ipv4Addr, answer: Answer) -> SocketAddr {
+    sink_counting(ip, answer).0
+}
+
+/// [`sink`], and how many connections it accepted so far.
+pub fn sink_counting(ip: Ipv4Addr, answer: Answer) -> (SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind((ip, 0)).unwrap();
     let addr = l.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
     std::thread::spawn(move || {
         for conn in l.incoming().flatten() {
+            c.fetch_add(1, Ordering::SeqCst);
             std::thread::spawn(move || serve(conn, answer));
         }
     });
-    addr
+    (addr, count)
 }
 
 /// One connection, keep-alive: request after request.
@@ -58,9 +73,19 @@ fn serve(conn: TcpStream, answer: Answer) {
         if std::io::copy(&mut (&mut r).take(len), &mut std::io::sink()).unwrap_or(0) != len {
             return;
         }
+        let with_body;
         let reply: &[u8] = match answer {
             Answer::Ok => b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            Answer::OkWithBody => {
+                let body = format!("{{\"received\":{len},\"pad\":\"{}\"}}", "x".repeat(2000));
+                with_body = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                with_body.as_bytes()
+            }
             Answer::Http500 => b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+            Answer::Redirect => b"HTTP/1.1 301 Moved Permanently\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n",
             Answer::Never => {
                 // Hold the connection open, silent, until the client gives up.
                 let _ = std::io::copy(&mut r, &mut std::io::sink());
