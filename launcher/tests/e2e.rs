@@ -902,7 +902,7 @@ fn repair_without_an_audio_server_has_nothing_to_repair() {
 macro_rules! require_wayland {
     () => {
         if let Some(why) = wayland_missing() {
-            eprintln!("SKIP: {why} (bash scripts/install-deps.sh)");
+            skip(&format!("{why} (bash scripts/install-deps.sh)"));
             return;
         }
     };

@@ -439,7 +439,7 @@ fn skipping_the_bandwidth_test_is_remembered() {
 #[test]
 fn wayland_the_ticket_is_on_the_clipboard_while_the_host_runs() {
     if let Some(why) = wayland_missing() {
-        eprintln!("SKIP: {why} (bash scripts/install-deps.sh)");
+        skip(&format!("{why} (bash scripts/install-deps.sh)"));
         return;
     }
     require!("tmux", "wl-paste");

@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn no_fd_growth_across_failed_capture_setups() {
         if !support::have("Xvfb") || !support::have("xwininfo") {
-            eprintln!("SKIP: Xvfb/xwininfo not installed");
+            support::skip("Xvfb/xwininfo not installed");
             return;
         }
         let _serial = support::FD_COUNTING.lock().unwrap_or_else(|e| e.into_inner());
@@ -372,7 +372,7 @@ mod portal_tests {
     #[test]
     fn no_fd_or_session_left_after_failed_portal_setups() {
         if let Some(why) = support::wayland_missing() {
-            eprintln!("SKIP: {why} (bash scripts/install-deps.sh)");
+            support::skip(&format!("{why} (bash scripts/install-deps.sh)"));
             return;
         }
         let _serial = support::FD_COUNTING.lock().unwrap_or_else(|e| e.into_inner());

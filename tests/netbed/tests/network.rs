@@ -81,7 +81,7 @@ impl Net {
     fn up(viewers: usize) -> Option<Net> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 || !have("ip") || !have("iptables") || !have("tc") {
-            eprintln!("SKIP: network namespaces need root, iproute2 and iptables (CI runs as root)");
+            support::skip("network namespaces need root, iproute2 and iptables (CI runs as root)");
             return None;
         }
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -646,7 +646,7 @@ fn churn_and_bad_peers_leave_the_watcher_alone_and_memory_flat() {
 fn nothing_on_the_wire_looks_like_mpeg_ts() {
     let _g = serial();
     if !have("tcpdump") {
-        eprintln!("SKIP: tcpdump not installed");
+        support::skip("tcpdump not installed");
         return;
     }
     let Some(mut net) = Net::up(1) else { return };

@@ -113,13 +113,33 @@ pub fn have(cmd: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
 }
 
-/// Skips the calling test (returns from it) when a tool is missing, with a clear message.
+/// Whether every test must really run: in CI (`CI` set) or with `PIXELPASS_REQUIRE_ALL`
+/// (scripts/test.sh sets it). A missing tool or privilege then fails the test: a skip would
+/// pass without testing anything.
+pub fn require_all() -> bool {
+    ["CI", "PIXELPASS_REQUIRE_ALL"]
+        .iter()
+        .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false")))
+}
+
+/// A test cannot run here because of `why`: says so (the caller then returns), or, when
+/// [`require_all`], fails.
+pub fn skip(why: &str) {
+    assert!(
+        !require_all(),
+        "{why}: this test must run here (CI or PIXELPASS_REQUIRE_ALL is set)"
+    );
+    eprintln!("SKIP: {why}");
+}
+
+/// Skips the calling test (returns from it) when a tool is missing, with a clear message;
+/// fails it instead when [`require_all`].
 #[macro_export]
 macro_rules! require {
     ($($cmd:expr),+) => {
         for c in [$($cmd),+] {
             if !$crate::have(c) {
-                eprintln!("SKIP: {c} is not installed (bash scripts/install-deps.sh)");
+                $crate::skip(&format!("{c} is not installed (bash scripts/install-deps.sh)"));
                 return;
             }
         }
