@@ -6,9 +6,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// The keys this version knows, per section; others are warned about and kept (another
+/// version of pixelpass may use them).
+const KNOWN: [(&str, &[&str]); 2] = [
+    (
+        "bandwidth",
+        &["status", "upstream_mbps", "measured_at", "error", "endpoint"],
+    ),
+    ("viewer", &["player"]),
+];
+
 /// The whole config file.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub bandwidth: Bandwidth,
@@ -18,7 +27,6 @@ pub struct Config {
 
 /// The `[viewer]` section: what the menu's viewer remembers.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Viewer {
     /// The player picked last (`mpv`, `vlc`, `gst`), offered first next time.
     pub player: Option<String>,
@@ -32,7 +40,6 @@ impl Viewer {
 
 /// The `[bandwidth]` section, in the seed's format.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Bandwidth {
     /// measured | skipped | failed | unmeasured
     #[serde(default)]
@@ -85,6 +92,12 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
+        for key in unknown_keys(&text) {
+            eprintln!(
+                "pixelpass: warning: {}: unknown key `{key}` ignored (kept in the file; another pixelpass version may use it)",
+                path.display()
+            );
+        }
         toml::from_str(&text).map_err(|e| {
             let line = e
                 .span()
@@ -106,12 +119,22 @@ impl Config {
     }
 
     /// Writes atomically (a temporary file renamed over the old one), so a crash never leaves
-    /// half a config.
+    /// half a config. Only the keys this version knows change: unknown keys and comments in
+    /// the file stay.
     pub fn save_to(&self, path: &Path) -> Result<()> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let text = toml::to_string(self).context("cannot write the config as TOML")?;
+        let fresh: toml_edit::DocumentMut = toml::to_string(self)
+            .context("cannot write the config as TOML")?
+            .parse()
+            .context("cannot write the config as TOML")?;
+        let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_default();
+        merge_known(&mut doc, &fresh);
+        let text = doc.to_string();
         let tmp = path.with_extension(format!("toml.{}", std::process::id()));
         std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
@@ -131,6 +154,69 @@ impl Config {
         match self.upstream_mbps() {
             Some(m) => ((m / 2.5).floor() as u32).clamp(1, 10),
             None => 2,
+        }
+    }
+}
+
+/// The keys in `text` this version does not know, as `section.key` (nothing when `text` is
+/// not TOML: parsing reports that).
+pub fn unknown_keys(text: &str) -> Vec<String> {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (section, value) in &table {
+        match KNOWN.iter().find(|(s, _)| s == section) {
+            None => out.push(section.clone()),
+            Some((_, keys)) => {
+                let Some(t) = value.as_table() else { continue };
+                out.extend(
+                    t.keys()
+                        .filter(|k| !keys.contains(&k.as_str()))
+                        .map(|k| format!("{section}.{k}")),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Sets the known keys of `doc` to `fresh`'s (removing those `fresh` leaves out), keeping each
+/// value's comments and everything else in `doc`.
+fn merge_known(doc: &mut toml_edit::DocumentMut, fresh: &toml_edit::DocumentMut) {
+    for (section, keys) in KNOWN {
+        let new = fresh.get(section).and_then(|i| i.as_table());
+        if doc.get(section).and_then(|i| i.as_table_like()).is_none() {
+            match new {
+                Some(n) => doc[section] = toml_edit::Item::Table(n.clone()),
+                None => {
+                    doc.remove(section);
+                }
+            }
+            continue;
+        }
+        let Some(table) = doc[section].as_table_like_mut() else {
+            continue;
+        };
+        for key in keys {
+            match new.and_then(|n| n.get(key)) {
+                Some(value) => {
+                    let mut value = value.clone();
+                    if let (Some(old), Some(v)) = (table.get(key).and_then(|o| o.as_value()), value.as_value_mut()) {
+                        *v.decor_mut() = old.decor().clone();
+                    }
+                    // In place: the key keeps its own comments.
+                    match table.get_mut(key) {
+                        Some(slot) => *slot = value,
+                        None => {
+                            table.insert(key, value);
+                        }
+                    }
+                }
+                None => {
+                    table.remove(key);
+                }
+            }
         }
     }
 }
@@ -192,6 +278,45 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("endpoint"), "unset keys are left out: {text}");
+        assert_eq!(Config::load_from(&p).unwrap(), c);
+        std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named_and_do_not_stop_loading() {
+        let text = "# mine\n[bandwidth]\nstatus = \"skipped\"\nprobe_ms = 3\n\n[viewer]\nplayer = \"mpv\"\nvolume = 9\n\n[gui]\ntheme = \"dark\"\n";
+        assert_eq!(unknown_keys(text), ["bandwidth.probe_ms", "gui", "viewer.volume"]);
+        let p = tmp("unknown", text);
+        let c = Config::load_from(&p).unwrap();
+        assert_eq!(c.bandwidth.status, BandwidthStatus::Skipped);
+        assert_eq!(c.viewer.player.as_deref(), Some("mpv"));
+        std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn save_keeps_unknown_keys_and_comments() {
+        let text = "# my settings\n[bandwidth]\n# from the office\nstatus = \"skipped\" # for now\nprobe_ms = 3\nendpoint = \"http://sink/up\"\n\n[gui]\ntheme = \"dark\" # newer build\n";
+        let p = tmp("keep", text);
+        let mut c = Config::load_from(&p).unwrap();
+        c.bandwidth.status = BandwidthStatus::Measured;
+        c.bandwidth.upstream_mbps = Some(7.5);
+        c.bandwidth.endpoint = None;
+        c.viewer.player = Some("vlc".into());
+        c.save_to(&p).unwrap();
+        let saved = std::fs::read_to_string(&p).unwrap();
+        for kept in [
+            "# my settings",
+            "# from the office",
+            "status = \"measured\" # for now",
+            "probe_ms = 3",
+            "[gui]",
+            "theme = \"dark\" # newer build",
+            "upstream_mbps = 7.5",
+            "player = \"vlc\"",
+        ] {
+            assert!(saved.contains(kept), "{kept:?} in:\n{saved}");
+        }
+        assert!(!saved.contains("endpoint"), "an unset known key goes:\n{saved}");
         assert_eq!(Config::load_from(&p).unwrap(), c);
         std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
     }
