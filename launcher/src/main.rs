@@ -60,7 +60,7 @@ fn main() -> ExitCode {
                 .map(|id| id.to_string())
                 .collect();
             let preset = menu::answers::preset(&|id| typed_ids.iter().any(|t| t == id));
-            return from_menu(&preset, &typed);
+            return from_menu(&preset, &cli.host, &typed);
         }
         (None, None) => parse_as("host", &typed, &[]),
     };
@@ -164,8 +164,8 @@ fn reconfigure() -> ExitCode {
 
 /// The interactive menu, then what it chose: a host with the menu's screen and keys, or a
 /// viewer. Ctrl-C at a question exits 130 at once.
-fn from_menu(preset: &menu::answers::Preset, typed: &[String]) -> ExitCode {
-    let argv = match menu::run(preset, typed) {
+fn from_menu(preset: &menu::answers::Preset, typed_args: &cli::HostArgs, typed: &[String]) -> ExitCode {
+    let argv = match menu::run(preset, typed_args, typed) {
         Ok(menu::Choice::Run(argv)) => argv,
         Ok(menu::Choice::Quit) => return ExitCode::from(130),
         Err(e) => {

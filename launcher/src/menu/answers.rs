@@ -96,7 +96,7 @@ pub fn host_argv(typed: &[String], a: &HostAnswers) -> Vec<String> {
         Some(Sound::None) => v.push("--no-audio".into()),
     }
     if let Some(q) = a.quality {
-        v.extend(["--quality".into(), quality_name(q).into()]);
+        v.extend(["--quality".into(), value_name(q)]);
     }
     v
 }
@@ -108,65 +108,57 @@ pub fn view_argv(ticket: &str, player: Player) -> Vec<String> {
         "view".into(),
         ticket.trim().into(),
         "--player".into(),
-        player_name(player).into(),
+        value_name(player),
     ]
 }
 
-pub fn quality_name(q: Quality) -> &'static str {
-    match q {
-        Quality::Source => "source",
-        Quality::High => "high",
-        Quality::Medium => "medium",
-        Quality::Low => "low",
-        Quality::Auto => "auto",
-    }
+/// A flag value as typed (`--quality high`, `--player vlc`): clap's own name for it.
+pub fn value_name(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
 }
 
-/// The quality choices: auto first, saying what it resolves to and why, then the presets.
-pub fn quality_choices(config: &Config) -> Vec<(Quality, String)> {
-    let viewers = config.default_max_viewers();
+/// The quality choices: auto first, saying what it resolves to and why (with the typed
+/// `--max-viewers` and `--bitrate`, `--max-height`, `--framerate`), then the presets.
+pub fn quality_choices(config: &Config, max_viewers: Option<u32>, typed: Overrides) -> Vec<(Quality, String)> {
+    let viewers = max_viewers.unwrap_or_else(|| config.default_max_viewers());
     let up = config.upstream_mbps();
-    let auto = quality::resolve(Quality::Auto, Overrides::default(), up, viewers);
+    let auto = quality::resolve(Quality::Auto, typed, up, viewers);
     let why = match up {
         Some(m) => format!(
-            "{} kbit/s × {viewers} viewer{} fits your measured {m:.1} Mbit/s upstream",
+            "{} kbit/s × {viewers} viewer{} for your usable {m:.1} Mbit/s upstream",
             auto.bitrate_kbps,
             if viewers == 1 { "" } else { "s" }
         ),
         None => "no measured upstream (pixelpass --reconfigure measures it)".into(),
     };
-    let mut out = vec![(Quality::Auto, format!("auto: {} ({why})", preset_label(auto.preset)))];
+    let mut out = vec![(
+        Quality::Auto,
+        format!("auto: {} ({why})", settings_label(auto.preset, &auto)),
+    )];
     for q in [Quality::Source, Quality::High, Quality::Medium, Quality::Low] {
-        out.push((q, preset_label(q)));
+        out.push((q, settings_label(q, &quality::resolve(q, typed, None, 1))));
     }
     out
 }
 
 /// "high: up to 1080p, 4000 kbit/s".
-fn preset_label(q: Quality) -> String {
-    let s = quality::resolve(q, Overrides::default(), None, 1);
+fn settings_label(q: Quality, s: &quality::Settings) -> String {
     let res = s
         .max_height
         .map_or("native resolution".into(), |h| format!("up to {h}p"));
-    format!("{}: {res}, {} kbit/s", quality_name(q), s.bitrate_kbps)
-}
-
-pub fn player_name(p: Player) -> &'static str {
-    match p {
-        Player::Mpv => "mpv",
-        Player::Vlc => "vlc",
-        Player::Gst => "gst",
-        Player::None => "none",
-    }
+    format!("{}: {res}, {} kbit/s", value_name(q), s.bitrate_kbps)
 }
 
 /// The players to offer: the installed ones, the last used first, else mpv, VLC, built-in.
-pub fn player_choices(installed: &dyn Fn(Player) -> bool, last: Option<&str>) -> Vec<Player> {
+/// Not VLC as root: it refuses to run.
+pub fn player_choices(installed: &dyn Fn(Player) -> bool, last: Option<&str>, as_root: bool) -> Vec<Player> {
     let mut v: Vec<Player> = [Player::Mpv, Player::Vlc, Player::Gst]
         .into_iter()
-        .filter(|p| installed(*p))
+        .filter(|p| installed(*p) && !(as_root && *p == Player::Vlc))
         .collect();
-    if let Some(i) = v.iter().position(|p| Some(player_name(*p)) == last) {
+    if let Some(i) = v.iter().position(|p| Some(value_name(*p).as_str()) == last) {
         let p = v.remove(i);
         v.insert(0, p);
     }
@@ -290,7 +282,7 @@ mod tests {
     #[test]
     fn auto_says_what_it_resolves_to_and_why() {
         let mut c = Config::default();
-        let q = quality_choices(&c);
+        let q = quality_choices(&c, None, Overrides::default());
         assert_eq!(q[0].0, Quality::Auto);
         assert!(
             q[0].1.starts_with("auto: medium") && q[0].1.contains("--reconfigure"),
@@ -299,10 +291,10 @@ mod tests {
         );
         c.bandwidth.status = BandwidthStatus::Measured;
         c.bandwidth.upstream_mbps = Some(8.8);
-        let q = quality_choices(&c);
+        let q = quality_choices(&c, None, Overrides::default());
         assert_eq!(
             q[0].1,
-            "auto: medium: up to 720p, 2500 kbit/s (2500 kbit/s × 3 viewers fits your measured 8.8 Mbit/s upstream)"
+            "auto: medium: up to 720p, 2500 kbit/s (2500 kbit/s × 3 viewers for your usable 8.8 Mbit/s upstream)"
         );
         let names: Vec<_> = q.iter().map(|(q, _)| *q).collect();
         assert_eq!(
@@ -316,19 +308,38 @@ mod tests {
             ]
         );
         assert_eq!(q[1].1, "source: native resolution, 6000 kbit/s");
+        // Typed --max-viewers and --bitrate count.
+        let typed = Overrides {
+            bitrate_kbps: Some(1500),
+            ..Default::default()
+        };
+        let q = quality_choices(&c, Some(8), typed);
+        assert_eq!(
+            q[0].1,
+            "auto: low: up to 480p, 1500 kbit/s (1500 kbit/s × 8 viewers for your usable 8.8 Mbit/s upstream)"
+        );
     }
 
     #[test]
     fn players_are_the_installed_ones_last_used_first() {
         let all = |_: Player| true;
-        assert_eq!(player_choices(&all, None), [Player::Mpv, Player::Vlc, Player::Gst]);
         assert_eq!(
-            player_choices(&all, Some("vlc")),
+            player_choices(&all, None, false),
+            [Player::Mpv, Player::Vlc, Player::Gst]
+        );
+        assert_eq!(
+            player_choices(&all, Some("vlc"), false),
             [Player::Vlc, Player::Mpv, Player::Gst]
         );
         let no_vlc = |p: Player| p != Player::Vlc;
-        assert_eq!(player_choices(&no_vlc, Some("vlc")), [Player::Mpv, Player::Gst]);
-        assert_eq!(player_choices(&no_vlc, Some("gst")), [Player::Gst, Player::Mpv]);
+        assert_eq!(player_choices(&no_vlc, Some("vlc"), false), [Player::Mpv, Player::Gst]);
+        assert_eq!(player_choices(&no_vlc, Some("gst"), false), [Player::Gst, Player::Mpv]);
+        assert_eq!(
+            player_choices(&all, Some("vlc"), true),
+            [Player::Mpv, Player::Gst],
+            "VLC refuses to run as root: not offered"
+        );
+        assert_eq!(value_name(Quality::High), "high");
         let argv = view_argv(" pp1abc \n", Player::Gst);
         assert_eq!(argv, ["pixelpass", "view", "pp1abc", "--player", "gst"]);
     }

@@ -12,8 +12,9 @@ use inquire::error::InquireError;
 use inquire::{Select, Text};
 
 use self::answers::{HostAnswers, ShareWhat, Sound, Step};
-use crate::cli::{Player, Quality};
+use crate::cli::{HostArgs, Player, Quality};
 use crate::config::Config;
+use crate::quality::Overrides;
 use crate::{bandwidth, capture, player};
 
 /// What the menu decided.
@@ -57,7 +58,7 @@ fn pick<T: Clone>(question: &str, items: Vec<(T, String)>) -> Result<Asked<T>> {
 
 /// Runs the menu: Host or View, then their questions (but not those `preset` answers; the
 /// `typed` arguments go to the host as they are).
-pub fn run(preset: &answers::Preset, typed: &[String]) -> Result<Choice> {
+pub fn run(preset: &answers::Preset, typed_args: &HostArgs, typed: &[String]) -> Result<Choice> {
     let mut config = Config::load()?;
     loop {
         let mode = pick(
@@ -70,7 +71,7 @@ pub fn run(preset: &answers::Preset, typed: &[String]) -> Result<Choice> {
         let result = match mode {
             Err(Quit) => return Ok(Choice::Quit),
             Ok(None) => continue, // Esc on the first question: nothing to go back to
-            Ok(Some(true)) => host(&mut config, preset, typed)?,
+            Ok(Some(true)) => host(&mut config, preset, typed_args, typed)?,
             Ok(Some(false)) => view(&mut config)?,
         };
         match result {
@@ -81,7 +82,17 @@ pub fn run(preset: &answers::Preset, typed: &[String]) -> Result<Choice> {
     }
 }
 
-fn host(config: &mut Config, preset: &answers::Preset, typed: &[String]) -> Result<Asked<Vec<String>>> {
+fn host(
+    config: &mut Config,
+    preset: &answers::Preset,
+    typed_args: &HostArgs,
+    typed: &[String],
+) -> Result<Asked<Vec<String>>> {
+    let overrides = Overrides {
+        max_height: typed_args.max_height,
+        bitrate_kbps: typed_args.bitrate,
+        framerate: typed_args.framerate,
+    };
     let first_run = answers::asks_bandwidth(config);
     let mut a = HostAnswers::default();
     let mut history: Vec<Step> = Vec::new();
@@ -94,7 +105,8 @@ fn host(config: &mut Config, preset: &answers::Preset, typed: &[String]) -> Resu
             Step::What => ask_what()?.map(|o| o.map(|w| a.what = Some(w))),
             Step::Sound => ask_sound()?.map(|o| o.map(|s| a.sound = Some(s))),
             Step::Quality => {
-                pick("Quality", answers::quality_choices(config))?.map(|o| o.map(|q: Quality| a.quality = Some(q)))
+                let choices = answers::quality_choices(config, typed_args.max_viewers, overrides);
+                pick("Quality", choices)?.map(|o| o.map(|q: Quality| a.quality = Some(q)))
             }
         };
         match answered {
@@ -275,14 +287,21 @@ fn view(config: &mut Config) -> Result<Asked<Vec<String>>> {
             Ok(Some(t)) => t,
             other => return Ok(other.map(|o| o.map(|_| Vec::new()))),
         };
-        let players = answers::player_choices(&|p| player::installed(p), config.viewer.player.as_deref());
+        // SAFETY: geteuid has no preconditions.
+        let as_root = unsafe { libc::geteuid() } == 0;
+        if as_root && player::installed(Player::Vlc) {
+            eprintln!(
+                "pixelpass: VLC is not offered: it refuses to run as root (run pixelpass as your own user for it)"
+            );
+        }
+        let players = answers::player_choices(&|p| player::installed(p), config.viewer.player.as_deref(), as_root);
         let items = players.into_iter().map(|p| (p, player_label(p))).collect();
         match pick("Play it in", items)? {
             Ok(Some(p)) => {
                 if let Some(problem) = player::check(p) {
                     eprintln!("pixelpass: warning: {problem}");
                 }
-                config.viewer.player = Some(answers::player_name(p).into());
+                config.viewer.player = Some(answers::value_name(p));
                 if let Err(e) = config.save() {
                     eprintln!("pixelpass: warning: the player choice is not remembered: {e:#}");
                 }
