@@ -121,10 +121,19 @@ impl Recorder {
     pub fn finish(&self, timeout: Duration) {
         if !self.failed.load(Ordering::Relaxed) && self.src.end_of_stream().is_ok() {
             let bus = self.pipeline.bus().expect("pipeline has a bus");
-            let _ = bus.timed_pop_filtered(
+            let end = bus.timed_pop_filtered(
                 gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
                 &[gst::MessageType::Eos, gst::MessageType::Error],
             );
+            if end.is_none() {
+                self.events.emit(Event::Warning {
+                    message: format!(
+                        "the recording to {} was not completed within {} s: it may lack its index",
+                        self.path.display(),
+                        timeout.as_secs()
+                    ),
+                });
+            }
         }
         let _ = self.pipeline.set_state(gst::State::Null);
         let path = self.path.display();

@@ -267,7 +267,7 @@ pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken)
     let _ = tokio::task::spawn_blocking(move || p.set_state(gst::State::Null)).await;
     if let Some(r) = receiver.recorder {
         // after the receiver stopped: nothing is pushed while the file is completed
-        let _ = tokio::task::spawn_blocking(move || r.finish(Duration::from_secs(5))).await;
+        let _ = tokio::task::spawn_blocking(move || r.finish(Duration::from_secs(10))).await;
     }
     result
 }
