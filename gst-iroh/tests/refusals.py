@@ -5,31 +5,15 @@ host and `irohsrc` viewers, built with Gst.parse_launch. Run by tests/python.rs,
 GST_PLUGIN_PATH at the plugin cargo built; exits non-zero on the first failed check."""
 
 import base64
-import sys
-import time
 
 import gi
 
 gi.require_version("Gst", "1.0")
+from gicheck import check, wait_for  # noqa: E402
 from gi.repository import Gst  # noqa: E402
 
 LOOPBACK = "relay=disabled bind-address=127.0.0.1:0"
 
-
-def check(ok, what):
-    if not ok:
-        print(f"FAIL: {what}", flush=True)
-        sys.exit(1)
-    print(f"ok: {what}", flush=True)
-
-
-def wait_for(cond, seconds=15.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def viewer(ticket):

@@ -7,31 +7,15 @@ check."""
 
 import os
 import subprocess
-import sys
 import time
 
 import gi
 
 gi.require_version("Gst", "1.0")
+from gicheck import check, wait_for  # noqa: E402
 from gi.repository import GLib, Gst  # noqa: E402
 
 QUERY = "relay=disabled&bind-address=127.0.0.1:0&reconnect=false"
-
-
-def check(ok, what):
-    if not ok:
-        print(f"FAIL: {what}", flush=True)
-        sys.exit(1)
-    print(f"ok: {what}", flush=True)
-
-
-def wait_for(cond, seconds=20.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def main():
