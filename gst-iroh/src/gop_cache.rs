@@ -79,6 +79,9 @@ impl Default for GopCacheConfig {
 struct Gop {
     seq: u64,
     started: Instant,
+    /// Running time (ns) of the first chunk with one: where the GOP starts on the timeline,
+    /// the same instant in every rendition of one source.
+    pts: Option<u64>,
     caps: Arc<str>,
     /// Index within the GOP of `chunks[0]` (> 0 once the front was trimmed for memory).
     first_idx: usize,
@@ -169,6 +172,17 @@ pub enum Step {
     Wait,
     /// End of stream and everything was handed out.
     End,
+}
+
+/// Whether a cache has a GOP starting at a given instant ([`GopCache::aligned_gop`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aligned {
+    /// GOP `seq` starts there.
+    At(u64),
+    /// Not yet: the newest GOP starts earlier, one starting there may still come.
+    NotYet,
+    /// No GOP starts there (the encoders' keyframes are not aligned).
+    Never,
 }
 
 /// Snapshot of aggregate counters.
@@ -265,6 +279,7 @@ impl GopCache {
                 inner.gops.push_back(Gop {
                     seq,
                     started: chunk.arrived,
+                    pts: None,
                     caps: inner.caps.clone().unwrap_or_else(|| Arc::from("ANY")),
                     first_idx: 0,
                     chunks: VecDeque::new(),
@@ -274,6 +289,7 @@ impl GopCache {
             }
             match inner.gops.back_mut() {
                 Some(g) if !g.closed => {
+                    g.pts = g.pts.or(chunk.meta.pts);
                     g.bytes += chunk.data.len();
                     inner.bytes += chunk.data.len();
                     g.chunks.push_back(chunk);
@@ -429,6 +445,62 @@ impl GopCache {
         p.sort();
         let period = *p.get(p.len() / 2)?;
         Some(inner.gops.back()?.started + period)
+    }
+
+    /// Where GOP `seq` starts on the timeline (running time, ns), if known.
+    pub fn gop_pts(&self, seq: u64) -> Option<u64> {
+        find(&self.lock(), seq)?.pts
+    }
+
+    /// Whether this cache has a whole GOP starting at running time `pts` (within `tolerance`
+    /// ns): where a viewer can switch to this rendition.
+    pub fn aligned_gop(&self, pts: u64, tolerance: u64) -> Aligned {
+        let inner = self.lock();
+        let at = inner
+            .gops
+            .iter()
+            .find(|g| g.first_idx == 0 && g.pts.is_some_and(|p| p.abs_diff(pts) <= tolerance));
+        if let Some(g) = at {
+            return Aligned::At(g.seq);
+        }
+        match inner.gops.back().and_then(|g| g.pts) {
+            Some(p) if p > pts + tolerance => Aligned::Never,
+            _ => Aligned::NotYet,
+        }
+    }
+
+    /// A cursor for a viewer switching to this cache at GOP `seq` (from another rendition):
+    /// its stream headers go first, as for a new viewer.
+    pub fn cursor_at(&self, seq: u64) -> Cursor {
+        Cursor {
+            pos: Pos::In {
+                seq,
+                idx: 0,
+                opened: false,
+            },
+            started: false,
+            dropped_gops: 0,
+            cut_gops: 0,
+            discont: false,
+            last_seq: None,
+        }
+    }
+
+    /// Bytes per second this stream carries, over its last few complete GOPs (None until two
+    /// GOPs were cut).
+    pub fn rate(&self) -> Option<f64> {
+        let inner = self.lock();
+        let mut bytes = 0usize;
+        let mut span = Duration::ZERO;
+        let gops: Vec<&Gop> = inner.gops.iter().rev().take(4).collect();
+        for pair in gops.windows(2) {
+            let (newer, older) = (pair[0], pair[1]);
+            if older.first_idx == 0 && older.closed {
+                bytes += older.bytes;
+                span += newer.started.saturating_duration_since(older.started);
+            }
+        }
+        (span >= Duration::from_millis(100)).then(|| bytes as f64 / span.as_secs_f64())
     }
 
     /// Whether a newer GOP than the cursor's exists (so skipping would help).
@@ -768,6 +840,38 @@ mod tests {
             drain(&f, &mut c),
             (vec!["open0".into(), "close".into(), "end".into()], vec![1])
         );
+    }
+
+    fn chunk_at(key: bool, pts: u64, at: Instant) -> Chunk {
+        let mut c = chunk(key, 0, at);
+        c.meta.pts = Some(pts);
+        c
+    }
+
+    #[test]
+    fn aligned_gops_are_found_by_their_start_and_a_cursor_can_switch_there() {
+        let t = Instant::now();
+        let ms = |n: u64| t + Duration::from_millis(n);
+        let (top, low) = (fanout(), fanout());
+        for cache in [&top, &low] {
+            cache.set_headers(vec![Chunk::header(Bytes::from_static(b"PAT"))]);
+            for f in 0..40u64 {
+                cache.push(chunk_at(f % 30 == 0, f * 33_000_000, ms(f * 33)));
+            }
+        }
+        let second = top.aligned_gop(30 * 33_000_000, 1_000_000);
+        assert_eq!(second, Aligned::At(1));
+        assert_eq!(low.aligned_gop(30 * 33_000_000, 1_000_000), Aligned::At(1));
+        assert_eq!(low.aligned_gop(15 * 33_000_000, 1_000_000), Aligned::Never);
+        assert_eq!(low.aligned_gop(60 * 33_000_000, 1_000_000), Aligned::NotYet);
+        assert_eq!(top.gop_pts(1), Some(30 * 33_000_000));
+        let mut c = low.cursor_at(1);
+        match low.next(&mut c, 64) {
+            Step::Open { seq, headers, .. } => assert_eq!((seq, headers.len()), (1, 1), "headers first"),
+            other => panic!("{other:?}"),
+        }
+        let r = top.rate().unwrap();
+        assert!(r > 0.0, "{r}");
     }
 
     #[test]

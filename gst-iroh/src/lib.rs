@@ -17,7 +17,7 @@ pub mod net;
 pub use pixelpass_protocol as protocol;
 pub use pixelpass_protocol::{psi_cache, ticket};
 
-pub use irohsink::IrohSink;
+pub use irohsink::{IrohSink, IrohSinkPad};
 pub use irohsrc::IrohSrc;
 
 /// The wire-format flag bits (DELTA, HEADER, DISCONT) of a GStreamer buffer.

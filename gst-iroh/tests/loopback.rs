@@ -500,7 +500,7 @@ fn newer_host_protocol_is_reported_by_version() {
     init();
     let (t, ep) = RUNTIME.block_on(async {
         let local = ["127.0.0.1:0".parse().unwrap()];
-        let alpns = vec![b"gst-iroh/2".to_vec(), ALPN_VERSION_PROBE.to_vec()];
+        let alpns = vec![b"gst-iroh/3".to_vec(), ALPN_VERSION_PROBE.to_vec()];
         let ep = net::bind(iroh::SecretKey::generate(), &Relay::Disabled, &local, alpns)
             .await
             .unwrap();
@@ -510,7 +510,7 @@ fn newer_host_protocol_is_reported_by_version() {
                 if let Ok(conn) = incoming.await
                     && conn.alpn() == ALPN_VERSION_PROBE
                 {
-                    conn.close(2u32.into(), b"gst-iroh/2");
+                    conn.close(3u32.into(), b"gst-iroh/3");
                 }
             }
         });
@@ -523,7 +523,7 @@ fn newer_host_protocol_is_reported_by_version() {
     let v = Viewer::with_src_props(&t, "reconnect=false", "queue");
     let (err, reason) = v.error(Duration::from_secs(20)).expect("error");
     let p = err.message();
-    assert!(p.contains("host speaks protocol v2, this viewer v1"), "{p}");
+    assert!(p.contains("host speaks protocol v3, this viewer v2"), "{p}");
     assert!(p.ends_with("update this viewer"), "says which side to update: {p}");
     assert_eq!(
         err.kind::<gst::StreamError>(),

@@ -1,5 +1,5 @@
-//! The gst-iroh wire format, version 1 (see `gst-iroh/PROTOCOL.md`), the share [`ticket`],
-//! and the MPEG-TS program tables a host repeats for late joiners ([`psi_cache`]).
+//! The gst-iroh wire format, versions 1 and 2 (see `gst-iroh/PROTOCOL.md`), the share
+//! [`ticket`], and the MPEG-TS program tables a host repeats for late joiners ([`psi_cache`]).
 //!
 //! Pure: no GStreamer, no tokio, no I/O, so the elements, the launcher and a browser viewer
 //! (wasm32) share it, and it is fuzzed on its own (`fuzz/`). Every decoder takes a byte slice
@@ -12,9 +12,12 @@ pub mod ticket;
 use thiserror::Error;
 
 /// Protocol version spoken by this build. The ALPN carries it.
-pub const VERSION: u32 = 1;
-/// ALPN of the media protocol, version [`VERSION`].
-pub const ALPN: &[u8] = b"gst-iroh/1";
+pub const VERSION: u32 = 2;
+/// ALPN of the media protocol, version [`VERSION`]: renditions (a viewer is switched between
+/// encodings of the same content at GOP boundaries).
+pub const ALPN: &[u8] = b"gst-iroh/2";
+/// ALPN of version 1, still served (the top rendition only, see `PROTOCOL.md`).
+pub const ALPN_V1: &[u8] = b"gst-iroh/1";
 /// ALPN of the version probe: the host closes such a connection at once with its protocol
 /// version as the close code, so a viewer that failed the handshake can say which version the
 /// host speaks instead of "handshake failed".
@@ -31,8 +34,12 @@ pub const MAX_CAPS_LEN: usize = 64 * 1024;
 pub const MAX_NAME_LEN: usize = 255;
 /// Length of the access secret carried in the ticket.
 pub const SECRET_LEN: usize = 16;
-/// First byte of every GOP stream.
+/// First byte of every GOP stream (version 1).
 pub const GOP_MAGIC: u8 = b'G';
+/// First byte of every GOP stream of version 2: the header also names the rendition.
+pub const GOP_MAGIC_V2: u8 = b'R';
+/// Most renditions a host announces.
+pub const MAX_RENDITIONS: usize = 16;
 
 /// Why a decode failed. All of these mean the peer is broken or hostile: close it.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -237,6 +244,26 @@ pub enum Control {
     /// Viewer → host: something downstream of the viewer wants a keyframe (a local player
     /// joined); the host asks its encoder for one, rate-limited.
     KeyframeRequest,
+    /// Viewer → host, version 2's hello: [`Control::Hello`] plus the most this viewer wants to
+    /// receive, in kbit/s (0: no ceiling). The host serves the highest rendition at or below it.
+    Hello2 {
+        secret: [u8; SECRET_LEN],
+        name: String,
+        max_kbps: u32,
+    },
+    /// Host → viewer, version 2's welcome: the viewer id and the host's renditions, top first.
+    Welcome2 { viewer_id: u64, renditions: Vec<RenditionInfo> },
+    /// Viewer → host: probe bytes received so far on the host's probe streams (cumulative).
+    ProbeReport { bytes: u64 },
+}
+
+/// One rendition as announced in [`Control::Welcome2`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenditionInfo {
+    /// Name for people and stats ("1080p", "low", ...).
+    pub name: String,
+    /// Nominal bitrate, kbit/s (0: unknown).
+    pub kbps: u32,
 }
 
 const MSG_HELLO: u8 = 1;
@@ -245,6 +272,9 @@ const MSG_REFUSE: u8 = 3;
 const MSG_END: u8 = 4;
 const MSG_PROGRESS: u8 = 5;
 const MSG_KEYFRAME_REQUEST: u8 = 6;
+const MSG_HELLO2: u8 = 7;
+const MSG_WELCOME2: u8 = 8;
+const MSG_PROBE_REPORT: u8 = 9;
 
 impl Control {
     /// Encodes as `varint body length | type | body`.
@@ -272,6 +302,25 @@ impl Control {
                 MSG_PROGRESS
             }
             Control::KeyframeRequest => MSG_KEYFRAME_REQUEST,
+            Control::Hello2 { secret, name, max_kbps } => {
+                body.extend_from_slice(secret);
+                put_bytes(&mut body, name.as_bytes());
+                put_varint(&mut body, u64::from(*max_kbps));
+                MSG_HELLO2
+            }
+            Control::Welcome2 { viewer_id, renditions } => {
+                put_varint(&mut body, *viewer_id);
+                put_varint(&mut body, renditions.len() as u64);
+                for r in renditions {
+                    put_bytes(&mut body, r.name.as_bytes());
+                    put_varint(&mut body, u64::from(r.kbps));
+                }
+                MSG_WELCOME2
+            }
+            Control::ProbeReport { bytes } => {
+                put_varint(&mut body, *bytes);
+                MSG_PROBE_REPORT
+            }
         };
         let mut out = Vec::with_capacity(body.len() + 4);
         put_varint(&mut out, body.len() as u64 + 1);
@@ -313,11 +362,7 @@ impl Control {
                 let code = b.varint()?.ok_or_else(short)?;
                 let reason = b.string("refusal reason", MAX_CONTROL_LEN)?.ok_or_else(short)?;
                 Control::Refuse {
-                    code: u32::try_from(code).map_err(|_| ProtocolError::TooLong {
-                        what: "refusal code",
-                        len: code,
-                        max: u32::MAX as usize,
-                    })?,
+                    code: u32_field("refusal code", code)?,
                     reason,
                 }
             }
@@ -327,6 +372,16 @@ impl Control {
                 capture_unix_ns: b.varint()?.ok_or_else(short)?,
             },
             MSG_KEYFRAME_REQUEST => Control::KeyframeRequest,
+            MSG_HELLO2 => {
+                let secret: [u8; SECRET_LEN] = b.bytes(SECRET_LEN).ok_or_else(short)?.try_into().unwrap();
+                let name = b.string("viewer name", MAX_NAME_LEN)?.ok_or_else(short)?;
+                let max_kbps = u32_field("bitrate ceiling", b.varint()?.ok_or_else(short)?)?;
+                Control::Hello2 { secret, name, max_kbps }
+            }
+            MSG_WELCOME2 => decode_welcome2(&mut b, short)?,
+            MSG_PROBE_REPORT => Control::ProbeReport {
+                bytes: b.varint()?.ok_or_else(short)?,
+            },
             other => return Err(ProtocolError::UnknownMessage(other)),
         };
         if b.pos != b.buf.len() {
@@ -334,6 +389,33 @@ impl Control {
         }
         Ok(Some((msg, used)))
     }
+}
+
+fn u32_field(what: &'static str, v: u64) -> Result<u32, ProtocolError> {
+    u32::try_from(v).map_err(|_| ProtocolError::TooLong {
+        what,
+        len: v,
+        max: u32::MAX as usize,
+    })
+}
+
+fn decode_welcome2(b: &mut Reader<'_>, short: impl Fn() -> ProtocolError + Copy) -> Result<Control, ProtocolError> {
+    let viewer_id = b.varint()?.ok_or_else(short)?;
+    let n = b.varint()?.ok_or_else(short)?;
+    if n > MAX_RENDITIONS as u64 {
+        return Err(ProtocolError::TooLong {
+            what: "rendition list",
+            len: n,
+            max: MAX_RENDITIONS,
+        });
+    }
+    let mut renditions = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let name = b.string("rendition name", MAX_NAME_LEN)?.ok_or_else(short)?;
+        let kbps = u32_field("rendition bitrate", b.varint()?.ok_or_else(short)?)?;
+        renditions.push(RenditionInfo { name, kbps });
+    }
+    Ok(Control::Welcome2 { viewer_id, renditions })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -347,27 +429,40 @@ pub struct GopHeader {
     pub seq: u64,
     /// The caps of the media in this GOP (`gst::Caps` serialized as a string).
     pub caps: String,
+    /// Version 2: the index of this GOP's rendition in the `Welcome2` list (None: version 1,
+    /// which has one rendition).
+    pub rendition: Option<u32>,
 }
 
 impl GopHeader {
-    /// Encodes as `'G' | varint seq | varint caps length | caps`.
+    /// Encodes as `'G' | varint seq | varint caps length | caps` (version 1), or with magic
+    /// `'R'` and a trailing `varint rendition` (version 2).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.caps.len() + 12);
-        out.push(GOP_MAGIC);
+        let mut out = Vec::with_capacity(self.caps.len() + 14);
+        out.push(if self.rendition.is_some() { GOP_MAGIC_V2 } else { GOP_MAGIC });
         put_varint(&mut out, self.seq);
         put_bytes(&mut out, self.caps.as_bytes());
+        if let Some(r) = self.rendition {
+            put_varint(&mut out, u64::from(r));
+        }
         out
     }
 
-    /// Decodes the header from the front of a GOP stream.
+    /// Decodes the header (either version) from the front of a GOP stream.
     pub fn decode(buf: &[u8]) -> Decoded<GopHeader> {
         let mut r = Reader::new(buf);
-        if need!(r.u8()) != GOP_MAGIC {
-            return Err(ProtocolError::BadMagic);
-        }
+        let v2 = match need!(r.u8()) {
+            GOP_MAGIC => false,
+            GOP_MAGIC_V2 => true,
+            _ => return Err(ProtocolError::BadMagic),
+        };
         let seq = need!(r.varint()?);
         let caps = need!(r.string("caps", MAX_CAPS_LEN)?);
-        Ok(Some((GopHeader { seq, caps }, r.pos)))
+        let rendition = match v2 {
+            true => Some(u32_field("rendition", need!(r.varint()?))?),
+            false => None,
+        };
+        Ok(Some((GopHeader { seq, caps, rendition }, r.pos)))
     }
 }
 
@@ -533,6 +628,25 @@ mod tests {
                 capture_unix_ns: 1_790_000_000_123_456_789,
             },
             Control::KeyframeRequest,
+            Control::Hello2 {
+                secret: [9; SECRET_LEN],
+                name: "bob".into(),
+                max_kbps: 1000,
+            },
+            Control::Welcome2 {
+                viewer_id: 3,
+                renditions: vec![
+                    RenditionInfo {
+                        name: "720p".into(),
+                        kbps: 2500,
+                    },
+                    RenditionInfo {
+                        name: "360p".into(),
+                        kbps: 800,
+                    },
+                ],
+            },
+            Control::ProbeReport { bytes: 123_456 },
         ];
         for m in msgs {
             let b = m.encode();
@@ -573,14 +687,36 @@ mod tests {
     }
 
     #[test]
+    fn welcome2_limits_its_list() {
+        let mut b = vec![MSG_WELCOME2, 1];
+        put_varint(&mut b, MAX_RENDITIONS as u64 + 1);
+        let mut m = Vec::new();
+        put_varint(&mut m, b.len() as u64);
+        m.extend_from_slice(&b);
+        assert!(matches!(
+            Control::decode(&m),
+            Err(ProtocolError::TooLong {
+                what: "rendition list",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn gop_header_roundtrip_and_errors() {
-        let h = GopHeader {
-            seq: 1234567,
-            caps: "video/mpegts, systemstream=(boolean)true, packetsize=(int)188".into(),
-        };
-        let b = h.encode();
-        assert_eq!(GopHeader::decode(&b), Ok(Some((h, b.len()))));
-        assert_eq!(GopHeader::decode(&b[..3]), Ok(None));
+        for rendition in [None, Some(2)] {
+            let h = GopHeader {
+                seq: 1234567,
+                caps: "video/mpegts, systemstream=(boolean)true, packetsize=(int)188".into(),
+                rendition,
+            };
+            let b = h.encode();
+            assert_eq!(b[0], if rendition.is_some() { b'R' } else { b'G' });
+            assert_eq!(GopHeader::decode(&b), Ok(Some((h, b.len()))));
+            for cut in 0..b.len() {
+                assert_eq!(GopHeader::decode(&b[..cut]), Ok(None));
+            }
+        }
         assert_eq!(GopHeader::decode(b"X"), Err(ProtocolError::BadMagic));
         let mut big = vec![GOP_MAGIC, 1];
         put_varint(&mut big, MAX_CAPS_LEN as u64 + 1);

@@ -43,6 +43,10 @@ pub struct Delivery {
     busy_since: Option<Instant>,
     /// (end, time with data outstanding, bytes delivered in it), oldest first.
     samples: VecDeque<(Instant, Duration, u64)>,
+    /// Probe padding written and reported received (it counts as delivered data: a probe
+    /// measures what the path carries beyond the stream).
+    probe_written: u64,
+    probe_delivered: u64,
 }
 
 impl Delivery {
@@ -88,10 +92,38 @@ impl Delivery {
             self.delivered += w.bytes;
             self.pending.pop_front();
         }
+        self.sample(now, self.delivered - before);
+    }
+
+    /// Records `bytes` of probe padding written at `now`.
+    pub fn on_probe_write(&mut self, now: Instant, bytes: u64) {
+        if self.busy_since.is_none() {
+            self.busy_since = Some(now);
+        }
+        self.written += bytes;
+        self.probe_written += bytes;
+    }
+
+    /// The viewer reports `total` probe bytes received so far.
+    pub fn on_probe_report(&mut self, now: Instant, total: u64) {
+        let total = total.min(self.probe_written);
+        let new = total.saturating_sub(self.probe_delivered);
+        self.probe_delivered = self.probe_delivered.max(total);
+        self.delivered += new;
+        self.sample(now, new);
+    }
+
+    /// Bytes delivered so far (stream and probe).
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Accounts `bytes` delivered since the last report, over the time data was outstanding.
+    fn sample(&mut self, now: Instant, bytes: u64) {
         self.reported_at = Some(now);
         if let Some(since) = self.busy_since {
             self.samples
-                .push_back((now, now.saturating_duration_since(since), self.delivered - before));
+                .push_back((now, now.saturating_duration_since(since), bytes));
             while self
                 .samples
                 .front()
@@ -112,10 +144,22 @@ impl Delivery {
         (busy >= MIN_BUSY && bytes > 0).then(|| bytes as f64 / busy.as_secs_f64())
     }
 
-    /// Bytes written and not yet received at `now`, assuming the path kept its rate since the
-    /// last report (for a report interval or so).
+    /// Probe padding written and not reported received.
+    pub fn probe_in_flight(&self) -> u64 {
+        self.probe_written - self.probe_delivered
+    }
+
+    /// The probe stream ended: what of it was not delivered never will be.
+    pub fn on_probe_end(&mut self) {
+        self.written -= self.probe_in_flight();
+        self.probe_written = self.probe_delivered;
+    }
+
+    /// Stream bytes written and not yet received at `now`, assuming the path kept its rate
+    /// since the last report (for a report interval or so). Probe padding is left out: it goes
+    /// at the lowest priority, after the stream.
     pub fn in_flight(&self, now: Instant) -> u64 {
-        let reported = self.written - self.delivered;
+        let reported = self.written - self.delivered - self.probe_in_flight();
         match (self.rate(), self.reported_at) {
             (Some(rate), Some(at)) => {
                 let since = now.saturating_duration_since(at).min(MAX_EXTRAPOLATION).as_secs_f64();
@@ -149,7 +193,7 @@ impl Delivery {
 
     /// Whether written data awaits a report.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || self.probe_written > self.probe_delivered
     }
 }
 
@@ -239,6 +283,27 @@ mod tests {
         }
         let r = d.rate().unwrap();
         assert!((120_000.0..=130_000.0).contains(&r), "rate {r}");
+    }
+
+    #[test]
+    fn probe_padding_counts_as_delivered_and_raises_the_measured_rate() {
+        let t = Instant::now();
+        let mut d = Delivery::default();
+        // 1 s: 10 kB of stream and 40 kB of probe every 100 ms, all received in time
+        for i in 0..10u64 {
+            let at = t + Duration::from_millis(100 * i);
+            d.on_write(at, 0, Some(i + 1), 10_000, at);
+            d.on_probe_write(at, 40_000);
+            let rep = at + 90 * MS;
+            d.on_progress(rep, 0, i + 1);
+            d.on_probe_report(rep, 40_000 * (i + 1));
+        }
+        let r = d.rate().unwrap();
+        assert!(r > 450_000.0, "stream + probe measured: {r}");
+        assert_eq!(d.delivered(), 500_000);
+        assert!(!d.has_pending());
+        d.on_probe_report(t + Duration::from_secs(2), 10_000_000);
+        assert_eq!(d.delivered(), 500_000, "a report beyond what was written is capped");
     }
 
     #[test]

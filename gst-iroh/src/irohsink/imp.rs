@@ -19,8 +19,9 @@ use n0_future::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::rendition::{IrohSinkPad, Rendition};
 use super::session::{self, Limits, Shared, Totals};
-use crate::gop_cache::{Chunk, GopCache, GopCacheConfig};
+use crate::gop_cache::{Chunk, GopCacheConfig};
 use crate::net::{self, Identity, RUNTIME, Relay};
 use crate::protocol::{self, CloseCode, FrameMeta};
 use crate::psi_cache::PsiCache;
@@ -98,13 +99,7 @@ impl TryFrom<&Settings> for Resolved {
 
 enum State {
     Stopped,
-    Started {
-        shared: Arc<Shared>,
-        psi: Option<PsiCache>,
-        /// The caps `streamheader` buffers: the same bytes arriving as HEADER data are dropped
-        /// (new viewers get them from the caps), as multisocketsink does.
-        caps_headers: Vec<Bytes>,
-    },
+    Started { shared: Arc<Shared> },
 }
 
 #[derive(Default)]
@@ -168,43 +163,242 @@ impl IrohSink {
         self.obj().segment().downcast::<gst::ClockTime>().ok()
     }
 
-    /// Hands chunks to the GOP cache, caching MPEG-TS tables on the way.
-    fn push_chunks(&self, chunks: Vec<Chunk>) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let mut state = self.state.lock().unwrap();
-        let State::Started { shared, psi, .. } = &mut state.0 else {
-            return Err(gst::FlowError::Flushing);
-        };
-        let shared = shared.clone();
-        if let Some(psi) = psi {
-            let mut changed = false;
-            for c in &chunks {
-                changed |= psi.scan(&c.data);
-            }
-            if changed && let Some(t) = psi.tables() {
-                shared.gops.set_headers(vec![Chunk::header(t)]);
+    /// The rendition fed by `pad`.
+    fn rendition(&self, pad: &gst::Pad) -> Option<Arc<Rendition>> {
+        self.shared()?.rendition_of(pad)
+    }
+
+    /// Hands chunks to the rendition's GOP cache, caching MPEG-TS tables on the way.
+    fn push_chunks(&self, r: &Rendition, chunks: Vec<Chunk>) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let shared = self.shared().ok_or(gst::FlowError::Flushing)?;
+        {
+            let mut ingest = r.ingest.lock().unwrap();
+            if let Some(psi) = &mut ingest.psi {
+                let mut changed = false;
+                for c in &chunks {
+                    changed |= psi.scan(&c.data);
+                }
+                if changed && let Some(t) = psi.tables() {
+                    r.gops.set_headers(vec![Chunk::header(t)]);
+                }
             }
         }
-        drop(state);
         gst::trace!(CAT, imp = self, "pushing {} chunks", chunks.len());
         for c in chunks {
-            shared.gops.push(c);
+            if let Some(pts) = c.meta.pts {
+                shared.newest_pts.fetch_max(pts, Ordering::Relaxed);
+            }
+            r.gops.push(c);
         }
         Ok(gst::FlowSuccess::Ok)
     }
 
-    fn skip_in_caps_header(&self, buffer: &gst::BufferRef) -> bool {
+    fn skip_in_caps_header(&self, r: &Rendition, buffer: &gst::BufferRef) -> bool {
         if !buffer.flags().contains(gst::BufferFlags::HEADER) {
             return false;
         }
-        let state = self.state.lock().unwrap();
-        let State::Started { caps_headers, .. } = &state.0 else {
-            return false;
-        };
-        !caps_headers.is_empty()
+        let ingest = r.ingest.lock().unwrap();
+        !ingest.caps_headers.is_empty()
             && buffer
                 .map_readable()
-                .is_ok_and(|m| caps_headers.iter().any(|h| h[..] == m[..]))
+                .is_ok_and(|m| ingest.caps_headers.iter().any(|h| h[..] == m[..]))
     }
+
+    /// New caps on a rendition's pad: its stream headers, and whether it is MPEG-TS.
+    fn apply_caps(&self, r: &Rendition, caps: &gst::CapsRef) -> Result<(), gst::LoggableError> {
+        let Some(s) = caps.structure(0) else {
+            return Err(gst::loggable_error!(CAT, "empty caps"));
+        };
+        let mut headers = Vec::new();
+        if let Ok(arr) = s.get::<gst::ArrayRef>("streamheader") {
+            for v in arr.iter() {
+                if let Ok(b) = v.get::<gst::Buffer>() {
+                    let map = b
+                        .map_readable()
+                        .map_err(|_| gst::loggable_error!(CAT, "unreadable streamheader"))?;
+                    headers.push(Chunk::header(Bytes::copy_from_slice(&map)));
+                }
+            }
+        }
+        gst::debug!(CAT, imp = self, "caps {caps}, {} stream headers", headers.len());
+        let mut ingest = r.ingest.lock().unwrap();
+        ingest.caps_headers = headers.iter().map(|h| h.data.clone()).collect();
+        ingest.psi = (s.name() == "video/mpegts").then(PsiCache::default);
+        r.gops.set_caps(&caps.to_string());
+        r.gops.set_headers(headers);
+        Ok(())
+    }
+
+    /// One buffer as one chunk.
+    fn render_on(
+        &self,
+        r: &Rendition,
+        buffer: &gst::Buffer,
+        segment: Option<&gst::FormattedSegment<gst::ClockTime>>,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        if self.skip_in_caps_header(r, buffer) {
+            return Ok(gst::FlowSuccess::Ok);
+        }
+        let meta = self.meta_of(buffer, segment);
+        let data = match buffer.clone().into_mapped_buffer_readable() {
+            Ok(m) => Bytes::from_owner(m),
+            Err(_) => {
+                gst::element_imp_error!(self, gst::ResourceError::Read, ("cannot map buffer"));
+                return Err(gst::FlowError::Error);
+            }
+        };
+        self.push_chunks(
+            r,
+            vec![Chunk {
+                meta,
+                data,
+                arrived: Instant::now(),
+            }],
+        )
+    }
+
+    /// mpegtsmux pushes lists of single 188-byte packets: coalesce them into chunks, cutting
+    /// only where a keyframe run starts (mpegtsmux marks the PAT it sends before a keyframe as
+    /// the one non-DELTA packet) or at a discontinuity, so GOP boundaries stay exact and a chunk
+    /// never ends inside a frame (mpegtsmux flags every packet of a keyframe PES as HEADER, so
+    /// HEADER is no boundary), and a GOP stream reset or cut leaves whole frames only.
+    fn render_list_on(
+        &self,
+        r: &Rendition,
+        list: &gst::BufferList,
+        segment: Option<&gst::FormattedSegment<gst::ClockTime>>,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let now = Instant::now();
+        let mut chunks = Vec::new();
+        let mut cur: Option<(FrameMeta, BytesMut)> = None;
+        let mut prev_key = false;
+        // bytes of the list from the current buffer on: a chunk never needs more room
+        let mut left = list.calculate_size();
+        for buffer in list.iter() {
+            let here = left;
+            left -= buffer.size();
+            if self.skip_in_caps_header(r, buffer) {
+                continue;
+            }
+            let bf = buffer.flags();
+            let key = !bf.contains(gst::BufferFlags::DELTA_UNIT);
+            let boundary = (key && !prev_key) || bf.contains(gst::BufferFlags::DISCONT);
+            prev_key = key;
+            let map = buffer.map_readable().map_err(|_| {
+                gst::element_imp_error!(self, gst::ResourceError::Read, ("cannot map buffer"));
+                gst::FlowError::Error
+            })?;
+            if let Some((meta, data)) = &mut cur
+                && !boundary
+            {
+                if meta.pts.is_none() && buffer.pts().is_some() {
+                    let m = self.meta_of(buffer, segment);
+                    meta.pts = m.pts;
+                    meta.dts = m.dts;
+                    meta.capture_unix_ns = m.capture_unix_ns;
+                }
+                data.extend_from_slice(&map);
+                continue;
+            }
+            if let Some((meta, data)) = cur.take() {
+                chunks.push(Chunk {
+                    meta,
+                    data: data.freeze(),
+                    arrived: now,
+                });
+            }
+            // (sized to what is left of the list, not the whole list: a frozen chunk keeps its
+            // allocation in the GOP cache)
+            let mut data = BytesMut::with_capacity(here);
+            data.extend_from_slice(&map);
+            cur = Some((self.meta_of(buffer, segment), data));
+        }
+        if let Some((meta, data)) = cur {
+            chunks.push(Chunk {
+                meta,
+                data: data.freeze(),
+                arrived: now,
+            });
+        }
+        self.push_chunks(r, chunks)
+    }
+
+    /// End of stream and flushes on a rendition's pad.
+    fn rendition_event(&self, r: &Rendition, event: &gst::Event) {
+        match event.view() {
+            gst::EventView::Eos(_) => r.gops.end(),
+            gst::EventView::FlushStop(_) => r.gops.flush(),
+            gst::EventView::Segment(s) => {
+                r.ingest.lock().unwrap().segment = s.segment().clone().downcast::<gst::ClockTime>().ok();
+            }
+            _ => {}
+        }
+    }
+
+    /// A request pad's buffer, list or event.
+    fn chain(&self, pad: &gst::Pad, data: PadData) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let r = self.rendition(pad).ok_or(gst::FlowError::Flushing)?;
+        let segment = r.ingest.lock().unwrap().segment.clone();
+        match data {
+            PadData::Buffer(b) => self.render_on(&r, &b, segment.as_ref()),
+            PadData::List(l) => self.render_list_on(&r, &l, segment.as_ref()),
+        }
+    }
+
+    fn request_pad_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+        let Some(r) = self.rendition(pad) else {
+            return gst::Pad::event_default(pad, Some(&*self.obj()), event);
+        };
+        if let gst::EventView::Caps(c) = event.view() {
+            return self.apply_caps(&r, c.caps()).is_ok();
+        }
+        self.rendition_event(&r, &event);
+        match event.type_() {
+            gst::EventType::Eos | gst::EventType::Segment | gst::EventType::FlushStop => true,
+            _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
+        }
+    }
+
+    /// Creates request pad `name` (`sink_%u`), with its rendition if the element runs.
+    fn new_request_pad(&self, templ: &gst::PadTemplate, name: Option<&str>) -> Option<gst::Pad> {
+        let obj = self.obj();
+        let name = name.map(String::from).unwrap_or_else(|| {
+            let n = (1..).find(|i| obj.static_pad(&format!("sink_{i}")).is_none()).unwrap_or(1);
+            format!("sink_{n}")
+        });
+        let pad = gst::PadBuilder::<IrohSinkPad>::from_template(templ)
+            .name(name.as_str())
+            .chain_function(|pad, parent, buffer| {
+                IrohSink::catch_panic_pad_function(
+                    parent,
+                    || Err(gst::FlowError::Error),
+                    |imp| imp.chain(pad.upcast_ref(), PadData::Buffer(buffer)),
+                )
+            })
+            .chain_list_function(|pad, parent, list| {
+                IrohSink::catch_panic_pad_function(
+                    parent,
+                    || Err(gst::FlowError::Error),
+                    |imp| imp.chain(pad.upcast_ref(), PadData::List(list)),
+                )
+            })
+            .event_function(|pad, parent, event| {
+                IrohSink::catch_panic_pad_function(parent, || false, |imp| imp.request_pad_event(pad.upcast_ref(), event))
+            })
+            .build();
+        obj.add_pad(&pad).ok()?;
+        if let Some(sh) = self.shared() {
+            sh.add_rendition(pad.upcast_ref());
+        }
+        obj.child_added(&pad, &pad.name());
+        Some(pad.upcast())
+    }
+}
+
+/// What a request pad's chain function got.
+enum PadData {
+    Buffer(gst::Buffer),
+    List(gst::BufferList),
 }
 
 #[glib::object_subclass]
@@ -212,6 +406,23 @@ impl ObjectSubclass for IrohSink {
     const NAME: &'static str = "GstIrohSink";
     type Type = super::IrohSink;
     type ParentType = gst_base::BaseSink;
+    type Interfaces = (gst::ChildProxy,);
+}
+
+/// The renditions' pads are the children, so `gst-launch-1.0` can set
+/// `sink_1::bitrate=600`.
+impl ChildProxyImpl for IrohSink {
+    fn child_by_index(&self, index: u32) -> Option<glib::Object> {
+        self.obj().sink_pads().get(index as usize).map(|p| p.clone().upcast())
+    }
+
+    fn children_count(&self) -> u32 {
+        self.obj().num_sink_pads() as u32
+    }
+
+    fn child_by_name(&self, name: &str) -> Option<glib::Object> {
+        self.obj().static_pad(name).map(|p| p.upcast())
+    }
 }
 
 impl ObjectImpl for IrohSink {
@@ -409,17 +620,44 @@ impl ElementImpl for IrohSink {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let any = gst::Caps::new_any();
             vec![
-                gst::PadTemplate::new(
+                gst::PadTemplate::with_gtype(
                     "sink",
                     gst::PadDirection::Sink,
                     gst::PadPresence::Always,
-                    &gst::Caps::new_any(),
+                    &any,
+                    IrohSinkPad::static_type(),
+                )
+                .unwrap(),
+                gst::PadTemplate::with_gtype(
+                    "sink_%u",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Request,
+                    &any,
+                    IrohSinkPad::static_type(),
                 )
                 .unwrap(),
             ]
         });
         TEMPLATES.as_ref()
+    }
+
+    fn request_new_pad(
+        &self,
+        templ: &gst::PadTemplate,
+        name: Option<&str>,
+        _caps: Option<&gst::Caps>,
+    ) -> Option<gst::Pad> {
+        self.new_request_pad(templ, name)
+    }
+
+    fn release_pad(&self, pad: &gst::Pad) {
+        if let Some(sh) = self.shared() {
+            sh.remove_rendition(pad);
+        }
+        self.obj().child_removed(pad, &pad.name());
+        let _ = self.obj().remove_pad(pad);
     }
 
     fn change_state(&self, transition: gst::StateChange) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
@@ -452,11 +690,13 @@ impl BaseSinkImpl for IrohSink {
         self.remember_port(&endpoint, &r, &mut identity);
         let shared = Arc::new(Shared {
             element: self.obj().downgrade(),
-            gops: GopCache::new(GopCacheConfig {
+            gop_config: GopCacheConfig {
                 burst_max_age: r.burst_max_age,
                 keep: (r.limits.max_lag * 2).max(Duration::from_secs(2)),
                 ..Default::default()
-            }),
+            },
+            renditions: Mutex::new(Vec::new()),
+            newest_pts: AtomicU64::new(0),
             identity: Mutex::new(identity),
             key_file: r.key_file,
             endpoint: endpoint.clone(),
@@ -472,11 +712,10 @@ impl BaseSinkImpl for IrohSink {
         });
         let ticket = shared.update_ticket().unwrap_or_default();
         gst::info!(CAT, imp = self, "serving as {} with ticket {ticket}", endpoint.id());
-        *self.state.lock().unwrap() = StateBox(State::Started {
-            shared: shared.clone(),
-            psi: None,
-            caps_headers: Vec::new(),
-        });
+        for pad in self.obj().sink_pads() {
+            shared.add_rendition(&pad);
+        }
+        *self.state.lock().unwrap() = StateBox(State::Started { shared: shared.clone() });
         shared.announce_ticket(&ticket);
         // Both end with the element's cancel token.
         shared
@@ -497,135 +736,32 @@ impl BaseSinkImpl for IrohSink {
     }
 
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
-        let Some(s) = caps.structure(0) else {
-            return Err(gst::loggable_error!(CAT, "empty caps"));
-        };
-        let mut headers = Vec::new();
-        if let Ok(arr) = s.get::<gst::ArrayRef>("streamheader") {
-            for v in arr.iter() {
-                if let Ok(b) = v.get::<gst::Buffer>() {
-                    let map = b
-                        .map_readable()
-                        .map_err(|_| gst::loggable_error!(CAT, "unreadable streamheader"))?;
-                    headers.push(Chunk::header(Bytes::copy_from_slice(&map)));
-                }
-            }
-        }
-        let is_ts = s.name() == "video/mpegts";
-        let mut state = self.state.lock().unwrap();
-        let State::Started {
-            shared,
-            psi,
-            caps_headers,
-        } = &mut state.0
-        else {
-            return Err(gst::loggable_error!(CAT, "caps before start"));
-        };
-        gst::debug!(CAT, imp = self, "caps {caps}, {} stream headers", headers.len());
-        *caps_headers = headers.iter().map(|h| h.data.clone()).collect();
-        *psi = is_ts.then(PsiCache::default);
-        shared.gops.set_caps(&caps.to_string());
-        shared.gops.set_headers(headers);
-        Ok(())
+        let pad = self.obj().static_pad("sink").expect("always pad");
+        let r = self
+            .rendition(&pad)
+            .ok_or_else(|| gst::loggable_error!(CAT, "caps before start"))?;
+        self.apply_caps(&r, caps)
     }
 
     fn event(&self, event: gst::Event) -> bool {
-        match event.view() {
-            gst::EventView::Eos(_) => {
-                if let Some(sh) = self.shared() {
-                    sh.gops.end();
-                }
-            }
-            gst::EventView::FlushStop(_) => {
-                if let Some(sh) = self.shared() {
-                    sh.gops.flush();
-                }
-            }
-            _ => {}
+        if let Some(r) = self.rendition(&self.obj().static_pad("sink").expect("always pad")) {
+            self.rendition_event(&r, &event);
         }
         self.parent_event(event)
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        if self.skip_in_caps_header(buffer) {
-            return Ok(gst::FlowSuccess::Ok);
-        }
-        let segment = self.time_segment();
-        let meta = self.meta_of(buffer, segment.as_ref());
-        let data = match buffer.clone().into_mapped_buffer_readable() {
-            Ok(m) => Bytes::from_owner(m),
-            Err(_) => {
-                gst::element_imp_error!(self, gst::ResourceError::Read, ("cannot map buffer"));
-                return Err(gst::FlowError::Error);
-            }
-        };
-        self.push_chunks(vec![Chunk {
-            meta,
-            data,
-            arrived: Instant::now(),
-        }])
+        let r = self
+            .rendition(&self.obj().static_pad("sink").expect("always pad"))
+            .ok_or(gst::FlowError::Flushing)?;
+        self.render_on(&r, buffer, self.time_segment().as_ref())
     }
 
-    /// mpegtsmux pushes lists of single 188-byte packets: coalesce them into chunks, cutting
-    /// only where a keyframe run starts (mpegtsmux marks the PAT it sends before a keyframe as
-    /// the one non-DELTA packet) or at a discontinuity, so GOP boundaries stay exact and a chunk
-    /// never ends inside a frame (mpegtsmux flags every packet of a keyframe PES as HEADER, so
-    /// HEADER is no boundary), and a GOP stream reset or cut leaves whole frames only.
     fn render_list(&self, list: &gst::BufferList) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let segment = self.time_segment();
-        let now = Instant::now();
-        let mut chunks = Vec::new();
-        let mut cur: Option<(FrameMeta, BytesMut)> = None;
-        let mut prev_key = false;
-        // bytes of the list from the current buffer on: a chunk never needs more room
-        let mut left = list.calculate_size();
-        for buffer in list.iter() {
-            let here = left;
-            left -= buffer.size();
-            if self.skip_in_caps_header(buffer) {
-                continue;
-            }
-            let bf = buffer.flags();
-            let key = !bf.contains(gst::BufferFlags::DELTA_UNIT);
-            let boundary = (key && !prev_key) || bf.contains(gst::BufferFlags::DISCONT);
-            prev_key = key;
-            let map = buffer.map_readable().map_err(|_| {
-                gst::element_imp_error!(self, gst::ResourceError::Read, ("cannot map buffer"));
-                gst::FlowError::Error
-            })?;
-            if let Some((meta, data)) = &mut cur
-                && !boundary
-            {
-                if meta.pts.is_none() && buffer.pts().is_some() {
-                    let m = self.meta_of(buffer, segment.as_ref());
-                    meta.pts = m.pts;
-                    meta.dts = m.dts;
-                    meta.capture_unix_ns = m.capture_unix_ns;
-                }
-                data.extend_from_slice(&map);
-                continue;
-            }
-            if let Some((meta, data)) = cur.take() {
-                chunks.push(Chunk {
-                    meta,
-                    data: data.freeze(),
-                    arrived: now,
-                });
-            }
-            // (sized to what is left of the list, not the whole list: a frozen chunk keeps its
-            // allocation in the GOP cache)
-            let mut data = BytesMut::with_capacity(here);
-            data.extend_from_slice(&map);
-            cur = Some((self.meta_of(buffer, segment.as_ref()), data));
-        }
-        if let Some((meta, data)) = cur {
-            chunks.push(Chunk {
-                meta,
-                data: data.freeze(),
-                arrived: now,
-            });
-        }
-        self.push_chunks(chunks)
+        let r = self
+            .rendition(&self.obj().static_pad("sink").expect("always pad"))
+            .ok_or(gst::FlowError::Flushing)?;
+        self.render_list_on(&r, list, self.time_segment().as_ref())
     }
 }
 
@@ -686,7 +822,11 @@ fn bind_endpoint(r: &Resolved, identity: &Identity) -> Result<Endpoint, gst::Err
     let fresh: Vec<SocketAddr> = r.bind_addr.into_iter().collect();
     let key = identity.key.clone();
     let relay = r.relay.clone();
-    let alpns = vec![protocol::ALPN.to_vec(), protocol::ALPN_VERSION_PROBE.to_vec()];
+    let alpns = vec![
+        protocol::ALPN.to_vec(),
+        protocol::ALPN_V1.to_vec(),
+        protocol::ALPN_VERSION_PROBE.to_vec(),
+    ];
     net::block_on(async move {
         // The previous run (a restart) may still be releasing the port: retry for a second.
         if !saved.is_empty() {
@@ -720,7 +860,7 @@ async fn watch_ticket(shared: Arc<Shared>) {
 /// otherwise they are closed at once.
 async fn shut_down(shared: Arc<Shared>) {
     shared.tasks.close();
-    if shared.gops.is_eos() {
+    if shared.top().is_some_and(|r| r.gops.is_eos()) {
         let _ = tokio::time::timeout(Duration::from_millis(400), async {
             while shared
                 .viewers

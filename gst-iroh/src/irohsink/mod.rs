@@ -41,12 +41,16 @@ use gst::prelude::*;
 
 mod delivery;
 mod imp;
+mod ladder;
+mod rendition;
 mod sender;
 mod session;
 
+pub use rendition::IrohSinkPad;
+
 glib::wrapper! {
     /// The `irohsink` element.
-    pub struct IrohSink(ObjectSubclass<imp::IrohSink>) @extends gst_base::BaseSink, gst::Element, gst::Object;
+    pub struct IrohSink(ObjectSubclass<imp::IrohSink>) @extends gst_base::BaseSink, gst::Element, gst::Object, @implements gst::ChildProxy;
 }
 
 /// Registers `irohsink` with `plugin`.

@@ -8,6 +8,10 @@
 //! arrives and decodes) and the viewer resumes at the next keyframe with an idle path. Only
 //! when even that is not enough (the path fails to take one GOP in time) are undelivered GOP
 //! streams reset and the viewer moved to the newest GOP: the last resort.
+//!
+//! With several renditions (a version 2 viewer), the sender moves the viewer between them at
+//! GOP boundaries as [`Ladder`] decides, and only where the target rendition has a GOP
+//! starting at the same running time; it probes the path with padding before going up.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,10 +24,19 @@ use tokio::sync::watch;
 
 use super::delivery::Delivery;
 use super::imp::CAT;
+use super::ladder::{self, Ladder, Seen, Why};
+use super::rendition::Rendition;
 use super::session::{Shared, Viewer};
-use crate::gop_cache::{Chunk, Cursor, GopCache, Step};
-use crate::net::write_control;
+use crate::gop_cache::{Aligned, Chunk, Cursor, GopCache, Step};
+use crate::net::{RUNTIME, write_control};
 use crate::protocol::{CloseCode, Control, GopHeader, flags};
+
+/// GOP starts this close (ns) are the same instant in two renditions.
+const ALIGN_TOLERANCE: u64 = 5_000_000;
+/// How long a switch waits for the target rendition's GOP at the same instant.
+const ALIGN_WAIT: Duration = Duration::from_millis(200);
+/// A probe whose padding would take longer than this to drain is stopped: the path is full.
+const PROBE_MAX_DRAIN: Duration = Duration::from_millis(300);
 
 /// Stream reset code for a GOP dropped because the viewer fell behind.
 const RESET_STALE: u32 = 1;
@@ -48,11 +61,19 @@ struct GopStream {
 
 /// Serves the viewer until it leaves or must go; returns the close code.
 pub(super) async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, control: SendStream) -> CloseCode {
-    let (cursor, need_keyframe) = shared.gops.join(Instant::now());
+    let ladder = shared.ladder();
+    let adaptive = viewer.version >= 2 && ladder.len() > 1;
+    let allowed = if adaptive { top_allowed(&ladder, viewer.max_kbps) } else { 0 };
+    let Some(rendition) = ladder.get(allowed).cloned() else {
+        return CloseCode::HostStopped;
+    };
+    *viewer.rendition.lock().unwrap() = rendition.name();
+    let (cursor, need_keyframe) = rendition.gops.join(Instant::now());
     gst::debug!(
         CAT,
-        "viewer {} starts {}",
+        "viewer {} starts on {} {}",
         viewer.id,
+        rendition.name(),
         if need_keyframe {
             "at the next keyframe"
         } else {
@@ -71,13 +92,34 @@ pub(super) async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, control: S
         discont_next: false,
         progressing: Instant::now(),
         reset_gops: 0,
+        rendition,
+        ladder: Ladder::new(allowed, allowed, Instant::now()),
+        adaptive,
+        wire_offset: 0,
+        earlier: (0, 0),
+        cut_in_gop: false,
+        probe: None,
+        probe_checked: Instant::now(),
     };
     let code = sender.run(control).await;
-    shared.gops.leave(&sender.cursor);
+    sender.rendition.gops.leave(&sender.cursor);
+    sender.stop_probe();
     if let Some(mut s) = sender.current.take() {
         let _ = s.send.reset(VarInt::from_u32(RESET_STALE));
     }
     code
+}
+
+/// The highest rung at or below the viewer's ceiling (`max_kbps`, 0: none); the lowest when
+/// none is.
+fn top_allowed(ladder: &[Arc<Rendition>], max_kbps: u32) -> usize {
+    if max_kbps == 0 {
+        return 0;
+    }
+    ladder
+        .iter()
+        .position(|r| r.kbps() <= max_kbps)
+        .unwrap_or(ladder.len().saturating_sub(1))
 }
 
 struct Sender<'a> {
@@ -93,11 +135,25 @@ struct Sender<'a> {
     progressing: Instant,
     /// Finished GOP streams reset before they were delivered.
     reset_gops: u64,
+    /// The rendition the cursor walks.
+    rendition: Arc<Rendition>,
+    ladder: Ladder,
+    /// Several renditions and a version 2 viewer: it may be switched.
+    adaptive: bool,
+    /// Wire GOP number = the cursor's GOP number + this (continuous across switches).
+    wire_offset: i64,
+    /// GOPs dropped and cut under earlier renditions' cursors.
+    earlier: (u64, u64),
+    /// The current GOP was cut short.
+    cut_in_gop: bool,
+    /// The padding task of a probe in progress.
+    probe: Option<tokio::task::JoinHandle<()>>,
+    probe_checked: Instant,
 }
 
 impl Sender<'_> {
     fn gops(&self) -> &GopCache {
-        &self.shared.gops
+        &self.rendition.gops
     }
 
     fn delivery(&self) -> std::sync::MutexGuard<'_, Delivery> {
@@ -107,7 +163,7 @@ impl Sender<'_> {
     async fn run(&mut self, mut control: SendStream) -> CloseCode {
         let mut changed = self.gops().subscribe();
         loop {
-            let step = self.shared.gops.next(&mut self.cursor, 64);
+            let step = self.rendition.gops.next(&mut self.cursor, 64);
             gst::trace!(CAT, "viewer {}: {step:?}", self.viewer.id);
             let gop_done = matches!(step, Step::Close);
             let res = match step {
@@ -116,7 +172,11 @@ impl Sender<'_> {
                     caps,
                     headers,
                     discont,
-                } => self.open(seq, &caps, &headers, discont).await,
+                } => {
+                    let (seq, caps, headers) = self.at_boundary(seq, caps, headers).await;
+                    let wire = (seq as i64 + self.wire_offset).max(0) as u64;
+                    self.open(wire, &caps, &headers, discont).await
+                }
                 Step::Data(chunks) => self.send(chunks).await,
                 Step::Close => {
                     self.finish_current();
@@ -148,6 +208,7 @@ impl Sender<'_> {
         // bandwidth would starve the tail of the one being played.
         let _ = send.set_priority(-((seq & 0x7fff_ffff) as i32));
         self.discont_next |= discont;
+        self.cut_in_gop = false;
         self.current = Some(GopStream {
             seq,
             send,
@@ -156,6 +217,7 @@ impl Sender<'_> {
         let header = GopHeader {
             seq,
             caps: caps.to_string(),
+            rendition: (self.viewer.version >= 2).then(|| self.ladder.rung() as u32),
         };
         let mut parts = vec![Bytes::from(header.encode())];
         self.encode(headers, &mut parts);
@@ -223,9 +285,12 @@ impl Sender<'_> {
 
     /// Ends the current GOP early: what was written arrives, the rest is left out.
     fn cut(&mut self) {
-        if self.shared.gops.cut(&mut self.cursor) {
+        if self.rendition.gops.cut(&mut self.cursor) {
             gst::debug!(CAT, "viewer {}: GOP cut to arrive in time", self.viewer.id);
-            self.viewer.cut_gops.store(self.cursor.cut_gops, Ordering::Relaxed);
+            self.cut_in_gop = true;
+            self.viewer
+                .cut_gops
+                .store(self.earlier.1 + self.cursor.cut_gops, Ordering::Relaxed);
             self.finish_current();
         }
     }
@@ -311,7 +376,7 @@ impl Sender<'_> {
     }
 
     fn count_dropped(&self) {
-        let n = self.cursor.dropped_gops + self.reset_gops;
+        let n = self.earlier.0 + self.cursor.dropped_gops + self.reset_gops;
         self.viewer.dropped_gops.store(n, Ordering::Relaxed);
     }
 
@@ -338,8 +403,8 @@ impl Sender<'_> {
     /// The last resort: resets every GOP stream not seen delivered and resumes at the newest
     /// GOP (or the next one).
     fn skip(&mut self, why: &str) {
-        if !self.shared.gops.skip_to_newest(&mut self.cursor) {
-            self.shared.gops.abandon(&mut self.cursor);
+        if !self.rendition.gops.skip_to_newest(&mut self.cursor) {
+            self.rendition.gops.abandon(&mut self.cursor);
         }
         let streams: Vec<GopStream> = self.finished.drain(..).chain(self.current.take()).collect();
         for mut s in streams {
@@ -413,6 +478,182 @@ impl Sender<'_> {
         if self.behind_beyond_repair() {
             self.skip("behind");
         }
+        if self.adaptive {
+            self.ladder.observe(Seen {
+                now,
+                lag,
+                cut: self.cut_in_gop,
+            });
+            self.manage_probe(now, lag);
+        }
         None
+    }
+}
+
+/// Switching renditions and probing the path (version 2 viewers, several renditions).
+impl Sender<'_> {
+    /// At the start of cursor GOP `seq`: moves the viewer to another rendition if the ladder
+    /// says so and that rendition has a GOP starting at the same instant. Returns the GOP to
+    /// open (the cursor's own, or the target's).
+    async fn at_boundary(&mut self, seq: u64, caps: Arc<str>, headers: Vec<Chunk>) -> (u64, Arc<str>, Vec<Chunk>) {
+        if !self.adaptive {
+            return (seq, caps, headers);
+        }
+        let ladder = self.shared.ladder();
+        let rates: Vec<f64> = ladder.iter().map(|r| r.rate()).collect();
+        let from = self.ladder.rung();
+        let capacity = self.delivery().rate();
+        let Some((to, why)) = self.ladder.at_boundary(Instant::now(), &rates, capacity) else {
+            return (seq, caps, headers);
+        };
+        let (Some(target), Some(pts)) = (ladder.get(to).cloned(), self.gops().gop_pts(seq)) else {
+            self.ladder.stay_on(from);
+            return (seq, caps, headers);
+        };
+        let Some(target_seq) = wait_aligned(&target, pts).await else {
+            gst::info!(
+                CAT,
+                "viewer {}: {} has no GOP at {} ms: staying on {} (asking for aligned keyframes)",
+                self.viewer.id,
+                target.name(),
+                pts / 1_000_000,
+                self.rendition.name()
+            );
+            self.ladder.stay_on(from);
+            self.shared.request_keyframe();
+            return (seq, caps, headers);
+        };
+        let mut cursor = target.gops.cursor_at(target_seq);
+        let Step::Open {
+            seq: opened,
+            caps: new_caps,
+            headers: new_headers,
+            ..
+        } = target.gops.next(&mut cursor, 64)
+        else {
+            self.ladder.stay_on(from);
+            return (seq, caps, headers);
+        };
+        self.switch_to(target, cursor, seq, opened, why, rates[to]);
+        (opened, new_caps, new_headers)
+    }
+
+    /// Makes `target` (at its GOP `opened`, the same instant as the old cursor's GOP `seq`)
+    /// the viewer's rendition.
+    fn switch_to(&mut self, target: Arc<Rendition>, cursor: Cursor, seq: u64, opened: u64, why: Why, rate: f64) {
+        let old = std::mem::replace(&mut self.cursor, cursor);
+        self.rendition.gops.leave(&old);
+        self.earlier.0 += old.dropped_gops;
+        self.earlier.1 += old.cut_gops;
+        let wire = seq as i64 + self.wire_offset;
+        self.wire_offset = wire - opened as i64;
+        let from = std::mem::replace(&mut self.rendition, target);
+        self.stop_probe();
+        let name = self.rendition.name();
+        gst::info!(
+            CAT,
+            "viewer {}: {} -> {name} ({}, path {:.0} kB/s, stream {:.0} kB/s)",
+            self.viewer.id,
+            from.name(),
+            why.as_str(),
+            self.delivery().rate().unwrap_or(0.0) / 1000.0,
+            rate / 1000.0
+        );
+        *self.viewer.rendition.lock().unwrap() = name.clone();
+        self.viewer.switches.fetch_add(1, Ordering::Relaxed);
+        self.shared.post(
+            gst::Structure::builder("iroh-rendition-changed")
+                .field("id", &self.viewer.id)
+                .field("from", from.name())
+                .field("to", name)
+                .field("reason", why.as_str())
+                .build(),
+        );
+    }
+
+    /// Starts, watches and ends probes (about every 50 ms).
+    fn manage_probe(&mut self, now: Instant, lag: Duration) {
+        if now.saturating_duration_since(self.probe_checked) < Duration::from_millis(50) {
+            return;
+        }
+        self.probe_checked = now;
+        let delivered = self.delivery().delivered();
+        if let Some(p) = self.ladder.probe() {
+            let elapsed = now.saturating_duration_since(p.started);
+            let full = {
+                let d = self.delivery();
+                d.rate().is_some_and(|r| d.probe_in_flight() as f64 / r > PROBE_MAX_DRAIN.as_secs_f64())
+            };
+            let strained = lag > ladder::STRAIN_LAG;
+            if elapsed >= ladder::PROBE_TIME || (elapsed > Duration::from_millis(300) && (full || strained)) {
+                self.stop_probe();
+                let carried = (delivered - p.delivered_at_start) as f64 / elapsed.as_secs_f64().max(0.001);
+                let ok = self.ladder.probe_done(now, carried);
+                gst::debug!(
+                    CAT,
+                    "viewer {}: probe carried {:.0} of {:.0} kB/s: {}",
+                    self.viewer.id,
+                    carried / 1000.0,
+                    p.target / 1000.0,
+                    if ok { "going up" } else { "staying" }
+                );
+            }
+            return;
+        }
+        let rates: Vec<f64> = self.shared.ladder().iter().map(|r| r.rate()).collect();
+        if let Some(p) = self.ladder.want_probe(now, &rates, delivered) {
+            // a little over the target: the last report lags what was sent
+            let padding = (p.target * 1.05 - rates[self.ladder.rung()]).max(0.0);
+            gst::debug!(CAT, "viewer {}: probing with {:.0} kB/s of padding", self.viewer.id, padding / 1000.0);
+            self.probe = Some(RUNTIME.spawn(pad_path(self.viewer.clone(), padding)));
+        }
+    }
+
+    fn stop_probe(&mut self) {
+        if let Some(t) = self.probe.take() {
+            t.abort();
+            self.delivery().on_probe_end();
+        }
+    }
+}
+
+/// Waits (briefly) for `target` to have a GOP starting at running time `pts`.
+async fn wait_aligned(target: &Rendition, pts: u64) -> Option<u64> {
+    let deadline = tokio::time::Instant::now() + ALIGN_WAIT;
+    let mut changed = target.gops.subscribe();
+    loop {
+        match target.gops.aligned_gop(pts, ALIGN_TOLERANCE) {
+            Aligned::At(seq) => return Some(seq),
+            Aligned::Never => return None,
+            Aligned::NotYet => {}
+        }
+        if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+            return None;
+        }
+    }
+}
+
+/// Sends `rate` bytes/s of padding on a bi-stream at the lowest priority (after every GOP
+/// stream) until aborted; the viewer reports what arrived.
+async fn pad_path(viewer: Arc<Viewer>, rate: f64) {
+    static ZEROS: [u8; 16 * 1024] = [0; 16 * 1024];
+    let Ok((mut send, _recv)) = viewer.conn.open_bi().await else {
+        return;
+    };
+    let _ = send.set_priority(i32::MIN);
+    let start = Instant::now();
+    let mut written = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        let due = (rate * start.elapsed().as_secs_f64()) as u64;
+        while written + 1200 <= due {
+            let n = (due - written).min(ZEROS.len() as u64) as usize;
+            if send.write_all(&ZEROS[..n]).await.is_err() {
+                return;
+            }
+            written += n as u64;
+            viewer.delivery.lock().unwrap().on_probe_write(Instant::now(), n as u64);
+        }
     }
 }

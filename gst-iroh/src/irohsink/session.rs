@@ -18,14 +18,18 @@ use tokio_util::task::TaskTracker;
 
 use super::delivery::Delivery;
 use super::imp::CAT;
+use super::rendition::Rendition;
 use super::sender;
-use crate::gop_cache::GopCache;
+use crate::gop_cache::{GopCache, GopCacheConfig};
 use crate::net::{self, Identity, RUNTIME, read_control, write_control};
 use crate::protocol::{self, CloseCode, Control};
 use crate::ticket::Ticket;
 
 /// How long a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// An aligned keyframe request aims this far past the newest running time received: later
+/// than any encoder has got to, so all of them cut on the same frame.
+const ALIGN_AHEAD: gst::ClockTime = gst::ClockTime::from_mseconds(300);
 
 /// How viewers are served: the element's settings as typed values.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +62,15 @@ pub(super) struct Viewer {
     pub lag_ms: AtomicU64,
     /// What was written for the viewer and what it reported received.
     pub delivery: Mutex<Delivery>,
+    /// Protocol version of its connection (1: the top rendition only).
+    pub version: u32,
+    /// The most it wants, kbit/s (0: no ceiling).
+    pub max_kbps: u32,
+    /// The rendition it is on, and how often it moved.
+    pub rendition: Mutex<String>,
+    pub switches: AtomicU64,
+    /// Probe bytes it reported received (cumulative).
+    pub probe_bytes: AtomicU64,
 }
 
 impl Viewer {
@@ -73,6 +86,9 @@ impl Viewer {
             .field("dropped-gops", self.dropped_gops.load(Ordering::Relaxed))
             .field("cut-gops", self.cut_gops.load(Ordering::Relaxed))
             .field("lag-ms", self.lag_ms.load(Ordering::Relaxed))
+            .field("rendition", self.rendition.lock().unwrap().as_str())
+            .field("rendition-switches", self.switches.load(Ordering::Relaxed))
+            .field("protocol", self.version)
             .field("connected-s", self.joined.elapsed().as_secs_f64())
             .build()
     }
@@ -97,7 +113,12 @@ pub(super) struct Totals {
 /// State shared between the element and its network tasks.
 pub(super) struct Shared {
     pub element: glib::WeakRef<super::IrohSink>,
-    pub gops: GopCache,
+    /// How each rendition's GOP cache is set up.
+    pub gop_config: GopCacheConfig,
+    /// In pad order (the always pad first).
+    pub renditions: Mutex<Vec<Arc<Rendition>>>,
+    /// Newest running time (ns) received on any pad: aligned keyframe requests aim past it.
+    pub newest_pts: AtomicU64,
     pub identity: Mutex<Identity>,
     pub key_file: Option<PathBuf>,
     pub endpoint: Endpoint,
@@ -151,16 +172,63 @@ impl Shared {
         }
     }
 
+    /// One rendition: a keyframe as soon as possible. Several: a keyframe at the same running
+    /// time on every pad, far enough ahead that no encoder has passed it, so every rendition
+    /// starts a GOP on the same frame (a viewer can switch there).
     fn send_keyframe_event(&self) {
         let Some(el) = self.element.upgrade() else { return };
         self.totals.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-        let ev = gst_video::UpstreamForceKeyUnitEvent::builder()
-            .all_headers(true)
-            .build();
-        gst::debug!(CAT, obj = el, "requesting a keyframe upstream");
-        if !el.static_pad("sink").is_some_and(|p| p.push_event(ev)) {
-            gst::debug!(CAT, obj = el, "upstream did not handle the force-key-unit event");
+        let pads: Vec<gst::Pad> = self.renditions().iter().filter_map(|r| r.pad.upgrade()).collect();
+        let newest = self.newest_pts.load(Ordering::Relaxed);
+        let mut b = gst_video::UpstreamForceKeyUnitEvent::builder().all_headers(true);
+        if pads.len() > 1 && newest > 0 {
+            b = b.running_time(gst::ClockTime::from_nseconds(newest) + ALIGN_AHEAD);
         }
+        let ev = b.build();
+        gst::debug!(CAT, obj = el, "requesting a keyframe upstream on {} pads: {ev:?}", pads.len());
+        for p in pads {
+            if !p.push_event(ev.clone()) {
+                gst::debug!(CAT, obj = el, "upstream of {} did not handle the force-key-unit event", p.name());
+            }
+        }
+    }
+
+    /// The renditions in pad order.
+    pub fn renditions(&self) -> Vec<Arc<Rendition>> {
+        self.renditions.lock().unwrap().clone()
+    }
+
+    /// The renditions top first: highest `bitrate` first, pad order among equals.
+    pub fn ladder(&self) -> Vec<Arc<Rendition>> {
+        let mut l = self.renditions();
+        l.sort_by_key(|r| std::cmp::Reverse(r.kbps()));
+        l
+    }
+
+    /// The top rendition (what version 1 viewers get).
+    pub fn top(&self) -> Option<Arc<Rendition>> {
+        self.ladder().into_iter().next()
+    }
+
+    pub fn rendition_of(&self, pad: &gst::Pad) -> Option<Arc<Rendition>> {
+        self.renditions
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.pad.upgrade().as_ref() == Some(pad))
+            .cloned()
+    }
+
+    pub fn add_rendition(&self, pad: &gst::Pad) {
+        let r = Rendition::new(pad, GopCache::new(self.gop_config));
+        self.renditions.lock().unwrap().push(r);
+    }
+
+    pub fn remove_rendition(&self, pad: &gst::Pad) {
+        self.renditions
+            .lock()
+            .unwrap()
+            .retain(|r| r.pad.upgrade().is_some_and(|p| &p != pad));
     }
 
     /// Re-encodes the ticket from the endpoint's current address; Some when it changed.
@@ -193,7 +261,19 @@ impl Shared {
             done.load(Ordering::Relaxed) + viewers.values().map(|v| live(v).load(Ordering::Relaxed)).sum::<u64>()
         };
         let t = &self.totals;
-        let f = self.gops.stats();
+        let ladder = self.ladder();
+        let f = ladder.first().map(|r| r.gops.stats()).unwrap_or_default();
+        let renditions: Vec<gst::Structure> = ladder
+            .iter()
+            .map(|r| {
+                gst::Structure::builder("rendition")
+                    .field("name", r.name())
+                    .field("bitrate", r.kbps())
+                    .field("measured-kbps", (r.rate() * 8.0 / 1000.0) as u32)
+                    .field("gops", r.gops.stats().gops)
+                    .build()
+            })
+            .collect();
         gst::Structure::builder("application/x-irohsink-stats")
             .field("viewers", viewers.len() as u32)
             .field("viewers-total", t.viewers.load(Ordering::Relaxed))
@@ -205,6 +285,7 @@ impl Shared {
             .field("waiting-keyframe", f.waiting_keyframe as u32)
             .field("keyframe-requests", t.keyframe_requests.load(Ordering::Relaxed))
             .field("viewer-stats", gst::Array::new(list))
+            .field("renditions", gst::Array::new(renditions))
             .build()
     }
 
@@ -274,6 +355,7 @@ struct Hello {
     buf: BytesMut,
     secret: [u8; protocol::SECRET_LEN],
     name: String,
+    max_kbps: u32,
 }
 
 /// Waits for the viewer's hello; closes the connection with a protocol error without one.
@@ -293,6 +375,17 @@ async fn read_hello(conn: &Connection) -> Option<Hello> {
                 buf,
                 secret,
                 name,
+                max_kbps: 0,
+            });
+        }
+        Ok(Ok((send, recv, buf, Control::Hello2 { secret, name, max_kbps }))) => {
+            return Some(Hello {
+                send,
+                recv,
+                buf,
+                secret,
+                name,
+                max_kbps,
             });
         }
         Ok(Ok(_)) => "expected a hello".to_string(),
@@ -322,7 +415,7 @@ fn check_secret(shared: &Shared, secret: &[u8; protocol::SECRET_LEN]) -> Option<
 
 /// Registers the viewer if a seat is free. Admission and registration happen under one lock,
 /// so two viewers cannot both take the last seat.
-fn admit(shared: &Shared, conn: &Connection, name: String) -> Option<Arc<Viewer>> {
+fn admit(shared: &Shared, conn: &Connection, hello: &mut Hello) -> Option<Arc<Viewer>> {
     let mut viewers = shared.viewers.lock().unwrap();
     let max = shared.max_viewers.load(Ordering::Relaxed);
     if max > 0 && viewers.len() >= max as usize {
@@ -333,7 +426,7 @@ fn admit(shared: &Shared, conn: &Connection, name: String) -> Option<Arc<Viewer>
     let v = Arc::new(Viewer {
         id: protocol::viewer_label(remote.as_bytes(), n),
         number: n,
-        name,
+        name: std::mem::take(&mut hello.name),
         endpoint_id: remote,
         conn: conn.clone(),
         cancel: shared.cancel.child_token(),
@@ -344,6 +437,11 @@ fn admit(shared: &Shared, conn: &Connection, name: String) -> Option<Arc<Viewer>
         cut_gops: AtomicU64::new(0),
         lag_ms: AtomicU64::new(0),
         delivery: Mutex::new(Delivery::default()),
+        version: if conn.alpn() == protocol::ALPN_V1 { 1 } else { 2 },
+        max_kbps: hello.max_kbps,
+        rendition: Mutex::new(String::new()),
+        switches: AtomicU64::new(0),
+        probe_bytes: AtomicU64::new(0),
     });
     viewers.insert(v.id.clone(), v.clone());
     Some(v)
@@ -359,20 +457,30 @@ async fn handle_viewer(shared: Arc<Shared>, conn: Connection) {
         refuse(hello.send, &conn, code).await;
         return;
     }
-    let Some(viewer) = admit(&shared, &conn, std::mem::take(&mut hello.name)) else {
+    let Some(viewer) = admit(&shared, &conn, &mut hello) else {
         gst::info!(CAT, "refused {remote}: host is full");
         refuse(hello.send, &conn, CloseCode::HostFull).await;
         return;
     };
     shared.totals.viewers.fetch_add(1, Ordering::Relaxed);
-    let welcomed = write_control(
-        &mut hello.send,
-        &Control::Welcome {
+    let welcome = match viewer.version {
+        1 => Control::Welcome {
             viewer_id: viewer.number,
         },
-    )
-    .await
-    .is_ok();
+        _ => Control::Welcome2 {
+            viewer_id: viewer.number,
+            renditions: shared
+                .ladder()
+                .iter()
+                .take(protocol::MAX_RENDITIONS)
+                .map(|r| protocol::RenditionInfo {
+                    name: r.name(),
+                    kbps: r.kbps(),
+                })
+                .collect(),
+        },
+    };
+    let welcomed = write_control(&mut hello.send, &welcome).await.is_ok();
     announce_joined(&shared, &viewer);
     let code = if welcomed {
         RUNTIME.spawn(read_control_stream(
@@ -448,6 +556,10 @@ async fn read_control_stream(shared: Arc<Shared>, viewer: Arc<Viewer>, mut recv:
                 );
             }
             Control::KeyframeRequest => shared.request_keyframe(),
+            Control::ProbeReport { bytes } => {
+                viewer.probe_bytes.store(bytes, Ordering::Relaxed);
+                viewer.delivery.lock().unwrap().on_probe_report(Instant::now(), bytes);
+            }
             _ => {}
         }
     }

@@ -36,6 +36,7 @@ struct Settings {
     reconnect_timeout_ms: u32,
     latency_ms: u32,
     max_buffers: u32,
+    max_bitrate: u32,
 }
 
 impl Default for Settings {
@@ -49,6 +50,7 @@ impl Default for Settings {
             reconnect_timeout_ms: 30_000,
             latency_ms: 100,
             max_buffers: 512,
+            max_bitrate: 0,
         }
     }
 }
@@ -64,6 +66,8 @@ pub(super) struct ResolvedSettings {
     pub(super) reconnect_timeout: Duration,
     latency: gst::ClockTime,
     max_buffers: usize,
+    /// Ceiling sent to the host (kbit/s, 0: none).
+    pub(super) max_kbps: u32,
 }
 
 impl TryFrom<&Settings> for ResolvedSettings {
@@ -102,6 +106,7 @@ impl TryFrom<&Settings> for ResolvedSettings {
             reconnect_timeout: Duration::from_millis(s.reconnect_timeout_ms.into()),
             latency: gst::ClockTime::from_mseconds(s.latency_ms.into()),
             max_buffers: s.max_buffers as usize,
+            max_kbps: s.max_bitrate,
         })
     }
 }
@@ -256,9 +261,14 @@ impl ObjectImpl for IrohSrc {
                     .minimum(8)
                     .default_value(d.max_buffers)
                     .build(),
+                glib::ParamSpecUInt::builder("max-bitrate")
+                    .nick("Max bitrate")
+                    .blurb("Ceiling for a host with several renditions (kbit/s): it serves none above this (0 = no ceiling)")
+                    .default_value(d.max_bitrate)
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Connection, path and capture→receive latency statistics")
+                    .blurb("Connection, path, rendition and capture→receive latency statistics")
                     .read_only()
                     .build(),
             ]
@@ -291,6 +301,7 @@ impl ObjectImpl for IrohSrc {
             "reconnect-timeout" => s.reconnect_timeout_ms = value.get().unwrap(),
             "latency" => s.latency_ms = value.get().unwrap(),
             "max-buffers" => s.max_buffers = value.get().unwrap(),
+            "max-bitrate" => s.max_bitrate = value.get().unwrap(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -309,6 +320,7 @@ impl ObjectImpl for IrohSrc {
             "reconnect-timeout" => s.reconnect_timeout_ms.to_value(),
             "latency" => s.latency_ms.to_value(),
             "max-buffers" => s.max_buffers.to_value(),
+            "max-bitrate" => s.max_bitrate.to_value(),
             other => unreachable!("unknown property {other}"),
         }
     }

@@ -75,6 +75,12 @@ pub(super) struct Stats {
     latencies_us: Mutex<VecDeque<u64>>,
     /// What the host calls this viewer (its `viewer-joined` id); empty until admitted.
     viewer_id: Mutex<String>,
+    /// The host's renditions (top first) and the one being played.
+    renditions: Mutex<Vec<String>>,
+    rendition: Mutex<String>,
+    rendition_switches: AtomicU64,
+    /// Probe padding received (cumulative over the connection).
+    probe_bytes: AtomicU64,
 }
 
 impl Default for Stats {
@@ -90,6 +96,10 @@ impl Default for Stats {
             reconnects: AtomicU64::new(0),
             latencies_us: Mutex::new(VecDeque::new()),
             viewer_id: Mutex::new(String::new()),
+            renditions: Mutex::new(Vec::new()),
+            rendition: Mutex::new(String::new()),
+            rendition_switches: AtomicU64::new(0),
+            probe_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -152,6 +162,12 @@ impl Stats {
             .field("latency-ms", l.back().map_or(-1.0, |v| *v as f64 / 1000.0))
             .field("latency-p50-ms", pct(0.5))
             .field("latency-p99-ms", pct(0.99))
+            .field("rendition", self.rendition.lock().unwrap().as_str())
+            .field("rendition-switches", self.rendition_switches.load(Ordering::Relaxed))
+            .field(
+                "renditions",
+                gst::Array::new(self.renditions.lock().unwrap().iter().map(|s| s.to_send_value())),
+            )
             .build()
     }
 }
@@ -414,6 +430,7 @@ async fn connected(ctx: &Ctx, conn: &Connection, me: EndpointId, admitted: &mut 
     }
     let accept_cancel = ctx.cancel.child_token();
     let _guard = accept_cancel.clone().drop_guard();
+    spawn_probe_sink(ctx, conn, accept_cancel.clone());
     let gops = spawn_acceptor(ctx, conn, accept_cancel);
     play(ctx, conn, &mut control, gops).await
 }
@@ -432,9 +449,10 @@ async fn handshake(ctx: &Ctx, conn: &Connection) -> Result<(ControlStream, u64),
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| explain_conn_error(&e))?;
         write_control(
             &mut send,
-            &Control::Hello {
+            &Control::Hello2 {
                 secret: ctx.settings.ticket.secret,
                 name: ctx.settings.name.chars().take(protocol::MAX_NAME_LEN / 4).collect(),
+                max_kbps: ctx.settings.max_kbps,
             },
         )
         .await
@@ -442,6 +460,10 @@ async fn handshake(ctx: &Ctx, conn: &Connection) -> Result<(ControlStream, u64),
         let mut buf = BytesMut::new();
         match read_control(&mut recv, &mut buf).await {
             Ok(Control::Welcome { viewer_id }) => Ok((ControlStream { send, recv, buf }, viewer_id)),
+            Ok(Control::Welcome2 { viewer_id, renditions }) => {
+                *ctx.shared.stats.renditions.lock().unwrap() = renditions.into_iter().map(|r| r.name).collect();
+                Ok((ControlStream { send, recv, buf }, viewer_id))
+            }
             Ok(Control::Refuse { code, reason }) => Err(explain(CloseCode::from_u64(code.into()), &reason)),
             Ok(other) => Err(End::Fatal(Failure::new(
                 Kind::Protocol,
@@ -522,9 +544,34 @@ fn spawn_acceptor(ctx: &Ctx, conn: &Connection, cancel: CancellationToken) -> mp
     streams_rx
 }
 
+/// Reads the host's probe streams (bi-streams of padding at the lowest priority), counting
+/// what arrives for `ProbeReport`.
+fn spawn_probe_sink(ctx: &Ctx, conn: &Connection, cancel: CancellationToken) {
+    let conn = conn.clone();
+    let shared = ctx.shared.clone();
+    RUNTIME.spawn(async move {
+        loop {
+            let s = tokio::select! {
+                s = conn.accept_bi() => s,
+                _ = cancel.cancelled() => break,
+            };
+            let Ok((_send, mut recv)) = s else { break };
+            let shared = shared.clone();
+            RUNTIME.spawn(async move {
+                while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024).await {
+                    shared.stats.probe_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+}
+
 /// What the play loop keeps between GOPs.
 struct Play {
     last_seq: Option<u64>,
+    /// The rendition of the GOP being played (version 2 hosts).
+    rendition: Option<u32>,
+    sent_probe: u64,
     /// Newest GOP seq and capture time of the newest frame: what `Progress` reports.
     progress: (u64, u64),
     sent_progress: (u64, u64),
@@ -549,6 +596,8 @@ async fn play(
 ) -> End {
     let mut p = Play {
         last_seq: None,
+        rendition: None,
+        sent_probe: 0,
         progress: (0, 0),
         sent_progress: (0, 0),
         caps: None,
@@ -674,6 +723,9 @@ impl Play {
                 .fetch_add(h.seq.saturating_sub(l + 1), Ordering::Relaxed);
             self.discont_next = true;
         }
+        if let Some(r) = h.rendition {
+            self.switch_rendition(ctx, r);
+        }
         self.first_frame = !self.discont_next;
         self.last_seq = Some(h.seq);
         self.progress.0 = h.seq;
@@ -688,6 +740,37 @@ impl Play {
             self.caps = Some(h.caps);
         }
         Ok(())
+    }
+}
+
+impl Play {
+    /// A GOP of rendition `r`: a change is another encoding from its keyframe on (another
+    /// resolution, other MPEG-TS continuity counters), so the next buffer is marked DISCONT.
+    fn switch_rendition(&mut self, ctx: &Ctx, r: u32) {
+        let name = ctx
+            .shared
+            .stats
+            .renditions
+            .lock()
+            .unwrap()
+            .get(r as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("#{r}"));
+        let prev = self.rendition.replace(r);
+        if prev == Some(r) {
+            return;
+        }
+        *ctx.shared.stats.rendition.lock().unwrap() = name.clone();
+        let Some(prev) = prev else { return };
+        ctx.shared.stats.rendition_switches.fetch_add(1, Ordering::Relaxed);
+        self.discont_next = true;
+        gst::info!(CAT, "host moved this viewer from rendition {prev} to {r} ({name})");
+        ctx.post(
+            gst::Structure::builder("iroh-rendition-changed")
+                .field("rendition", name)
+                .field("index", r)
+                .build(),
+        );
     }
 }
 
@@ -708,6 +791,11 @@ async fn report(ctx: &Ctx, conn: &Connection, send: &mut SendStream, p: &mut Pla
             },
         )
         .await;
+    }
+    let probe = ctx.shared.stats.probe_bytes.load(Ordering::Relaxed);
+    if probe != p.sent_probe && !ending {
+        p.sent_probe = probe;
+        let _ = write_control(send, &Control::ProbeReport { bytes: probe }).await;
     }
     watch_path(ctx, conn);
 }

@@ -1,0 +1,307 @@
+//! Which rendition a viewer gets: the per-viewer switching rules (see `PROTOCOL.md`, "Switch
+//! rules"). The sender feeds it what it sees after every step ([`Ladder::observe`]) and asks
+//! it at every GOP boundary where to go ([`Ladder::at_boundary`]); the switch itself, and the
+//! check that the target rendition has a GOP starting at the same instant, are the sender's.
+//!
+//! Pure: no network, no GStreamer; unit-tested with scripted observations.
+
+use std::time::{Duration, Instant};
+
+/// A viewer strained this long (behind, or a GOP cut) moves down at the next GOP boundary.
+pub const DOWN_HOLD: Duration = Duration::from_millis(500);
+/// A viewer this long on a rung without strain probes the rung above (doubled after every
+/// failed probe, up to [`MAX_UP_HOLD`]).
+pub const UP_HOLD: Duration = Duration::from_secs(4);
+/// Longest wait between two probes that failed.
+pub const MAX_UP_HOLD: Duration = Duration::from_secs(32);
+/// Behind live by more than this (age of the oldest undelivered media) is strain.
+pub const STRAIN_LAG: Duration = Duration::from_millis(300);
+/// A rung fits a path that carries this much more than the rung's stream rate.
+pub const FIT_MARGIN: f64 = 1.2;
+/// A probe tries to carry this much more than the rung above.
+pub const PROBE_MARGIN: f64 = 1.25;
+/// How long a probe runs at most.
+pub const PROBE_TIME: Duration = Duration::from_millis(1500);
+
+/// What the sender saw at one instant.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen {
+    pub now: Instant,
+    /// Age of the oldest media the viewer has not received.
+    pub lag: Duration,
+    /// The current GOP was cut short for this viewer.
+    pub cut: bool,
+}
+
+/// Why a viewer moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Its path does not carry the rung it was on.
+    Congested,
+    /// A probe showed its path carries the rung above.
+    Headroom,
+}
+
+impl Why {
+    /// For stats and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::Congested => "congested",
+            Why::Headroom => "headroom",
+        }
+    }
+}
+
+/// A probe in progress.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Probe {
+    pub started: Instant,
+    /// Bytes/s the path must carry, stream included, for the rung above.
+    pub target: f64,
+    /// Bytes delivered (stream and probe) when it started.
+    pub delivered_at_start: u64,
+}
+
+/// One viewer's place on the ladder (rung 0 is the top).
+#[derive(Debug)]
+pub struct Ladder {
+    rung: usize,
+    /// Highest rung the viewer may have (its ceiling).
+    floor_rung: usize,
+    since: Instant,
+    strained_since: Option<Instant>,
+    up_hold: Duration,
+    probe: Option<Probe>,
+    /// A probe succeeded: go up at the next boundary.
+    probe_ok: bool,
+}
+
+impl Ladder {
+    /// A viewer starting on `rung`, allowed up to `top_allowed`.
+    pub fn new(rung: usize, top_allowed: usize, now: Instant) -> Self {
+        Ladder {
+            rung,
+            floor_rung: top_allowed,
+            since: now,
+            strained_since: None,
+            up_hold: UP_HOLD,
+            probe: None,
+            probe_ok: false,
+        }
+    }
+
+    /// The rung the viewer is on.
+    pub fn rung(&self) -> usize {
+        self.rung
+    }
+
+    /// Notes strain (behind, cut) or its absence.
+    pub fn observe(&mut self, seen: Seen) {
+        if seen.cut || seen.lag > STRAIN_LAG {
+            let since = self.strained_since.get_or_insert(seen.now);
+            if seen.cut {
+                // a cut is strain held long enough: the rung did not fit one GOP
+                *since = (*since).min(seen.now.checked_sub(DOWN_HOLD).unwrap_or(seen.now));
+            }
+        } else {
+            self.strained_since = None;
+        }
+    }
+
+    /// Where to go at a GOP boundary: `rates` are the rungs' stream rates (bytes/s, top
+    /// first), `capacity` what the viewer's path was measured to carry. None: stay.
+    pub fn at_boundary(&mut self, now: Instant, rates: &[f64], capacity: Option<f64>) -> Option<(usize, Why)> {
+        let last = rates.len().saturating_sub(1);
+        if self.rung > last {
+            return self.go(last, Why::Congested, now);
+        }
+        let strained = self
+            .strained_since
+            .is_some_and(|s| now.saturating_duration_since(s) >= DOWN_HOLD);
+        if strained && self.rung < last {
+            // straight to the highest rung the measured path fits (one switch, not a walk)
+            let to = match capacity {
+                None => self.rung + 1,
+                Some(c) => (self.rung + 1..=last)
+                    .find(|r| rates[*r] * FIT_MARGIN <= c)
+                    .unwrap_or(last),
+            };
+            return self.go(to.max(self.floor_rung), Why::Congested, now);
+        }
+        if std::mem::take(&mut self.probe_ok) && self.rung > self.floor_rung && self.strained_since.is_none() {
+            self.up_hold = UP_HOLD;
+            return self.go(self.rung - 1, Why::Headroom, now);
+        }
+        None
+    }
+
+    /// A decided switch could not happen (no aligned GOP): the viewer stays on `rung`.
+    pub fn stay_on(&mut self, rung: usize) {
+        self.rung = rung;
+    }
+
+    fn go(&mut self, to: usize, why: Why, now: Instant) -> Option<(usize, Why)> {
+        if to == self.rung {
+            return None;
+        }
+        self.rung = to;
+        self.since = now;
+        self.strained_since = None;
+        self.probe = None;
+        self.probe_ok = false;
+        Some((to, why))
+    }
+
+    /// A probe to start now, if the viewer has been unstrained on a rung below its ceiling for
+    /// the hold time: the bytes/s the path must carry (the rung above's rate × margin).
+    pub fn want_probe(&mut self, now: Instant, rates: &[f64], delivered: u64) -> Option<Probe> {
+        let quiet = self.strained_since.is_none() && now.saturating_duration_since(self.since) >= self.up_hold;
+        if self.probe.is_some() || self.probe_ok || self.rung <= self.floor_rung || !quiet {
+            return None;
+        }
+        let above = *rates.get(self.rung - 1)?;
+        let p = Probe {
+            started: now,
+            target: above * PROBE_MARGIN,
+            delivered_at_start: delivered,
+        };
+        self.probe = Some(p);
+        Some(p)
+    }
+
+    /// The probe in progress.
+    pub fn probe(&self) -> Option<Probe> {
+        self.probe
+    }
+
+    /// Ends the probe: `carried` bytes/s were delivered during it. A path that carried the
+    /// target goes up at the next boundary; otherwise the next probe waits twice as long.
+    pub fn probe_done(&mut self, now: Instant, carried: f64) -> bool {
+        let Some(p) = self.probe.take() else { return false };
+        let ok = carried >= p.target * 0.95;
+        if ok {
+            self.probe_ok = true;
+        } else {
+            self.up_hold = (self.up_hold * 2).min(MAX_UP_HOLD);
+            self.since = now;
+        }
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    /// top 500 kB/s, ⅓ and ⅛ of it
+    const RATES: [f64; 3] = [500_000.0, 166_000.0, 62_000.0];
+
+    fn seen(now: Instant, lag_ms: u64, cut: bool) -> Seen {
+        Seen {
+            now,
+            lag: Duration::from_millis(lag_ms),
+            cut,
+        }
+    }
+
+    #[test]
+    fn a_strained_viewer_moves_down_to_the_rung_its_path_fits_after_the_hold() {
+        let t = Instant::now();
+        let mut l = Ladder::new(0, 0, t);
+        l.observe(seen(t, 400, false));
+        assert_eq!(l.at_boundary(t + 300 * MS, &RATES, Some(200_000.0)), None, "not held yet");
+        l.observe(seen(t + 400 * MS, 450, false));
+        assert_eq!(
+            l.at_boundary(t + 600 * MS, &RATES, Some(200_000.0)),
+            Some((1, Why::Congested)),
+            "40 % of the top: the ⅓ rung"
+        );
+        assert_eq!(l.rung(), 1);
+    }
+
+    #[test]
+    fn a_cut_moves_down_at_once_and_unknown_capacity_steps_one_rung() {
+        let t = Instant::now();
+        let mut l = Ladder::new(0, 0, t);
+        l.observe(seen(t, 0, true));
+        assert_eq!(l.at_boundary(t, &RATES, None), Some((1, Why::Congested)));
+        l.observe(seen(t + 100 * MS, 0, true));
+        assert_eq!(
+            l.at_boundary(t + 100 * MS, &RATES, Some(10_000.0)),
+            Some((2, Why::Congested)),
+            "nothing fits: the lowest"
+        );
+        l.observe(seen(t + 200 * MS, 0, true));
+        assert_eq!(l.at_boundary(t + 200 * MS, &RATES, Some(10_000.0)), None, "no lower rung");
+    }
+
+    #[test]
+    fn a_short_strain_or_a_healthy_viewer_stays() {
+        let t = Instant::now();
+        let mut l = Ladder::new(0, 0, t);
+        l.observe(seen(t, 400, false));
+        l.observe(seen(t + 200 * MS, 100, false));
+        assert_eq!(l.at_boundary(t + 800 * MS, &RATES, Some(100_000.0)), None);
+        assert_eq!(l.want_probe(t + Duration::from_secs(10), &RATES, 0), None, "top: no probe");
+    }
+
+    #[test]
+    fn up_only_after_the_hold_and_a_probe_that_carried_the_rung_above() {
+        let t = Instant::now();
+        let mut l = Ladder::new(2, 0, t);
+        assert!(l.want_probe(t + Duration::from_secs(3), &RATES, 0).is_none(), "held 4 s");
+        let p = l.want_probe(t + Duration::from_secs(4), &RATES, 0).unwrap();
+        assert_eq!(p.target, RATES[1] * PROBE_MARGIN);
+        assert!(l.want_probe(t + Duration::from_secs(4), &RATES, 0).is_none(), "one at a time");
+        assert!(l.probe_done(t + Duration::from_millis(5500), p.target));
+        assert_eq!(
+            l.at_boundary(t + Duration::from_secs(6), &RATES, None),
+            Some((1, Why::Headroom))
+        );
+    }
+
+    #[test]
+    fn failed_probes_back_off_and_the_ceiling_is_kept() {
+        let t = Instant::now();
+        let mut l = Ladder::new(1, 0, t);
+        let p = l.want_probe(t + UP_HOLD, &RATES, 0).unwrap();
+        assert!(!l.probe_done(t + UP_HOLD, p.target * 0.5));
+        let t1 = t + UP_HOLD;
+        assert!(l.want_probe(t1 + UP_HOLD, &RATES, 0).is_none(), "now 8 s");
+        assert!(l.want_probe(t1 + UP_HOLD * 2, &RATES, 0).is_some());
+        let mut capped = Ladder::new(2, 2, t);
+        assert!(capped.want_probe(t + Duration::from_secs(60), &RATES, 0).is_none());
+        capped.observe(seen(t, 0, true));
+        assert_eq!(capped.at_boundary(t, &RATES, None), None, "already lowest");
+        let mut mid = Ladder::new(1, 1, t);
+        assert!(mid.want_probe(t + Duration::from_secs(60), &RATES, 0).is_none(), "ceiling");
+    }
+
+    #[test]
+    fn alternating_strain_switches_at_most_once_per_hold() {
+        // link alternates every 5 s between too slow for the top and plenty
+        let t = Instant::now();
+        let mut l = Ladder::new(0, 0, t);
+        let mut switches = Vec::new();
+        for ms in (0..30_000u64).step_by(100) {
+            let now = t + Duration::from_millis(ms);
+            let slow = (ms / 5000) % 2 == 0;
+            let on_top = l.rung() == 0;
+            l.observe(seen(now, if slow && on_top { 600 } else { 50 }, false));
+            if l.probe().is_some_and(|p| now.saturating_duration_since(p.started) >= PROBE_TIME) {
+                let carried = if slow { 200_000.0 } else { 900_000.0 };
+                l.probe_done(now, carried);
+            }
+            l.want_probe(now, &RATES, 0);
+            if ms % 1000 == 0 && l.at_boundary(now, &RATES, Some(200_000.0)).is_some() {
+                switches.push(ms);
+            }
+        }
+        assert!(!switches.is_empty());
+        for w in switches.windows(2) {
+            assert!(w[1] - w[0] >= 1000, "{switches:?}");
+        }
+        assert!(switches.len() <= 30 / 4 + 1, "{switches:?}");
+    }
+}
