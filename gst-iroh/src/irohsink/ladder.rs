@@ -12,16 +12,19 @@ pub const DOWN_HOLD: Duration = Duration::from_millis(500);
 /// A viewer this long on a rung without strain probes the rung above (doubled after every
 /// failed probe, up to [`MAX_UP_HOLD`]).
 pub const UP_HOLD: Duration = Duration::from_secs(4);
-/// Longest wait between two probes that failed.
-pub const MAX_UP_HOLD: Duration = Duration::from_secs(32);
+/// Longest wait between two probes that failed (short enough that a restored link is back on
+/// the top rung within about 15 s).
+pub const MAX_UP_HOLD: Duration = Duration::from_secs(8);
 /// Behind live by more than this (age of the oldest undelivered media) is strain.
 pub const STRAIN_LAG: Duration = Duration::from_millis(300);
 /// A rung fits a path that carries this much more than the rung's stream rate.
 pub const FIT_MARGIN: f64 = 1.2;
-/// A probe tries to carry this much more than the rung above.
+/// A probe tries to carry this much more than the highest rung the viewer may have.
 pub const PROBE_MARGIN: f64 = 1.25;
+/// A probe ramps its padding up over this long, then holds it as long again.
+pub const PROBE_RAMP: Duration = Duration::from_millis(1000);
 /// How long a probe runs at most.
-pub const PROBE_TIME: Duration = Duration::from_millis(1500);
+pub const PROBE_TIME: Duration = Duration::from_millis(2000);
 
 /// What the sender saw at one instant.
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +41,7 @@ pub struct Seen {
 pub enum Why {
     /// Its path does not carry the rung it was on.
     Congested,
-    /// A probe showed its path carries the rung above.
+    /// A probe showed its path carries a higher rung.
     Headroom,
 }
 
@@ -72,8 +75,8 @@ pub struct Ladder {
     strained_since: Option<Instant>,
     up_hold: Duration,
     probe: Option<Probe>,
-    /// A probe succeeded: go up at the next boundary.
-    probe_ok: bool,
+    /// A probe showed the path carries this rung: go there at the next boundary.
+    probe_ok: Option<usize>,
 }
 
 impl Ladder {
@@ -86,7 +89,7 @@ impl Ladder {
             strained_since: None,
             up_hold: UP_HOLD,
             probe: None,
-            probe_ok: false,
+            probe_ok: None,
         }
     }
 
@@ -128,9 +131,12 @@ impl Ladder {
             };
             return self.go(to.max(self.floor_rung), Why::Congested, now);
         }
-        if std::mem::take(&mut self.probe_ok) && self.rung > self.floor_rung && self.strained_since.is_none() {
+        if let Some(to) = self.probe_ok.take()
+            && to < self.rung
+            && self.strained_since.is_none()
+        {
             self.up_hold = UP_HOLD;
-            return self.go(self.rung - 1, Why::Headroom, now);
+            return self.go(to.max(self.floor_rung), Why::Headroom, now);
         }
         None
     }
@@ -148,18 +154,19 @@ impl Ladder {
         self.since = now;
         self.strained_since = None;
         self.probe = None;
-        self.probe_ok = false;
+        self.probe_ok = None;
         Some((to, why))
     }
 
     /// A probe to start now, if the viewer has been unstrained on a rung below its ceiling for
-    /// the hold time: the bytes/s the path must carry (the rung above's rate × margin).
+    /// the hold time: the bytes/s the path must carry (the highest allowed rung's rate ×
+    /// margin: one probe finds the highest rung that fits, however many steps up that is).
     pub fn want_probe(&mut self, now: Instant, rates: &[f64], delivered: u64) -> Option<Probe> {
         let quiet = self.strained_since.is_none() && now.saturating_duration_since(self.since) >= self.up_hold;
-        if self.probe.is_some() || self.probe_ok || self.rung <= self.floor_rung || !quiet {
+        if self.probe.is_some() || self.probe_ok.is_some() || self.rung <= self.floor_rung || !quiet {
             return None;
         }
-        let above = *rates.get(self.rung - 1)?;
+        let above = *rates.get(self.floor_rung)?;
         let p = Probe {
             started: now,
             target: above * PROBE_MARGIN,
@@ -174,18 +181,20 @@ impl Ladder {
         self.probe
     }
 
-    /// Ends the probe: `carried` bytes/s were delivered during it. A path that carried the
-    /// target goes up at the next boundary; otherwise the next probe waits twice as long.
-    pub fn probe_done(&mut self, now: Instant, carried: f64) -> bool {
-        let Some(p) = self.probe.take() else { return false };
-        let ok = carried >= p.target * 0.95;
-        if ok {
-            self.probe_ok = true;
-        } else {
-            self.up_hold = (self.up_hold * 2).min(MAX_UP_HOLD);
-            self.since = now;
+    /// Ends the probe: the path carried `carried` bytes/s at its end. The viewer goes up at
+    /// the next boundary to the highest rung that fits it, if one above fits; otherwise the
+    /// next probe waits twice as long.
+    pub fn probe_done(&mut self, now: Instant, carried: f64, rates: &[f64]) -> Option<usize> {
+        self.probe.take()?;
+        let fits = (self.floor_rung..self.rung.min(rates.len())).find(|r| rates[*r] * FIT_MARGIN <= carried);
+        match fits {
+            Some(r) => self.probe_ok = Some(r),
+            None => {
+                self.up_hold = (self.up_hold * 2).min(MAX_UP_HOLD);
+                self.since = now;
+            }
         }
-        ok
+        fits
     }
 }
 
@@ -252,12 +261,22 @@ mod tests {
         let mut l = Ladder::new(2, 0, t);
         assert!(l.want_probe(t + Duration::from_secs(3), &RATES, 0).is_none(), "held 4 s");
         let p = l.want_probe(t + Duration::from_secs(4), &RATES, 0).unwrap();
-        assert_eq!(p.target, RATES[1] * PROBE_MARGIN);
+        assert_eq!(p.target, RATES[0] * PROBE_MARGIN, "aims at the top");
         assert!(l.want_probe(t + Duration::from_secs(4), &RATES, 0).is_none(), "one at a time");
-        assert!(l.probe_done(t + Duration::from_millis(5500), p.target));
+        assert_eq!(
+            l.probe_done(t + Duration::from_millis(5500), 250_000.0, &RATES),
+            Some(1),
+            "carried enough for the middle rung only"
+        );
         assert_eq!(
             l.at_boundary(t + Duration::from_secs(6), &RATES, None),
             Some((1, Why::Headroom))
+        );
+        let p = l.want_probe(t + Duration::from_secs(10), &RATES, 0).unwrap();
+        assert_eq!(l.probe_done(t + Duration::from_secs(12), p.target, &RATES), Some(0));
+        assert_eq!(
+            l.at_boundary(t + Duration::from_secs(12), &RATES, None),
+            Some((0, Why::Headroom))
         );
     }
 
@@ -266,7 +285,7 @@ mod tests {
         let t = Instant::now();
         let mut l = Ladder::new(1, 0, t);
         let p = l.want_probe(t + UP_HOLD, &RATES, 0).unwrap();
-        assert!(!l.probe_done(t + UP_HOLD, p.target * 0.5));
+        assert_eq!(l.probe_done(t + UP_HOLD, p.target * 0.3, &RATES), None);
         let t1 = t + UP_HOLD;
         assert!(l.want_probe(t1 + UP_HOLD, &RATES, 0).is_none(), "now 8 s");
         assert!(l.want_probe(t1 + UP_HOLD * 2, &RATES, 0).is_some());
@@ -291,7 +310,7 @@ mod tests {
             l.observe(seen(now, if slow && on_top { 600 } else { 50 }, false));
             if l.probe().is_some_and(|p| now.saturating_duration_since(p.started) >= PROBE_TIME) {
                 let carried = if slow { 200_000.0 } else { 900_000.0 };
-                l.probe_done(now, carried);
+                l.probe_done(now, carried, &RATES);
             }
             l.want_probe(now, &RATES, 0);
             if ms % 1000 == 0 && l.at_boundary(now, &RATES, Some(200_000.0)).is_some() {

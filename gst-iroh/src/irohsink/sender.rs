@@ -35,8 +35,11 @@ use crate::protocol::{CloseCode, Control, GopHeader, flags};
 const ALIGN_TOLERANCE: u64 = 5_000_000;
 /// How long a switch waits for the target rendition's GOP at the same instant.
 const ALIGN_WAIT: Duration = Duration::from_millis(200);
-/// A probe whose padding would take longer than this to drain is stopped: the path is full.
-const PROBE_MAX_DRAIN: Duration = Duration::from_millis(300);
+/// A probe whose padding would take longer than this to drain is stopped: the path is full
+/// (and the stream would start queueing behind it).
+const PROBE_MAX_DRAIN: Duration = Duration::from_millis(150);
+/// What a probe carried is measured over its last stretch of this long.
+const PROBE_WINDOW: Duration = Duration::from_millis(500);
 
 /// Stream reset code for a GOP dropped because the viewer fell behind.
 const RESET_STALE: u32 = 1;
@@ -99,6 +102,7 @@ pub(super) async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, control: S
         earlier: (0, 0),
         cut_in_gop: false,
         probe: None,
+        probe_marks: VecDeque::new(),
         probe_checked: Instant::now(),
     };
     let code = sender.run(control).await;
@@ -146,8 +150,9 @@ struct Sender<'a> {
     earlier: (u64, u64),
     /// The current GOP was cut short.
     cut_in_gop: bool,
-    /// The padding task of a probe in progress.
+    /// The padding task of a probe in progress, and (time, bytes delivered) while it runs.
     probe: Option<tokio::task::JoinHandle<()>>,
+    probe_marks: VecDeque<(Instant, u64)>,
     probe_checked: Instant,
 }
 
@@ -578,7 +583,16 @@ impl Sender<'_> {
         }
         self.probe_checked = now;
         let delivered = self.delivery().delivered();
+        let rates: Vec<f64> = self.shared.ladder().iter().map(|r| r.rate()).collect();
         if let Some(p) = self.ladder.probe() {
+            self.probe_marks.push_back((now, delivered));
+            while self
+                .probe_marks
+                .front()
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) > PROBE_WINDOW)
+            {
+                self.probe_marks.pop_front();
+            }
             let elapsed = now.saturating_duration_since(p.started);
             let full = {
                 let d = self.delivery();
@@ -587,24 +601,26 @@ impl Sender<'_> {
             let strained = lag > ladder::STRAIN_LAG;
             if elapsed >= ladder::PROBE_TIME || (elapsed > Duration::from_millis(300) && (full || strained)) {
                 self.stop_probe();
-                let carried = (delivered - p.delivered_at_start) as f64 / elapsed.as_secs_f64().max(0.001);
-                let ok = self.ladder.probe_done(now, carried);
+                let carried = self.probe_marks.front().map_or(0.0, |(t, d)| {
+                    (delivered - d) as f64 / now.saturating_duration_since(*t).as_secs_f64().max(0.05)
+                });
+                self.probe_marks.clear();
+                let to = self.ladder.probe_done(now, carried, &rates);
                 gst::debug!(
                     CAT,
-                    "viewer {}: probe carried {:.0} of {:.0} kB/s: {}",
+                    "viewer {}: probe carried {:.0} kB/s (target {:.0}{}): {to:?}",
                     self.viewer.id,
                     carried / 1000.0,
                     p.target / 1000.0,
-                    if ok { "going up" } else { "staying" }
+                    if full { ", path full" } else { "" }
                 );
             }
             return;
         }
-        let rates: Vec<f64> = self.shared.ladder().iter().map(|r| r.rate()).collect();
         if let Some(p) = self.ladder.want_probe(now, &rates, delivered) {
-            // a little over the target: the last report lags what was sent
+            // a little over the target: the reports lag what was sent
             let padding = (p.target * 1.05 - rates[self.ladder.rung()]).max(0.0);
-            gst::debug!(CAT, "viewer {}: probing with {:.0} kB/s of padding", self.viewer.id, padding / 1000.0);
+            gst::debug!(CAT, "viewer {}: probing with up to {:.0} kB/s of padding", self.viewer.id, padding / 1000.0);
             self.probe = Some(RUNTIME.spawn(pad_path(self.viewer.clone(), padding)));
         }
     }
@@ -633,8 +649,9 @@ async fn wait_aligned(target: &Rendition, pts: u64) -> Option<u64> {
     }
 }
 
-/// Sends `rate` bytes/s of padding on a bi-stream at the lowest priority (after every GOP
-/// stream) until aborted; the viewer reports what arrived.
+/// Sends padding on a bi-stream at the lowest priority (after every GOP stream), ramping up to
+/// `rate` bytes/s over [`ladder::PROBE_RAMP`] (so a full path is noticed before the stream
+/// queues behind it), until aborted; the viewer reports what arrived.
 async fn pad_path(viewer: Arc<Viewer>, rate: f64) {
     static ZEROS: [u8; 16 * 1024] = [0; 16 * 1024];
     let Ok((mut send, _recv)) = viewer.conn.open_bi().await else {
@@ -646,7 +663,8 @@ async fn pad_path(viewer: Arc<Viewer>, rate: f64) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     loop {
         tick.tick().await;
-        let due = (rate * start.elapsed().as_secs_f64()) as u64;
+        let (t, ramp) = (start.elapsed().as_secs_f64(), ladder::PROBE_RAMP.as_secs_f64());
+        let due = (rate * if t < ramp { t * t / (2.0 * ramp) } else { t - ramp / 2.0 }) as u64;
         while written + 1200 <= due {
             let n = (due - written).min(ZEROS.len() as u64) as usize;
             if send.write_all(&ZEROS[..n]).await.is_err() {

@@ -1,10 +1,13 @@
 //! netbed: the processes the network tests run inside their namespaces.
 //!
 //! - `netbed relay ADDR`: a local iroh relay (plain HTTP), prints `READY`.
-//! - `netbed host [--relay URL] [--key-file P] [--bitrate KBPS] [--max-lag MS] [--bind ADDR]`:
-//!   a live 640x360 H.264/MPEG-TS share into irohsink; prints `TICKET <t>` (again whenever it
-//!   changes) and `STATS <json>` every second (irohsink stats + RSS).
-//! - `netbed view TICKET [--relay URL]`: irohsrc → tsdemux → h264parse → avdec_h264; prints
+//! - `netbed host [--relay URL] [--key-file P] [--bitrate KBPS] [--max-lag MS] [--bind ADDR]
+//!   [--renditions]`: a live 640x360 H.264/MPEG-TS share into irohsink (with `--renditions`
+//!   also 426x240 at 1/3 and 320x180 at 1/8 of the bitrate, on request pads); prints
+//!   `TICKET <t>` (again whenever it changes) and `STATS <json>` every second (irohsink stats
+//!   + RSS).
+//! - `netbed view TICKET [--relay URL] [--max-bitrate KBPS] [--window S]`: irohsrc → tsdemux →
+//!   h264parse → avdec_h264 (latency p99 also over the last S seconds); prints
 //!   `STATS <json>` every second: decoded frames, path, capture→receive latency percentiles
 //!   over the whole run, GOPs skipped, reconnects, parser/decoder complaints, stalls.
 //!
@@ -85,11 +88,31 @@ fn host(args: &[String]) -> Result<()> {
     let kbps = arg(args, "--bitrate").unwrap_or_else(|| "2000".into());
     // "snow" is noise: the encoder really spends the bitrate (the ball pattern needs ~0.4 Mbit/s)
     let pattern = arg(args, "--pattern").unwrap_or_else(|| "ball".into());
-    let desc = format!(
-        "videotestsrc is-live=true pattern={pattern} ! video/x-raw,format=I420,width=640,height=360,framerate=30/1 \
-         ! x264enc tune=zerolatency speed-preset=ultrafast bitrate={kbps} key-int-max=30 vbv-buf-capacity=300 \
-         ! h264parse config-interval=-1 ! mpegtsmux ! irohsink name=sink {props}"
-    );
+    let src = format!("videotestsrc is-live=true pattern={pattern} ! video/x-raw,format=I420,width=640,height=360,framerate=30/1");
+    let enc = |kbps: u64| {
+        format!(
+            "x264enc tune=zerolatency speed-preset=ultrafast bitrate={kbps} key-int-max=30 vbv-buf-capacity=300 \
+             option-string=scenecut=0 ! h264parse config-interval=-1 ! mpegtsmux"
+        )
+    };
+    let desc = if args.iter().any(|a| a == "--renditions") {
+        // the ladder: 640x360 at the bitrate, ~1/3 at 426x240, ~1/8 at 320x180, one source
+        let k: u64 = kbps.parse().unwrap_or(2000);
+        format!(
+            "{src} ! tee name=t irohsink name=sink {props} sink::rendition-name=360p sink::bitrate={k} \
+             sink_1::rendition-name=240p sink_1::bitrate={} sink_2::rendition-name=180p sink_2::bitrate={} \
+             t. ! queue ! {} ! sink.sink \
+             t. ! queue ! videoscale ! video/x-raw,width=426,height=240 ! {} ! sink.sink_1 \
+             t. ! queue ! videoscale ! video/x-raw,width=320,height=180 ! {} ! sink.sink_2",
+            k / 3,
+            k / 8,
+            enc(k),
+            enc(k / 3),
+            enc(k / 8)
+        )
+    } else {
+        format!("{src} ! {} ! irohsink name=sink {props}", enc(kbps.parse().unwrap_or(2000)))
+    };
     let pipeline = gst::parse::launch(&desc)?
         .downcast::<gst::Pipeline>()
         .map_err(|_| anyhow!("pipeline"))?;
@@ -128,6 +151,8 @@ fn host(args: &[String]) -> Result<()> {
                                 "cut_gops": v.get::<u64>("cut-gops").unwrap_or(0),
                                 "lag_ms": v.get::<u64>("lag-ms").unwrap_or(0),
                                 "bytes": v.get::<u64>("bytes-sent").unwrap_or(0),
+                                "rendition": v.get::<String>("rendition").unwrap_or_default(),
+                                "switches": v.get::<u64>("rendition-switches").unwrap_or(0),
                             })
                         })
                         .collect()
@@ -152,9 +177,12 @@ fn host(args: &[String]) -> Result<()> {
 fn view(args: &[String]) -> Result<()> {
     let ticket = args.get(2).context("ticket")?;
     let relay = arg(args, "--relay").unwrap_or_else(|| "disabled".into());
+    let max_bitrate = arg(args, "--max-bitrate").unwrap_or_else(|| "0".into());
+    // latency percentiles also over the last WINDOW seconds (the test's measuring window)
+    let window = Duration::from_secs(arg(args, "--window").and_then(|w| w.parse().ok()).unwrap_or(10));
     let desc = format!(
-        "irohsrc name=src ticket={ticket} relay={relay} reconnect-timeout=60000 ! tsdemux ! h264parse ! avdec_h264 \
-         ! appsink name=out sync=false"
+        "irohsrc name=src ticket={ticket} relay={relay} reconnect-timeout=60000 max-bitrate={max_bitrate} \
+         ! tsdemux ! h264parse ! avdec_h264 ! appsink name=out sync=false"
     );
     let problems = Arc::new(AtomicU64::new(0));
     // The last buffers irohsrc pushed, described, for the first decoder complaint.
@@ -188,9 +216,11 @@ fn view(args: &[String]) -> Result<()> {
     let appsink = pipeline.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
     // capture→receive latency of every buffer irohsrc outputs, for the whole run
     let lat: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let recent_lat: Arc<Mutex<std::collections::VecDeque<(Instant, f64)>>> = Arc::default();
     let newest_capture = Arc::new(AtomicU64::new(0));
     {
         let lat = lat.clone();
+        let recent_lat = recent_lat.clone();
         let newest = newest_capture.clone();
         let unix = gst::Caps::builder("timestamp/x-unix").build();
         let recent = recent.clone();
@@ -210,9 +240,13 @@ fn view(args: &[String]) -> Result<()> {
                         .find(|m| m.reference().is_subset(&unix))
                 {
                     let now = gstiroh::net::unix_now_ns();
-                    lat.lock()
-                        .unwrap()
-                        .push(now.saturating_sub(m.timestamp().nseconds()) as f64 / 1e6);
+                    let l = now.saturating_sub(m.timestamp().nseconds()) as f64 / 1e6;
+                    lat.lock().unwrap().push(l);
+                    let mut r = recent_lat.lock().unwrap();
+                    r.push_back((Instant::now(), l));
+                    while r.front().is_some_and(|(t, _)| t.elapsed() > window) {
+                        r.pop_front();
+                    }
                     newest.fetch_max(m.timestamp().nseconds(), Ordering::Relaxed);
                 }
                 gst::PadProbeReturn::Ok
@@ -278,6 +312,9 @@ fn view(args: &[String]) -> Result<()> {
                     .copied()
                     .unwrap_or(-1.0)
             };
+            let mut w: Vec<f64> = recent_lat.lock().unwrap().iter().map(|(_, l)| *l).collect();
+            w.sort_by(f64::total_cmp);
+            let wp99 = w.get(((w.len().max(1) - 1) as f64 * 0.99).round() as usize).copied().unwrap_or(-1.0);
             let mut b = behind.clone();
             b.sort_by(f64::total_cmp);
             let bpct = |p: f64| {
@@ -294,6 +331,9 @@ fn view(args: &[String]) -> Result<()> {
                     "lat_p50": pct(0.5),
                     "lat_p99": pct(0.99),
                     "lat_max": l.last().copied().unwrap_or(-1.0),
+                    "window_lat_p99": wp99,
+                    "rendition": st.get::<String>("rendition").unwrap_or_default(),
+                    "rendition_switches": st.get::<u64>("rendition-switches").unwrap_or(0),
                     "behind_p50": bpct(0.5),
                     "behind_p99": bpct(0.99),
                     "samples": l.len(),

@@ -57,6 +57,12 @@ impl Node {
         self.stats().and_then(|s| s[key].as_f64()).unwrap_or(-1.0)
     }
 
+    fn stat_str(&self, key: &str) -> String {
+        self.stats()
+            .and_then(|s| s[key].as_str().map(String::from))
+            .unwrap_or_default()
+    }
+
     fn path(&self) -> String {
         self.stats()
             .and_then(|s| s["path"].as_str().map(String::from))
@@ -238,6 +244,12 @@ impl Net {
 
     fn viewer(&mut self, n: usize, ticket: &str) -> usize {
         self.start(&format!("v{n}"), &["view", ticket, "--relay", RELAY_URL])
+    }
+
+    fn viewer_with(&mut self, n: usize, ticket: &str, extra: &[&str]) -> usize {
+        let mut args = vec!["view", ticket, "--relay", RELAY_URL];
+        args.extend_from_slice(extra);
+        self.start(&format!("v{n}"), &args)
     }
 
     fn node(&self, i: usize) -> &Node {
@@ -462,6 +474,70 @@ fn a_slow_viewer_skips_gops_and_never_slows_the_others() {
         naive.slow_p99,
         ours.slow_p99
     );
+}
+
+/// The host encodes a ladder (640x360 at 2 Mbit/s, 1/3 and 1/8 of it at lower resolutions).
+/// Viewer 1's link carries 40 % of the top rung, viewer 2's is free: viewer 1 moves down
+/// within 3 s and then plays every frame near live; viewer 2 stays on the top rung untouched;
+/// when viewer 1's link is restored it is back on the top rung within 15 s.
+#[test]
+fn a_slow_viewer_gets_a_lower_rendition_and_plays_every_frame_near_live() {
+    let _g = serial();
+    let secs = if long() { 30 } else { 12 };
+    let Some(mut net) = Net::up(2) else { return };
+    net.sh("router", "tc qdisc add dev rw1 root tbf rate 800kbit burst 32kbit latency 400ms");
+    net.relay();
+    let (h, ticket) = net.host(&["--pattern", "snow", "--renditions"]);
+    let window = secs.to_string();
+    let slow = net.viewer_with(1, &ticket, &["--window", &window]);
+    let t_join = Instant::now();
+    let fast = net.viewer_with(2, &ticket, &["--window", &window]);
+    let switched = wait_for(Duration::from_secs(10), || net.node(slow).stat_u64("rendition_switches") >= 1);
+    figure("renditions_first_switch_down_s", format!("{:.2}", t_join.elapsed().as_secs_f64()));
+    assert!(switched, "the slow viewer moved down: {}", net.node(slow).text());
+    assert!(net.wait_frames(fast, 30, Duration::from_secs(30)));
+    // at most 3 s after joining, the measured window starts
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(t_join.elapsed()));
+    let snap = |net: &Net| {
+        (
+            net.node(slow).stat_u64("frames"),
+            net.node(slow).stat_u64("gops_skipped") + net.node(slow).stat_u64("gops_cut"),
+            net.node(fast).stat_u64("frames"),
+        )
+    };
+    let (s0, t0) = (snap(&net), Instant::now());
+    std::thread::sleep(Duration::from_secs(secs));
+    let (s1, dt) = (snap(&net), t0.elapsed().as_secs_f64());
+    let (n_slow, n_fast) = (net.node(slow), net.node(fast));
+    let slow_fps = (s1.0 - s0.0) as f64 / dt;
+    let fast_fps = (s1.2 - s0.2) as f64 / dt;
+    eprintln!("host: {}", net.node(h).stats().unwrap_or_default());
+    figure("renditions_slow_viewer_fps", format!("{slow_fps:.1}"));
+    figure("renditions_slow_viewer_gops_skipped_or_cut", s1.1 - s0.1);
+    figure("renditions_slow_viewer_p99_ms", format!("{:.0}", n_slow.stat_f64("window_lat_p99")));
+    figure("renditions_slow_viewer_rendition", n_slow.stat_str("rendition"));
+    figure("renditions_fast_viewer_fps", format!("{fast_fps:.1}"));
+    figure("renditions_fast_viewer_p99_ms", format!("{:.0}", n_fast.stat_f64("window_lat_p99")));
+    assert_eq!(n_slow.stat_u64("problems") + n_fast.stat_u64("problems"), 0, "no decoder complaints");
+    assert!(slow_fps >= 28.0, "the slow viewer plays every frame: {slow_fps:.1} fps");
+    assert_eq!(s1.1 - s0.1, 0, "no GOP skipped or cut for the slow viewer");
+    assert!(
+        n_slow.stat_f64("window_lat_p99") <= 400.0,
+        "the slow viewer stays near live: p99 {} ms",
+        n_slow.stat_f64("window_lat_p99")
+    );
+    assert_ne!(n_slow.stat_str("rendition"), "360p");
+    assert_eq!(n_fast.stat_str("rendition"), "360p", "the free viewer stays on top");
+    assert_eq!(n_fast.stat_u64("rendition_switches"), 0);
+    assert!((27.0..=33.0).contains(&fast_fps), "free viewer 30 fps ±10 %: {fast_fps:.1}");
+    assert!(n_fast.stat_f64("window_lat_p99") < 500.0);
+    // the link comes back
+    net.sh("router", "tc qdisc del dev rw1 root");
+    let t = Instant::now();
+    let back = wait_for(Duration::from_secs(15), || net.node(slow).stat_str("rendition") == "360p");
+    figure("renditions_restored_to_top_s", format!("{:.1}", t.elapsed().as_secs_f64()));
+    assert!(back, "back on the top rung within 15 s: {}", net.node(slow).stat_str("rendition"));
+    assert_eq!(net.node(slow).stat_u64("problems"), 0, "no decoder complaint across the switches");
 }
 
 #[test]
