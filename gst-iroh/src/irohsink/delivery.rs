@@ -113,6 +113,12 @@ impl Delivery {
         self.sample(now, new);
     }
 
+    /// Time with data outstanding behind the current rate estimate: below half a second the
+    /// estimate is a guess (the first reports, slow start).
+    pub fn measured_for(&self) -> Duration {
+        self.samples.iter().map(|(_, dt, _)| *dt).sum()
+    }
+
     /// Bytes delivered so far (stream and probe).
     pub fn delivered(&self) -> u64 {
         self.delivered

@@ -32,7 +32,8 @@ pub struct Seen {
     pub now: Instant,
     /// Age of the oldest media the viewer has not received.
     pub lag: Duration,
-    /// The current GOP was cut short for this viewer.
+    /// The current GOP was cut short for this viewer, or the measured path rate is below the
+    /// current rung's stream rate while data queues: the rung does not fit, no need to wait.
     pub cut: bool,
 }
 

@@ -38,6 +38,9 @@ const ALIGN_WAIT: Duration = Duration::from_millis(200);
 /// A probe whose padding would take longer than this to drain is stopped: the path is full
 /// (and the stream would start queueing behind it).
 const PROBE_MAX_DRAIN: Duration = Duration::from_millis(150);
+/// Behind by more than this while the path measures slower than the stream: the rung does not
+/// fit (the down switch does not wait for the hold).
+const OVERLOAD_LAG: Duration = Duration::from_millis(150);
 /// What a probe carried is measured over its last stretch of this long.
 const PROBE_WINDOW: Duration = Duration::from_millis(500);
 
@@ -102,6 +105,7 @@ pub(super) async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, control: S
         earlier: (0, 0),
         cut_in_gop: false,
         probe: None,
+        probe_rate: 0.0,
         probe_marks: VecDeque::new(),
         probe_checked: Instant::now(),
     };
@@ -150,8 +154,11 @@ struct Sender<'a> {
     earlier: (u64, u64),
     /// The current GOP was cut short.
     cut_in_gop: bool,
-    /// The padding task of a probe in progress, and (time, bytes delivered) while it runs.
+    /// The padding task of a probe in progress, its full padding rate, and (time, bytes
+    /// delivered) while it runs.
     probe: Option<tokio::task::JoinHandle<()>>,
+    probe_rate: f64,
+
     probe_marks: VecDeque<(Instant, u64)>,
     probe_checked: Instant,
 }
@@ -484,10 +491,16 @@ impl Sender<'_> {
             self.skip("behind");
         }
         if self.adaptive {
+            // (below half a second of measuring, the estimate is a guess: slow start, relay)
+            let (settled, capacity) = {
+                let d = self.delivery();
+                (d.measured_for() >= Duration::from_millis(500), d.rate())
+            };
+            let overloaded = lag > OVERLOAD_LAG && capacity.is_some_and(|c| c < self.rendition.rate());
             self.ladder.observe(Seen {
                 now,
                 lag,
-                cut: self.cut_in_gop,
+                cut: settled && (self.cut_in_gop || overloaded),
             });
             self.manage_probe(now, lag);
         }
@@ -594,16 +607,16 @@ impl Sender<'_> {
                 self.probe_marks.pop_front();
             }
             let elapsed = now.saturating_duration_since(p.started);
-            let full = {
-                let d = self.delivery();
-                d.rate().is_some_and(|r| d.probe_in_flight() as f64 / r > PROBE_MAX_DRAIN.as_secs_f64())
-            };
-            let strained = lag > ladder::STRAIN_LAG;
-            if elapsed >= ladder::PROBE_TIME || (elapsed > Duration::from_millis(300) && (full || strained)) {
+            // full: more padding outstanding than its current rate keeps in flight (the round
+            // trip and a report interval) plus PROBE_MAX_DRAIN's worth
+            let ramp = (elapsed.as_secs_f64() / ladder::PROBE_RAMP.as_secs_f64()).min(1.0);
+            let rtt = crate::net::path_info(&self.viewer.conn).1.unwrap_or_default();
+            let in_flight = (PROBE_MAX_DRAIN + Duration::from_millis(50) + rtt).as_secs_f64();
+            let full = self.delivery().probe_in_flight() as f64 > self.probe_rate * ramp * in_flight + 8192.0;
+            let strained = lag > PROBE_MAX_DRAIN;
+            if elapsed >= ladder::PROBE_TIME || full || strained {
+                let carried = self.probe_carried(now, delivered);
                 self.stop_probe();
-                let carried = self.probe_marks.front().map_or(0.0, |(t, d)| {
-                    (delivered - d) as f64 / now.saturating_duration_since(*t).as_secs_f64().max(0.05)
-                });
                 self.probe_marks.clear();
                 let to = self.ladder.probe_done(now, carried, &rates);
                 gst::debug!(
@@ -621,8 +634,16 @@ impl Sender<'_> {
             // a little over the target: the reports lag what was sent
             let padding = (p.target * 1.05 - rates[self.ladder.rung()]).max(0.0);
             gst::debug!(CAT, "viewer {}: probing with up to {:.0} kB/s of padding", self.viewer.id, padding / 1000.0);
+            self.probe_rate = padding;
             self.probe = Some(RUNTIME.spawn(pad_path(self.viewer.clone(), padding)));
         }
+    }
+
+    /// Bytes/s delivered (stream and padding) over the probe's last [`PROBE_WINDOW`].
+    fn probe_carried(&self, now: Instant, delivered: u64) -> f64 {
+        self.probe_marks.front().map_or(0.0, |(t, d)| {
+            (delivered - d) as f64 / now.saturating_duration_since(*t).as_secs_f64().max(0.05)
+        })
     }
 
     fn stop_probe(&mut self) {
