@@ -211,3 +211,55 @@ fn a_keyframe_request_downstream_of_the_viewer_reaches_the_host_encoder() {
     let fku = wait_fku(&mut h, Duration::from_secs(5)).expect("the host asked its encoder for a keyframe");
     assert!(fku.all_headers);
 }
+
+/// Two renditions on one irohsink: a join asks both encoders for a keyframe at the same
+/// running time (ahead of what was received), a viewer with a ceiling gets the lower rendition
+/// only, and the stats name both rungs.
+#[test]
+fn renditions_get_aligned_keyframe_requests_and_a_ceiling_picks_the_lower_one() {
+    init();
+    let el = gst::ElementFactory::make("irohsink")
+        .property("relay", "disabled")
+        .property("bind-address", "127.0.0.1:0")
+        .property("burst-max-age", 0u32)
+        .build()
+        .unwrap();
+    let mut top = gst_check::Harness::with_element(&el, Some("sink"), None);
+    let mut low = gst_check::Harness::with_element(&el, Some("sink_1"), None);
+    let pad = el.static_pad("sink_1").expect("request pad sink_1");
+    pad.set_property("bitrate", 300u32);
+    pad.set_property("rendition-name", "low");
+    el.static_pad("sink").unwrap().set_property("bitrate", 2000u32);
+    top.play();
+    low.play();
+    for h in [&mut top, &mut low] {
+        h.set_src_caps_str("video/x-h264,stream-format=byte-stream,alignment=au");
+    }
+    for i in 0..5u64 {
+        top.push(buf(1, 1000, i > 0, 33 * i)).unwrap();
+        low.push(buf(2, 100, i > 0, 33 * i)).unwrap();
+    }
+    for h in [&mut top, &mut low] {
+        while h.try_pull_upstream_event().is_some() {}
+    }
+    let v = Viewer::with_src_props(&ticket(&top), "max-bitrate=500", "queue");
+    let a = wait_fku(&mut top, Duration::from_secs(5)).expect("a request to the top encoder");
+    let b = wait_fku(&mut low, Duration::from_secs(5)).expect("the same to the low one");
+    assert_eq!(a.running_time, b.running_time, "the same instant on both");
+    assert!(a.running_time.unwrap() > gst::ClockTime::from_mseconds(132), "ahead of what arrived");
+    let at = a.running_time.unwrap().mseconds();
+    top.push(buf(3, 1000, false, at)).unwrap();
+    low.push(buf(4, 100, false, at)).unwrap();
+    let first = v.pull(Duration::from_secs(5)).expect("the low keyframe arrives");
+    assert_eq!(first.buffer().unwrap().map_readable().unwrap()[0], 4, "the rendition under the ceiling");
+    let st = el.property::<gst::Structure>("stats");
+    let rungs = st.get::<gst::Array>("renditions").unwrap();
+    let names: Vec<String> = rungs
+        .iter()
+        .map(|r| r.get::<gst::Structure>().unwrap().get::<String>("name").unwrap())
+        .collect();
+    assert_eq!(names, ["sink", "low"], "top first");
+    assert!(wait_until(Duration::from_secs(5), || v.stats().get::<String>("rendition").unwrap() == "low"));
+    drop(v);
+    drop(low);
+}

@@ -65,16 +65,50 @@ struct GopStream {
     media: bool,
 }
 
-/// Serves the viewer until it leaves or must go; returns the close code.
-pub(super) async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, control: SendStream) -> CloseCode {
+/// Where a new viewer starts: its rendition and its cursor there (taken when it is admitted,
+/// so it counts as a viewer only once it is sure to get the next keyframe).
+pub(super) struct Start {
+    rendition: Arc<Rendition>,
+    rung: usize,
+    adaptive: bool,
+    cursor: Cursor,
+    need_keyframe: bool,
+}
+
+impl Start {
+    /// The viewer never got going: release its place.
+    pub(super) fn abandon(self) {
+        self.rendition.gops.leave(&self.cursor);
+    }
+}
+
+/// The starting point of a viewer speaking `version` with ceiling `max_kbps`: the highest
+/// rendition under the ceiling (the top one for version 1). None without any rendition.
+pub(super) fn start(shared: &Shared, version: u32, max_kbps: u32) -> Option<Start> {
     let ladder = shared.ladder();
-    let adaptive = viewer.version >= 2 && ladder.len() > 1;
-    let allowed = if adaptive { top_allowed(&ladder, viewer.max_kbps) } else { 0 };
-    let Some(rendition) = ladder.get(allowed).cloned() else {
-        return CloseCode::HostStopped;
-    };
-    *viewer.rendition.lock().unwrap() = rendition.name();
+    let adaptive = version >= 2 && ladder.len() > 1;
+    let rung = if adaptive { top_allowed(&ladder, max_kbps) } else { 0 };
+    let rendition = ladder.get(rung)?.clone();
     let (cursor, need_keyframe) = rendition.gops.join(Instant::now());
+    Some(Start {
+        rendition,
+        rung,
+        adaptive,
+        cursor,
+        need_keyframe,
+    })
+}
+
+/// Serves the viewer from `start` until it leaves or must go; returns the close code.
+pub(super) async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, control: SendStream, start: Start) -> CloseCode {
+    let Start {
+        rendition,
+        rung,
+        adaptive,
+        cursor,
+        need_keyframe,
+    } = start;
+    *viewer.rendition.lock().unwrap() = rendition.name();
     gst::debug!(
         CAT,
         "viewer {} starts on {} {}",
@@ -99,7 +133,7 @@ pub(super) async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, control: S
         progressing: Instant::now(),
         reset_gops: 0,
         rendition,
-        ladder: Ladder::new(allowed, allowed, Instant::now()),
+        ladder: Ladder::new(rung, rung, Instant::now()),
         adaptive,
         wire_offset: 0,
         earlier: (0, 0),

@@ -413,14 +413,16 @@ fn check_secret(shared: &Shared, secret: &[u8; protocol::SECRET_LEN]) -> Option<
     }
 }
 
-/// Registers the viewer if a seat is free. Admission and registration happen under one lock,
-/// so two viewers cannot both take the last seat.
-fn admit(shared: &Shared, conn: &Connection, hello: &mut Hello) -> Option<Arc<Viewer>> {
+/// Registers the viewer if a seat is free, with where it starts. Admission and registration
+/// happen under one lock, so two viewers cannot both take the last seat.
+fn admit(shared: &Shared, conn: &Connection, hello: &mut Hello) -> Option<(Arc<Viewer>, sender::Start)> {
     let mut viewers = shared.viewers.lock().unwrap();
     let max = shared.max_viewers.load(Ordering::Relaxed);
     if max > 0 && viewers.len() >= max as usize {
         return None;
     }
+    let version = if conn.alpn() == protocol::ALPN_V1 { 1 } else { 2 };
+    let start = sender::start(shared, version, hello.max_kbps)?;
     let n = shared.next_viewer.fetch_add(1, Ordering::Relaxed);
     let remote = conn.remote_id();
     let v = Arc::new(Viewer {
@@ -437,14 +439,14 @@ fn admit(shared: &Shared, conn: &Connection, hello: &mut Hello) -> Option<Arc<Vi
         cut_gops: AtomicU64::new(0),
         lag_ms: AtomicU64::new(0),
         delivery: Mutex::new(Delivery::default()),
-        version: if conn.alpn() == protocol::ALPN_V1 { 1 } else { 2 },
+        version,
         max_kbps: hello.max_kbps,
         rendition: Mutex::new(String::new()),
         switches: AtomicU64::new(0),
         probe_bytes: AtomicU64::new(0),
     });
     viewers.insert(v.id.clone(), v.clone());
-    Some(v)
+    Some((v, start))
 }
 
 async fn handle_viewer(shared: Arc<Shared>, conn: Connection) {
@@ -457,7 +459,7 @@ async fn handle_viewer(shared: Arc<Shared>, conn: Connection) {
         refuse(hello.send, &conn, code).await;
         return;
     }
-    let Some(viewer) = admit(&shared, &conn, &mut hello) else {
+    let Some((viewer, start)) = admit(&shared, &conn, &mut hello) else {
         gst::info!(CAT, "refused {remote}: host is full");
         refuse(hello.send, &conn, CloseCode::HostFull).await;
         return;
@@ -489,8 +491,9 @@ async fn handle_viewer(shared: Arc<Shared>, conn: Connection) {
             hello.recv,
             hello.buf,
         ));
-        sender::serve(&shared, &viewer, hello.send).await
+        sender::serve(&shared, &viewer, hello.send, start).await
     } else {
+        start.abandon();
         CloseCode::Normal
     };
     let code = viewer.close_as.lock().unwrap().unwrap_or(code);
