@@ -200,6 +200,12 @@ pub struct HostArgs {
     #[arg(long, value_enum, value_name = "FROM")]
     pub control: Option<ControlFrom>,
 
+    /// Encodings viewers are switched between by their path: auto (the quality plus ~1/3 and
+    /// ~1/8 of its bitrate at lower resolutions), off (one encode), or lower rungs as
+    /// HEIGHT:KBPS,... (e.g. 480:800,240:250)
+    #[arg(long, value_name = "LIST", default_value = "auto")]
+    pub renditions: crate::quality::Renditions,
+
     #[command(flatten)]
     pub common: Common,
 }
@@ -234,6 +240,11 @@ pub struct ViewArgs {
     /// fragments), without re-encoding; also with --player none
     #[arg(long, value_name = "FILE", value_parser = parse_record)]
     pub record: Option<PathBuf>,
+
+    /// The most this viewer receives from a host with several renditions (low for a metered
+    /// connection); auto: whatever the path carries
+    #[arg(long, value_enum, default_value = "auto")]
+    pub quality: Quality,
 
     #[command(flatten)]
     pub common: Common,

@@ -36,7 +36,8 @@ pub enum Event {
     ViewerJoined { id: String, name: String, path: String },
     /// Host: a viewer left; reason: closed, kicked, revoked, slow, host stopped, ...
     ViewerLeft { id: String, reason: String },
-    /// Host, every second: viewers, upstream bitrate, per-viewer path.
+    /// Host, every second: viewers, upstream bitrate, per-viewer path and rendition (same
+    /// order).
     HostStats {
         viewers: u32,
         bitrate_kbps: f64,
@@ -45,6 +46,16 @@ pub enum Event {
         /// The viewers' ids, in the order of `paths` (a path changes while a viewer watches:
         /// connections start on the relay, then go direct).
         ids: Vec<String>,
+        /// Each viewer's rendition, in the order of `paths`.
+        renditions: Vec<String>,
+    },
+    /// Host: a viewer was moved to another rendition at a GOP boundary; reason: congested
+    /// (its path does not carry the one it was on) or headroom (a probe showed it carries more).
+    RenditionChanged {
+        id: String,
+        from: String,
+        to: String,
+        reason: String,
     },
     /// Viewer: connected to the host; `id` is what the host calls this viewer (its
     /// `viewer-joined` id; empty when the host does not say).
@@ -60,6 +71,8 @@ pub enum Event {
     /// Viewer, every second: path, bitrate, latency, GOPs skipped whole and cut short.
     ViewerStats {
         path: String,
+        /// The rendition being received (empty from a host with one).
+        rendition: String,
         bitrate_kbps: f64,
         latency_ms: f64,
         gops_skipped: u64,
@@ -237,11 +250,13 @@ fn status_line(ev: &Event) -> Option<String> {
         }
         Event::ViewerStats {
             path,
+            rendition,
             bitrate_kbps,
             latency_ms,
             ..
         } => Some(format!(
-            "● {path} · {:.1} Mbit/s · {latency_ms:.0} ms behind capture",
+            "● {path}{} · {:.1} Mbit/s · {latency_ms:.0} ms behind capture",
+            if rendition.is_empty() { String::new() } else { format!(" · {rendition}") },
             bitrate_kbps / 1000.0
         )),
         _ => None,
@@ -266,6 +281,7 @@ fn human_line(ev: &Event) -> String {
         Event::CaptureStopped { reason } => format!("capture stopped: {reason}"),
         Event::ViewerJoined { id, name, path } => format!("viewer {name} ({id}) joined over {path}"),
         Event::ViewerLeft { id, reason } => format!("viewer {id} left: {reason}"),
+        Event::RenditionChanged { id, from, to, reason } => format!("viewer {id}: {from} → {to} ({reason})"),
         Event::Connected { path, rtt_ms, .. } => format!("connected to the host over {path} ({rtt_ms:.0} ms RTT)"),
         Event::Path { path } => format!("path is now {path}"),
         Event::Url { url } => format!("stream at {url}"),

@@ -8,6 +8,7 @@ use crate::cli::Common;
 const HOST_CAPTURE: &str = include_str!("../../pipelines/host-capture.pipeline");
 const HOST_AUDIO: &str = include_str!("../../pipelines/host-audio.pipeline");
 const HOST_SERVE: &str = include_str!("../../pipelines/host-serve.pipeline");
+const HOST_RUNG: &str = include_str!("../../pipelines/host-rung.pipeline");
 const VIEWER_LOCAL: &str = include_str!("../../pipelines/viewer-local.pipeline");
 
 /// Replaces every `{key}`; fails if a placeholder is left (a template/launcher mismatch).
@@ -105,13 +106,53 @@ pub struct CaptureParts<'a> {
     pub paced_source: bool,
     /// `gst-launch` description of the audio source, if audio is shared.
     pub audio_source: Option<&'a str>,
+    /// Lower renditions, each scaled from the top one's frames and encoded into its own
+    /// MPEG-TS (with the same audio), to appsink `out_N`.
+    pub rungs: &'a [RungParts],
 }
 
+/// One lower rendition of the capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RungParts {
+    pub width: u32,
+    pub height: u32,
+    /// Encoder element description with its settings.
+    pub encoder: String,
+}
+
+/// The capture pipeline; with rungs a tee after the top rendition's scale feeds each rung
+/// (`vt`), and one audio encode feeds every mux (`at`).
 pub fn host_capture(p: &CaptureParts) -> Result<String> {
+    let ladder = !p.rungs.is_empty();
     let audio = match p.audio_source {
-        Some(src) => fill(HOST_AUDIO, &[("audio_source", src)])?,
+        Some(src) => fill(
+            HOST_AUDIO,
+            &[
+                ("audio_source", src),
+                ("audio_tee", if ladder { "! tee name=at at." } else { "" }),
+            ],
+        )?,
         None => String::new(),
     };
+    let mut rungs = String::new();
+    for (i, r) in p.rungs.iter().enumerate() {
+        let n = (i + 1).to_string();
+        let audio_branch = match p.audio_source {
+            Some(_) => format!("at. ! queue max-size-time=300000000 ! mux_{n}."),
+            None => String::new(),
+        };
+        rungs += &fill(
+            HOST_RUNG,
+            &[
+                ("width", &r.width.to_string()),
+                ("height", &r.height.to_string()),
+                ("encoder", &r.encoder),
+                ("audio_branch", &audio_branch),
+                ("n", &n),
+            ],
+        )?;
+        rungs.push(' ');
+    }
     fill(
         HOST_CAPTURE,
         &[
@@ -122,13 +163,27 @@ pub fn host_capture(p: &CaptureParts) -> Result<String> {
             ("fps", &p.fps.to_string()),
             ("encoder", p.encoder),
             ("rate", if p.paced_source { "" } else { "! videorate" }),
+            ("video_tee", if ladder { "! tee name=vt vt. ! queue max-size-buffers=2" } else { "" }),
             ("audio", &audio),
+            ("rungs", &rungs),
         ],
     )
 }
 
-pub fn host_serve(sink_props: &str) -> Result<String> {
-    fill(HOST_SERVE, &[("sink_props", sink_props)])
+/// The serve pipeline: `appsrc name=src` into irohsink's always pad, and one more appsrc
+/// (`src_N` into request pad `sink_N`) per lower rendition. `renditions`: (name, kbit/s) of
+/// every rendition, top first.
+pub fn host_serve(sink_props: &str, renditions: &[(String, u32)]) -> Result<String> {
+    let mut props = sink_props.to_string();
+    let mut rungs = String::new();
+    for (i, (name, kbps)) in renditions.iter().enumerate() {
+        let pad = if i == 0 { "sink".to_string() } else { format!("sink_{i}") };
+        props += &format!(" {pad}::rendition-name={} {pad}::bitrate={kbps}", quote(name));
+        if i > 0 {
+            rungs += &format!("appsrc name=src_{i} is-live=true format=time do-timestamp=false max-bytes=0 ! sink.{pad} ");
+        }
+    }
+    fill(HOST_SERVE, &[("sink_props", &props), ("rungs", &rungs)])
 }
 
 pub fn viewer_local(ticket: &str, src_props: &str) -> Result<String> {
@@ -152,11 +207,38 @@ mod tests {
             encoder: "x264enc tune=zerolatency",
             paced_source: true,
             audio_source: Some("audiotestsrc is-live=true"),
+            rungs: &[],
         })
         .unwrap();
         assert!(d.contains("width=854,height=480,framerate=30/1"), "{d}");
+        assert!(!d.contains("tee"), "one encode: no tee: {d}");
         gst::parse::launch(&d).expect("capture pipeline parses");
-        gst::parse::launch(&host_serve("relay=disabled").unwrap()).expect("serve pipeline parses");
+        let rungs = [RungParts {
+            width: 426,
+            height: 240,
+            encoder: "x264enc tune=zerolatency".into(),
+        }];
+        let d = host_capture(&CaptureParts {
+            video_source: "videotestsrc is-live=true",
+            format: "I420",
+            width: 854,
+            height: 480,
+            fps: 30,
+            encoder: "x264enc tune=zerolatency",
+            paced_source: true,
+            audio_source: Some("audiotestsrc is-live=true"),
+            rungs: &rungs,
+        })
+        .unwrap();
+        let p = gst::parse::launch(&d).expect("ladder capture pipeline parses");
+        let p = p.downcast::<gst::Pipeline>().unwrap();
+        assert!(p.by_name("out").is_some() && p.by_name("out_1").is_some(), "{d}");
+        gst::parse::launch(&host_serve("relay=disabled", &[]).unwrap()).expect("serve pipeline parses");
+        let ladder = [("480p".to_string(), 1000), ("240p".to_string(), 333)];
+        let serve = gst::parse::launch(&host_serve("relay=disabled", &ladder).unwrap()).expect("ladder serve parses");
+        let serve = serve.downcast::<gst::Pipeline>().unwrap();
+        let pad = serve.by_name("sink").unwrap().static_pad("sink_1").expect("rung pad linked");
+        assert_eq!(pad.property::<u32>("bitrate"), 333);
         gst::parse::launch(&viewer_local("pp1abc", "").unwrap()).expect("viewer pipeline parses");
         assert!(fill("a {b} c", &[]).unwrap_err().to_string().contains("{b}"));
         assert_eq!(quote("a\"b"), "\"a\\\"b\"");

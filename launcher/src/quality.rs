@@ -70,6 +70,90 @@ pub fn output_size(w: u32, h: u32, max_height: Option<u32>) -> (u32, u32) {
     ((half * 2).clamp(2, even_down(w)), target_h)
 }
 
+/// Which renditions the host encodes (`--renditions`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Renditions {
+    /// The chosen quality plus ≈ ⅓ of its bitrate at ⅔ of its height and ≈ ⅛ at 4/9.
+    #[default]
+    Auto,
+    /// One encode.
+    Off,
+    /// The chosen quality plus these lower rungs: (max height, kbit/s).
+    List(Vec<(u32, u32)>),
+}
+
+impl std::str::FromStr for Renditions {
+    type Err = String;
+
+    /// `auto`, `off`, or lower rungs as `HEIGHT:KBPS` separated by commas (`480:800,240:250`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => return Ok(Renditions::Auto),
+            "off" => return Ok(Renditions::Off),
+            _ => {}
+        }
+        let bad = |r: &str| format!("{r:?} is not HEIGHT:KBPS (e.g. 480:800); use auto, off or a list like 480:800,240:250");
+        let rungs = s
+            .split(',')
+            .map(|r| {
+                let (h, k) = r.trim().split_once(':').ok_or_else(|| bad(r))?;
+                let (h, k) = (h.parse::<u32>().map_err(|_| bad(r))?, k.parse::<u32>().map_err(|_| bad(r))?);
+                if !(2..=8640).contains(&h) || !(50..=100_000).contains(&k) {
+                    return Err(format!("{r:?}: height 2–8640, bitrate 50–100000 kbit/s"));
+                }
+                Ok((h, k))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if rungs.len() > 4 {
+            return Err("at most 4 lower renditions".into());
+        }
+        Ok(Renditions::List(rungs))
+    }
+}
+
+/// One rung of the ladder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rung {
+    /// Largest output height (None = native).
+    pub max_height: Option<u32>,
+    pub bitrate_kbps: u32,
+}
+
+/// The ladder for top quality `top` from a `source_height` source, top first: the top rung is
+/// `top` itself; lower rungs never taller than the one above nor than the source.
+pub fn ladder(top: &Settings, source_height: u32, r: &Renditions) -> Vec<Rung> {
+    let top_h = top.max_height.map_or(source_height, |m| m.min(source_height));
+    let lower: Vec<(u32, u32)> = match r {
+        Renditions::Off => Vec::new(),
+        Renditions::Auto => vec![
+            (top_h * 2 / 3, top.bitrate_kbps / 3),
+            (top_h * 4 / 9, top.bitrate_kbps / 8),
+        ],
+        Renditions::List(l) => l.clone(),
+    };
+    let mut rungs = vec![Rung {
+        max_height: top.max_height,
+        bitrate_kbps: top.bitrate_kbps,
+    }];
+    for (h, k) in lower {
+        let above = rungs.last().expect("top rung");
+        let h = h.min(above.max_height.unwrap_or(top_h)).max(2);
+        rungs.push(Rung {
+            max_height: Some(h),
+            bitrate_kbps: k.min(above.bitrate_kbps),
+        });
+    }
+    rungs
+}
+
+/// What a viewer asks the host for at most with `--quality` (kbit/s; 0 = no ceiling).
+pub fn viewer_ceiling_kbps(q: Quality) -> u32 {
+    match q {
+        Quality::Auto | Quality::Source => 0,
+        other => PRESETS.iter().find(|p| p.0 == other).map_or(0, |p| p.2),
+    }
+}
+
 fn even_down(v: u32) -> u32 {
     (v & !1).max(2)
 }
@@ -128,6 +212,31 @@ mod tests {
         };
         let s = resolve(Quality::Low, o, None, 1);
         assert_eq!((s.max_height, s.bitrate_kbps, s.framerate), (Some(600), 1000, 15));
+    }
+
+    #[test]
+    fn the_auto_ladder_is_a_third_and_an_eighth_at_lower_heights() {
+        let high = resolve(Quality::High, Overrides::default(), None, 1);
+        let l = ladder(&high, 1080, &Renditions::Auto);
+        let got: Vec<(Option<u32>, u32)> = l.iter().map(|r| (r.max_height, r.bitrate_kbps)).collect();
+        assert_eq!(got, [(Some(1080), 4000), (Some(720), 1333), (Some(480), 500)]);
+        assert_eq!(ladder(&high, 1080, &Renditions::Off).len(), 1);
+        let small = ladder(&high, 600, &Renditions::Auto);
+        assert_eq!(small[1].max_height, Some(400), "from the source's height when smaller");
+        let list: Renditions = "480:800, 240:300".parse().unwrap();
+        let l = ladder(&high, 1080, &list);
+        assert_eq!((l[1].max_height, l[1].bitrate_kbps), (Some(480), 800));
+        assert_eq!(l.len(), 3);
+    }
+
+    #[test]
+    fn renditions_parse_and_say_what_is_wrong() {
+        assert_eq!("auto".parse::<Renditions>(), Ok(Renditions::Auto));
+        assert_eq!("off".parse::<Renditions>(), Ok(Renditions::Off));
+        assert!("480".parse::<Renditions>().unwrap_err().contains("HEIGHT:KBPS"));
+        assert!("480:10".parse::<Renditions>().unwrap_err().contains("bitrate"));
+        assert_eq!(viewer_ceiling_kbps(Quality::Low), 1000);
+        assert_eq!(viewer_ceiling_kbps(Quality::Auto), 0);
     }
 
     #[test]

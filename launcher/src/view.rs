@@ -282,7 +282,8 @@ struct Receiver {
 
 impl Receiver {
     fn build(args: &ViewArgs, events: &Arc<Events>) -> Result<Receiver> {
-        let src_props = pipeline::endpoint_props(&args.common);
+        let mut src_props = pipeline::endpoint_props(&args.common);
+        src_props += &format!(" max-bitrate={}", crate::quality::viewer_ceiling_kbps(args.quality));
         let desc = pipeline::viewer_local(&args.ticket.to_string(), &src_props)?;
         let pipeline = pipeline::launch(&desc, "viewer")?;
         let appsink: gst_app::AppSink = pipeline::child(&pipeline, "out", "viewer")?;
@@ -454,6 +455,7 @@ impl Viewing<'_> {
         self.last_bytes = (bytes, Instant::now());
         self.events.emit(Event::ViewerStats {
             path: st.get("path").unwrap_or_default(),
+            rendition: st.get("rendition").unwrap_or_default(),
             bitrate_kbps: kbps,
             latency_ms: st.get("latency-p50-ms").unwrap_or(-1.0),
             gops_skipped: st.get("gops-skipped").unwrap_or(0),

@@ -18,8 +18,8 @@ use gst::prelude::*;
 use pixelpass_test_support::*;
 
 /// The files run by hand, and the launcher's (run by the e2e shares).
-const BY_HAND: [&str; 4] = ["host-testsrc", "host-x11", "viewer-check", "viewer-window"];
-const LAUNCHER: [&str; 4] = ["host-capture", "host-audio", "host-serve", "viewer-local"];
+const BY_HAND: [&str; 5] = ["host-testsrc", "host-x11", "host-renditions", "viewer-check", "viewer-window"];
+const LAUNCHER: [&str; 5] = ["host-capture", "host-audio", "host-rung", "host-serve", "viewer-local"];
 
 /// Endpoint properties for both sides: loopback, no relay.
 const LOCAL: &str = "relay=disabled bind-address=127.0.0.1:0";
@@ -179,7 +179,7 @@ fn every_pipeline_file_runs() {
     }
     gst::init().unwrap();
     gstiroh::plugin_register_static().unwrap();
-    for host_file in ["host-testsrc", "host-x11"] {
+    for host_file in ["host-testsrc", "host-x11", "host-renditions"] {
         let (_host, ticket) = host(host_file);
         for viewer_file in ["viewer-check", "viewer-window"] {
             view(viewer_file, &ticket, 10);

@@ -89,6 +89,7 @@ impl Viewer {
             .field("rendition", self.rendition.lock().unwrap().as_str())
             .field("rendition-switches", self.switches.load(Ordering::Relaxed))
             .field("protocol", self.version)
+            .field("max-bitrate", self.max_kbps)
             .field("connected-s", self.joined.elapsed().as_secs_f64())
             .build()
     }

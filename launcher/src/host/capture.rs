@@ -31,8 +31,9 @@ pub(super) enum CaptureNote {
 /// watchers, the per-app sink, then the portal cast (its fd and session).
 pub(super) struct Capture {
     pipeline: gst::Pipeline,
-    /// Where irohsink's keyframe requests go (upstream, to the encoder).
-    pub appsink: gst_app::AppSink,
+    /// Where irohsink's keyframe requests go (upstream, to the encoders): one per rendition,
+    /// top first.
+    pub appsinks: Vec<gst_app::AppSink>,
     bus: AbortOnDropHandle<()>,
     watch: Option<CastWatch>,
     apps: Option<AppAudio>,
@@ -57,6 +58,12 @@ struct PortalCapture {
 }
 
 impl Capture {
+    /// How far (ns) the serve pipeline's running time is ahead of this one's.
+    pub fn shift_ns(&self, serve: &gst::Pipeline) -> i128 {
+        self.pipeline.base_time().map_or(0, |b| b.nseconds() as i128)
+            - serve.base_time().map_or(0, |b| b.nseconds() as i128)
+    }
+
     /// Wall-clock time of this pipeline's running time 0.
     fn epoch_unix_ns(&self) -> u64 {
         let now = gstiroh::net::unix_now_ns();
@@ -69,14 +76,14 @@ impl Capture {
     pub async fn stop(self) {
         let Capture {
             pipeline,
-            appsink,
+            appsinks,
             bus,
             watch,
             apps,
             cast,
         } = self;
         let _ = tokio::task::spawn_blocking(move || pipeline.set_state(gst::State::Null)).await;
-        drop(appsink);
+        drop(appsinks);
         drop(bus);
         // (stopping a PipeWire client joins its thread: not on the async workers)
         let _ = tokio::task::spawn_blocking(move || drop((watch, apps))).await;
@@ -91,7 +98,7 @@ impl Capture {
 /// portal session, the sink), because each lives in an owner that cleans up.
 pub(super) async fn start_capture(
     plan: &CapturePlan,
-    appsrc: &gst_app::AppSrc,
+    appsrcs: &[gst_app::AppSrc],
     serve: &gst::Pipeline,
     notes: UnboundedSender<CaptureNote>,
 ) -> Result<(Capture, Event)> {
@@ -112,15 +119,20 @@ pub(super) async fn start_capture(
     let pipeline = pipeline::launch(&desc, "capture")?;
     // Same clock as the serve pipeline, so timestamps map across by base time alone.
     pipeline.use_clock(Some(&gst::SystemClock::obtain()));
-    let appsink: gst_app::AppSink = pipeline::child(&pipeline, "out", "capture")?;
-    forward_to_serve(&appsink, &pipeline, appsrc, serve);
+    let mut appsinks = Vec::new();
+    for (i, appsrc) in appsrcs.iter().enumerate() {
+        let name = if i == 0 { "out".to_string() } else { format!("out_{i}") };
+        let appsink: gst_app::AppSink = pipeline::child(&pipeline, &name, "capture")?;
+        forward_to_serve(&appsink, &pipeline, appsrc, serve);
+        appsinks.push(appsink);
+    }
     let played = pipeline::play(&pipeline, "the capture pipeline");
     let bus = watch_bus(&pipeline, notes);
     let session = portal.as_ref().map(|p| p.cast.session_path());
     let (watch, cast) = portal.map(|p| (p.watch, p.cast)).unzip();
     let capture = Capture {
         pipeline,
-        appsink,
+        appsinks,
         bus,
         watch,
         apps,
@@ -275,6 +287,12 @@ mod tests {
                 fps: 30,
                 bitrate_kbps: 1000,
                 max_height: None,
+                enc: crate::encoder::Encoder {
+                    name: "x264enc".into(),
+                    format: "I420",
+                    reason: String::new(),
+                },
+                renditions: crate::quality::Renditions::Off,
             },
             audio_source: None,
             apps: None,
@@ -320,6 +338,7 @@ mod tests {
             framerate: None,
             key_file: None,
             control: None,
+            renditions: crate::quality::Renditions::Off,
             common: crate::cli::Common {
                 relay: None,
                 events: None,
@@ -343,7 +362,7 @@ mod tests {
                     },
                     "x264enc",
                 );
-                if let Ok((c, _)) = start_capture(&plan, &appsrc, &serve, tx).await {
+                if let Ok((c, _)) = start_capture(&plan, std::slice::from_ref(&appsrc), &serve, tx).await {
                     let _ = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
                     c.stop().await;
                 }
@@ -394,7 +413,7 @@ mod portal_tests {
         let attempt = || {
             rt.block_on(async {
                 let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-                let r = start_capture(&plan, &appsrc, &serve, tx).await;
+                let r = start_capture(&plan, std::slice::from_ref(&appsrc), &serve, tx).await;
                 assert!(r.is_err(), "the pipeline cannot be built");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             })

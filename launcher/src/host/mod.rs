@@ -45,7 +45,7 @@ pub async fn run(
         }
     };
     let max_viewers = args.max_viewers.unwrap_or_else(|| config.default_max_viewers());
-    let serve = Serve::start(&args, max_viewers)?;
+    let serve = Serve::start(&args, max_viewers, &plan.rendition_names())?;
     let mut bus = serve.pipeline.bus().expect("pipeline has a bus").stream();
     let mut share = Share::new(plan, &serve, &events);
     share.commands = commands;
@@ -54,56 +54,69 @@ pub async fn run(
     result
 }
 
-/// The serve pipeline: `appsrc ! irohsink`, playing for the whole share.
+/// The serve pipeline: `appsrc ! irohsink` (one appsrc per rendition), playing for the whole
+/// share.
 struct Serve {
     pipeline: gst::Pipeline,
-    appsrc: gst_app::AppSrc,
+    /// Top rendition first.
+    appsrcs: Vec<gst_app::AppSrc>,
     sink: gst::Element,
-    /// The running capture's appsink, where irohsink's keyframe requests go.
-    live_sink: Arc<Mutex<Option<gst_app::AppSink>>>,
+    /// The running capture's appsinks (where irohsink's keyframe requests go) and how far the
+    /// serve running time is ahead of the capture's.
+    live: Arc<Mutex<Option<(Vec<gst_app::AppSink>, i128)>>>,
 }
 
 impl Serve {
     /// Builds and starts the serve pipeline: the endpoint binds and the ticket comes.
-    fn start(args: &HostArgs, max_viewers: u32) -> Result<Serve> {
+    fn start(args: &HostArgs, max_viewers: u32, renditions: &[(String, u32)]) -> Result<Serve> {
         let mut sink_props = format!("max-viewers={max_viewers}");
         sink_props += &pipeline::endpoint_props(&args.common);
         if let Some(k) = &args.key_file {
             sink_props += &format!(" key-file={}", quote(&k.to_string_lossy()));
         }
-        let pipeline = pipeline::launch(&pipeline::host_serve(&sink_props)?, "serve")?;
+        let pipeline = pipeline::launch(&pipeline::host_serve(&sink_props, renditions)?, "serve")?;
         pipeline.use_clock(Some(&gst::SystemClock::obtain()));
+        let mut appsrcs = vec![pipeline::child(&pipeline, "src", "serve")?];
+        for i in 1..renditions.len() {
+            appsrcs.push(pipeline::child(&pipeline, &format!("src_{i}"), "serve")?);
+        }
         let serve = Serve {
-            appsrc: pipeline::child(&pipeline, "src", "serve")?,
+            appsrcs,
             sink: pipeline::child(&pipeline, "sink", "serve")?,
             pipeline,
-            live_sink: Arc::new(Mutex::new(None)),
+            live: Arc::new(Mutex::new(None)),
         };
         serve.forward_keyframe_requests();
         pipeline::play(&serve.pipeline, "the iroh endpoint")?;
         Ok(serve)
     }
 
-    /// Keyframe requests from irohsink (a viewer joined) go back to the live encoder.
+    /// Keyframe requests from irohsink (a viewer joined, renditions to align) go back to the
+    /// live encoder of the same rendition, a requested running time moved onto the capture's.
     fn forward_keyframe_requests(&self) {
-        let live_sink = self.live_sink.clone();
-        let pad = self.appsrc.static_pad("src").expect("appsrc has a src pad");
-        pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
-            if let Some(gst::PadProbeData::Event(ev)) = &info.data
-                && gst_video::ForceKeyUnitEvent::is(ev)
-                && let Some(s) = live_sink.lock().unwrap().as_ref()
-            {
-                s.send_event(ev.clone());
-            }
-            gst::PadProbeReturn::Ok
-        });
+        for (i, appsrc) in self.appsrcs.iter().enumerate() {
+            let live = self.live.clone();
+            let pad = appsrc.static_pad("src").expect("appsrc has a src pad");
+            pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
+                if let Some(gst::PadProbeData::Event(ev)) = &info.data
+                    && gst_video::ForceKeyUnitEvent::is(ev)
+                    && let Some((sinks, shift)) = live.lock().unwrap().as_ref()
+                    && let Some(s) = sinks.get(i)
+                {
+                    s.send_event(on_capture_time(ev, *shift));
+                }
+                gst::PadProbeReturn::Ok
+            });
+        }
     }
 
     /// Ends the stream so viewers hear "the host ended the share", then closes the endpoint.
     /// Bounded: one ctrl-c is always enough.
     async fn end(self, bus: &mut gst::bus::BusStream) {
-        self.live_sink.lock().unwrap().take();
-        let _ = self.appsrc.end_of_stream();
+        self.live.lock().unwrap().take();
+        for a in &self.appsrcs {
+            let _ = a.end_of_stream();
+        }
         let _ = tokio::time::timeout(Duration::from_millis(150), async {
             while let Some(msg) = bus.next().await {
                 if matches!(msg.view(), gst::MessageView::Eos(_)) {
@@ -114,6 +127,22 @@ impl Serve {
         .await;
         let p = self.pipeline;
         let _ = tokio::task::spawn_blocking(move || p.set_state(gst::State::Null)).await;
+    }
+}
+
+/// A force-key-unit event with its running time (serve pipeline) moved onto the capture
+/// pipeline's, `shift` ns behind.
+fn on_capture_time(ev: &gst::Event, shift: i128) -> gst::Event {
+    match gst_video::UpstreamForceKeyUnitEvent::parse(ev) {
+        Ok(f) if f.running_time.is_some() => {
+            let t = f.running_time.map(|t| t.nseconds() as i128 - shift).unwrap_or(0).max(0);
+            gst_video::UpstreamForceKeyUnitEvent::builder()
+                .running_time(gst::ClockTime::from_nseconds(t as u64))
+                .all_headers(f.all_headers)
+                .count(f.count)
+                .build()
+        }
+        _ => ev.clone(),
     }
 }
 
@@ -203,6 +232,15 @@ impl<'a> Share<'a> {
                     Next::Continue(())
                 }
                 Some(s) if s.name() == "iroh-viewer-joined" => self.on_viewer_joined(s, cancel).await,
+                Some(s) if s.name() == "iroh-rendition-changed" => {
+                    self.events.emit(Event::RenditionChanged {
+                        id: s.get("id").unwrap_or_default(),
+                        from: s.get("from").unwrap_or_default(),
+                        to: s.get("to").unwrap_or_default(),
+                        reason: s.get("reason").unwrap_or_default(),
+                    });
+                    Next::Continue(())
+                }
                 Some(s) if s.name() == "iroh-viewer-left" => {
                     self.on_viewer_left(s).await;
                     Next::Continue(())
@@ -226,7 +264,7 @@ impl<'a> Share<'a> {
         }
         let start = start_capture(
             &self.plan,
-            &self.serve.appsrc,
+            &self.serve.appsrcs,
             &self.serve.pipeline,
             self.notes_tx.clone(),
         );
@@ -236,7 +274,7 @@ impl<'a> Share<'a> {
         };
         match started {
             Ok((c, started)) => {
-                *self.serve.live_sink.lock().unwrap() = Some(c.appsink.clone());
+                *self.serve.live.lock().unwrap() = Some((c.appsinks.clone(), c.shift_ns(&self.serve.pipeline)));
                 self.capture = Some(c);
                 self.events.emit(started);
                 Next::Continue(())
@@ -323,18 +361,27 @@ impl<'a> Share<'a> {
                     .unzip()
             })
             .unwrap_or_default();
+        let renditions: Vec<String> = st
+            .get::<gst::Array>("viewer-stats")
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.get::<gst::Structure>().ok()?.get::<String>("rendition").ok())
+                    .collect()
+            })
+            .unwrap_or_default();
         self.events.emit(Event::HostStats {
             viewers: st.get("viewers").unwrap_or(0),
             bitrate_kbps: kbps,
             dropped_gops: st.get("dropped-gops").unwrap_or(0),
             paths,
             ids,
+            renditions,
         });
     }
 
     async fn stop_capture(&mut self, reason: &str) {
         if let Some(c) = self.capture.take() {
-            *self.serve.live_sink.lock().unwrap() = None;
+            *self.serve.live.lock().unwrap() = None;
             c.stop().await;
             self.events.emit(Event::CaptureStopped { reason: reason.into() });
         }

@@ -13,7 +13,7 @@ use crate::cli::{HostArgs, Source};
 use crate::config::Config;
 use crate::encoder::{self, Encoder};
 use crate::events::{Event, Events};
-use crate::pipeline::{self, CaptureParts, quote};
+use crate::pipeline::{self, CaptureParts, RungParts, quote};
 use crate::quality::{self, Overrides};
 use crate::text::list_or_none;
 
@@ -54,6 +54,26 @@ pub(super) struct VideoParts {
     pub fps: u32,
     pub bitrate_kbps: u32,
     pub max_height: Option<u32>,
+    /// The encoder, to describe each rendition's.
+    pub enc: Encoder,
+    /// Which renditions besides the top one (`--renditions`).
+    pub renditions: quality::Renditions,
+}
+
+impl VideoParts {
+    /// The renditions for a source of `size`, top first: output size and kbit/s.
+    pub fn ladder(&self, size: (u32, u32)) -> Vec<((u32, u32), u32)> {
+        let top = quality::Settings {
+            max_height: self.max_height,
+            bitrate_kbps: self.bitrate_kbps,
+            framerate: self.fps,
+            preset: crate::cli::Quality::Auto,
+        };
+        quality::ladder(&top, size.1, &self.renditions)
+            .iter()
+            .map(|r| (quality::output_size(size.0, size.1, r.max_height), r.bitrate_kbps))
+            .collect()
+    }
 }
 
 impl CapturePlan {
@@ -68,6 +88,20 @@ impl CapturePlan {
     /// The size the capture is scaled to from a source of `size`.
     pub fn output_size(&self, size: (u32, u32)) -> (u32, u32) {
         quality::output_size(size.0, size.1, self.video.max_height)
+    }
+
+    /// Each rendition's name (its height) and kbit/s, top first. The portal's size is known
+    /// only once it answers: its names assume a 1080p screen.
+    pub fn rendition_names(&self) -> Vec<(String, u32)> {
+        let size = match self.input {
+            VideoInput::Direct { size, .. } => size,
+            VideoInput::Portal(_) => (1920, 1080),
+        };
+        self.video
+            .ladder(size)
+            .into_iter()
+            .map(|((_, h), kbps)| (format!("{h}p"), kbps))
+            .collect()
     }
 
     /// The capture pipeline for a video source of `size`.
@@ -86,6 +120,16 @@ fn capture_desc(
     paced_source: bool,
 ) -> Result<String> {
     let (width, height) = quality::output_size(size.0, size.1, video.max_height);
+    let rungs: Vec<RungParts> = video
+        .ladder(size)
+        .into_iter()
+        .skip(1)
+        .map(|((width, height), kbps)| RungParts {
+            width,
+            height,
+            encoder: video.enc.description(kbps, video.fps),
+        })
+        .collect();
     pipeline::host_capture(&CaptureParts {
         video_source,
         format: video.format,
@@ -95,6 +139,7 @@ fn capture_desc(
         encoder: &video.encoder,
         paced_source,
         audio_source,
+        rungs: &rungs,
     })
 }
 
@@ -119,7 +164,7 @@ pub(super) async fn plan_capture(args: &HostArgs, config: &Config, events: &Arc<
     let target = capture::resolve_target(args).await?;
     let enc = encoder::choose(args.no_hwencode, args.encoder.as_deref()).await?;
     eprintln!("pixelpass: encoder {}: {}", enc.name, enc.reason);
-    let video = video_parts(&enc, &q);
+    let video = video_parts(&enc, &q, &args.renditions);
     let apps = if args.no_audio { None } else { app_rule(args) };
     let audio_source = audio_source(args, apps.as_ref(), events).await?;
     Ok(CapturePlan {
@@ -157,8 +202,10 @@ async fn video_input(target: Target, video: &VideoParts, audio_source: Option<&s
     }
 }
 
-fn video_parts(enc: &Encoder, q: &quality::Settings) -> VideoParts {
+fn video_parts(enc: &Encoder, q: &quality::Settings, renditions: &quality::Renditions) -> VideoParts {
     VideoParts {
+        enc: enc.clone(),
+        renditions: renditions.clone(),
         format: enc.format,
         encoder_name: enc.name.clone(),
         encoder: enc.description(q.bitrate_kbps, q.framerate),
