@@ -522,6 +522,17 @@ impl ObjectImpl for IrohSink {
                         Some(el.imp().kick(&id, CloseCode::Kicked).to_value())
                     })
                     .build(),
+                glib::subclass::Signal::builder("set-max-bitrate")
+                    .param_types([String::static_type(), u32::static_type()])
+                    .return_type::<bool>()
+                    .action()
+                    .class_handler(|args| {
+                        let el = args[0].get::<super::IrohSink>().expect("signal arg");
+                        let id = args[1].get::<String>().expect("signal arg");
+                        let kbps = args[2].get::<u32>().expect("signal arg");
+                        Some(el.imp().set_max_bitrate(&id, kbps).to_value())
+                    })
+                    .build(),
                 glib::subclass::Signal::builder("revoke")
                     .return_type::<Option<String>>()
                     .action()
@@ -766,6 +777,13 @@ impl BaseSinkImpl for IrohSink {
 }
 
 impl IrohSink {
+    /// Caps viewer `id` at `kbps` (0: no cap): from its next GOP it gets no rendition above.
+    fn set_max_bitrate(&self, id: &str, kbps: u32) -> bool {
+        let Some(sh) = self.shared() else { return false };
+        let v = sh.viewers.lock().unwrap().get(id).cloned();
+        v.map(|v| v.max_kbps.store(kbps, Ordering::Relaxed)).is_some()
+    }
+
     fn kick(&self, id: &str, code: CloseCode) -> bool {
         let Some(sh) = self.shared() else { return false };
         let v = sh.viewers.lock().unwrap().get(id).cloned();

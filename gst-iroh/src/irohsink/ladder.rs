@@ -44,6 +44,8 @@ pub enum Why {
     Congested,
     /// A probe showed its path carries a higher rung.
     Headroom,
+    /// Its ceiling changed.
+    Ceiling,
 }
 
 impl Why {
@@ -52,6 +54,7 @@ impl Why {
         match self {
             Why::Congested => "congested",
             Why::Headroom => "headroom",
+            Why::Ceiling => "ceiling",
         }
     }
 }
@@ -119,6 +122,9 @@ impl Ladder {
         if self.rung > last {
             return self.go(last, Why::Congested, now);
         }
+        if self.rung < self.floor_rung {
+            return self.go(self.floor_rung.min(last), Why::Ceiling, now);
+        }
         let strained = self
             .strained_since
             .is_some_and(|s| now.saturating_duration_since(s) >= DOWN_HOLD);
@@ -140,6 +146,12 @@ impl Ladder {
             return self.go(to.max(self.floor_rung), Why::Headroom, now);
         }
         None
+    }
+
+    /// The highest rung the viewer may have is now `top_allowed`: above it, it moves down at
+    /// the next boundary; below, it may probe up to it.
+    pub fn set_ceiling(&mut self, top_allowed: usize) {
+        self.floor_rung = top_allowed;
     }
 
     /// A decided switch could not happen (no aligned GOP): the viewer stays on `rung`.
@@ -296,6 +308,10 @@ mod tests {
         assert_eq!(capped.at_boundary(t, &RATES, None), None, "already lowest");
         let mut mid = Ladder::new(1, 1, t);
         assert!(mid.want_probe(t + Duration::from_secs(60), &RATES, 0).is_none(), "ceiling");
+        mid.set_ceiling(2);
+        assert_eq!(mid.at_boundary(t, &RATES, None), Some((2, Why::Ceiling)), "a lower ceiling");
+        mid.set_ceiling(0);
+        assert!(mid.want_probe(t + UP_HOLD, &RATES, 0).is_some(), "a raised one: probe");
     }
 
     #[test]

@@ -42,7 +42,7 @@ const PROBE_MAX_DRAIN: Duration = Duration::from_millis(150);
 /// fit (the down switch does not wait for the hold).
 const OVERLOAD_LAG: Duration = Duration::from_millis(150);
 /// What a probe carried is measured over its last stretch of this long.
-const PROBE_WINDOW: Duration = Duration::from_millis(500);
+const PROBE_WINDOW: Duration = Duration::from_millis(1000);
 
 /// Stream reset code for a GOP dropped because the viewer fell behind.
 const RESET_STALE: u32 = 1;
@@ -141,6 +141,7 @@ pub(super) async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, control: S
         probe: None,
         probe_rate: 0.0,
         probe_marks: VecDeque::new(),
+        probe_lag: Duration::ZERO,
         probe_checked: Instant::now(),
     };
     let code = sender.run(control).await;
@@ -194,6 +195,8 @@ struct Sender<'a> {
     probe_rate: f64,
 
     probe_marks: VecDeque<(Instant, u64)>,
+    /// The viewer's lag when the probe started: the probe stops if it grows by PROBE_MAX_DRAIN.
+    probe_lag: Duration,
     probe_checked: Instant,
 }
 
@@ -554,6 +557,8 @@ impl Sender<'_> {
         let ladder = self.shared.ladder();
         let rates: Vec<f64> = ladder.iter().map(|r| r.rate()).collect();
         let from = self.ladder.rung();
+        self.ladder
+            .set_ceiling(top_allowed(&ladder, self.viewer.max_kbps.load(Ordering::Relaxed)));
         let capacity = self.delivery().rate();
         let Some((to, why)) = self.ladder.at_boundary(Instant::now(), &rates, capacity) else {
             return (seq, caps, headers);
@@ -647,7 +652,7 @@ impl Sender<'_> {
             let rtt = crate::net::path_info(&self.viewer.conn).1.unwrap_or_default();
             let in_flight = (PROBE_MAX_DRAIN + Duration::from_millis(50) + rtt).as_secs_f64();
             let full = self.delivery().probe_in_flight() as f64 > self.probe_rate * ramp * in_flight + 8192.0;
-            let strained = lag > PROBE_MAX_DRAIN;
+            let strained = lag > self.probe_lag + PROBE_MAX_DRAIN;
             if elapsed >= ladder::PROBE_TIME || full || strained {
                 let carried = self.probe_carried(now, delivered);
                 self.stop_probe();
@@ -655,20 +660,22 @@ impl Sender<'_> {
                 let to = self.ladder.probe_done(now, carried, &rates);
                 gst::debug!(
                     CAT,
-                    "viewer {}: probe carried {:.0} kB/s (target {:.0}{}): {to:?}",
+                    "viewer {}: probe carried {:.0} kB/s (target {:.0}) in {elapsed:?}{}{}: {to:?}",
                     self.viewer.id,
                     carried / 1000.0,
                     p.target / 1000.0,
-                    if full { ", path full" } else { "" }
+                    if full { ", path full" } else { "" },
+                    if strained { ", stream lagging" } else { "" }
                 );
             }
             return;
         }
         if let Some(p) = self.ladder.want_probe(now, &rates, delivered) {
-            // a little over the target: the reports lag what was sent
-            let padding = (p.target * 1.05 - rates[self.ladder.rung()]).max(0.0);
+            // over the target: the stream's own rate varies, and the reports lag what was sent
+            let padding = (p.target * 1.1 - rates[self.ladder.rung()]).max(0.0);
             gst::debug!(CAT, "viewer {}: probing with up to {:.0} kB/s of padding", self.viewer.id, padding / 1000.0);
             self.probe_rate = padding;
+            self.probe_lag = lag;
             self.probe = Some(RUNTIME.spawn(pad_path(self.viewer.clone(), padding)));
         }
     }

@@ -64,8 +64,8 @@ pub(super) struct Viewer {
     pub delivery: Mutex<Delivery>,
     /// Protocol version of its connection (1: the top rendition only).
     pub version: u32,
-    /// The most it wants, kbit/s (0: no ceiling).
-    pub max_kbps: u32,
+    /// The most it wants (or the host allows it), kbit/s (0: no ceiling).
+    pub max_kbps: AtomicU32,
     /// The rendition it is on, and how often it moved.
     pub rendition: Mutex<String>,
     pub switches: AtomicU64,
@@ -89,7 +89,7 @@ impl Viewer {
             .field("rendition", self.rendition.lock().unwrap().as_str())
             .field("rendition-switches", self.switches.load(Ordering::Relaxed))
             .field("protocol", self.version)
-            .field("max-bitrate", self.max_kbps)
+            .field("max-bitrate", self.max_kbps.load(Ordering::Relaxed))
             .field("connected-s", self.joined.elapsed().as_secs_f64())
             .build()
     }
@@ -441,7 +441,7 @@ fn admit(shared: &Shared, conn: &Connection, hello: &mut Hello) -> Option<(Arc<V
         lag_ms: AtomicU64::new(0),
         delivery: Mutex::new(Delivery::default()),
         version,
-        max_kbps: hello.max_kbps,
+        max_kbps: AtomicU32::new(hello.max_kbps),
         rendition: Mutex::new(String::new()),
         switches: AtomicU64::new(0),
         probe_bytes: AtomicU64::new(0),
