@@ -41,6 +41,9 @@ const PROBE_MAX_DRAIN: Duration = Duration::from_millis(150);
 /// Behind by more than this while the path measures slower than the stream: the rung does not
 /// fit (the down switch does not wait for the hold).
 const OVERLOAD_LAG: Duration = Duration::from_millis(150);
+/// A probe that makes the path's RTT grow by this much (or by half, if more) is stopped: a
+/// queue is building in front of the stream.
+const PROBE_MAX_QUEUE: Duration = Duration::from_millis(50);
 /// What a probe carried is measured over its last stretch of this long.
 const PROBE_WINDOW: Duration = Duration::from_millis(1000);
 
@@ -142,6 +145,7 @@ pub(super) async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, control: S
         probe_rate: 0.0,
         probe_marks: VecDeque::new(),
         probe_lag: Duration::ZERO,
+        probe_rtt: Duration::ZERO,
         probe_checked: Instant::now(),
     };
     let code = sender.run(control).await;
@@ -191,12 +195,14 @@ struct Sender<'a> {
     cut_in_gop: bool,
     /// The padding task of a probe in progress, its full padding rate, and (time, bytes
     /// delivered) while it runs.
-    probe: Option<tokio::task::JoinHandle<()>>,
+    probe: Option<tokio_util::sync::CancellationToken>,
     probe_rate: f64,
 
     probe_marks: VecDeque<(Instant, u64)>,
-    /// The viewer's lag when the probe started: the probe stops if it grows by PROBE_MAX_DRAIN.
+    /// The viewer's lag and the path's RTT when the probe started: the probe stops when the
+    /// lag grows by PROBE_MAX_DRAIN or the RTT by PROBE_MAX_QUEUE (a queue is building).
     probe_lag: Duration,
+    probe_rtt: Duration,
     probe_checked: Instant,
 }
 
@@ -651,7 +657,8 @@ impl Sender<'_> {
             let ramp = (elapsed.as_secs_f64() / ladder::PROBE_RAMP.as_secs_f64()).min(1.0);
             let rtt = crate::net::path_info(&self.viewer.conn).1.unwrap_or_default();
             let in_flight = (PROBE_MAX_DRAIN + Duration::from_millis(50) + rtt).as_secs_f64();
-            let full = self.delivery().probe_in_flight() as f64 > self.probe_rate * ramp * in_flight + 8192.0;
+            let full = self.delivery().probe_in_flight() as f64 > self.probe_rate * ramp * in_flight + 8192.0
+                || rtt > self.probe_rtt + PROBE_MAX_QUEUE.max(self.probe_rtt / 2);
             let strained = lag > self.probe_lag + PROBE_MAX_DRAIN;
             if elapsed >= ladder::PROBE_TIME || full || strained {
                 let carried = self.probe_carried(now, delivered);
@@ -676,7 +683,10 @@ impl Sender<'_> {
             gst::debug!(CAT, "viewer {}: probing with up to {:.0} kB/s of padding", self.viewer.id, padding / 1000.0);
             self.probe_rate = padding;
             self.probe_lag = lag;
-            self.probe = Some(RUNTIME.spawn(pad_path(self.viewer.clone(), padding)));
+            self.probe_rtt = crate::net::path_info(&self.viewer.conn).1.unwrap_or_default();
+            let stop = self.viewer.cancel.child_token();
+            RUNTIME.spawn(pad_path(self.viewer.clone(), padding, stop.clone()));
+            self.probe = Some(stop);
         }
     }
 
@@ -688,8 +698,8 @@ impl Sender<'_> {
     }
 
     fn stop_probe(&mut self) {
-        if let Some(t) = self.probe.take() {
-            t.abort();
+        if let Some(stop) = self.probe.take() {
+            stop.cancel();
             self.delivery().on_probe_end();
         }
     }
@@ -713,8 +723,9 @@ async fn wait_aligned(target: &Rendition, pts: u64) -> Option<u64> {
 
 /// Sends padding on a bi-stream at the lowest priority (after every GOP stream), ramping up to
 /// `rate` bytes/s over [`ladder::PROBE_RAMP`] (so a full path is noticed before the stream
-/// queues behind it), until aborted; the viewer reports what arrived.
-async fn pad_path(viewer: Arc<Viewer>, rate: f64) {
+/// queues behind it), until `stop`; then the stream is reset, so what is still queued in QUIC
+/// is dropped rather than sent. The viewer reports what arrived.
+async fn pad_path(viewer: Arc<Viewer>, rate: f64, stop: tokio_util::sync::CancellationToken) {
     static ZEROS: [u8; 16 * 1024] = [0; 16 * 1024];
     let Ok((mut send, _recv)) = viewer.conn.open_bi().await else {
         return;
@@ -724,12 +735,23 @@ async fn pad_path(viewer: Arc<Viewer>, rate: f64) {
     let mut written = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => {
+                let _ = send.reset(VarInt::from_u32(RESET_STALE));
+                return;
+            }
+        }
         let (t, ramp) = (start.elapsed().as_secs_f64(), ladder::PROBE_RAMP.as_secs_f64());
         let due = (rate * if t < ramp { t * t / (2.0 * ramp) } else { t - ramp / 2.0 }) as u64;
         while written + 1200 <= due {
             let n = (due - written).min(ZEROS.len() as u64) as usize;
-            if send.write_all(&ZEROS[..n]).await.is_err() {
+            let written_all = tokio::select! {
+                r = send.write_all(&ZEROS[..n]) => r.is_ok(),
+                _ = stop.cancelled() => false,
+            };
+            if !written_all {
+                let _ = send.reset(VarInt::from_u32(RESET_STALE));
                 return;
             }
             written += n as u64;
