@@ -540,6 +540,60 @@ fn a_slow_viewer_gets_a_lower_rendition_and_plays_every_frame_near_live() {
     assert_eq!(net.node(slow).stat_u64("problems"), 0, "no decoder complaint across the switches");
 }
 
+/// The slow viewer's link alternates every 5 s between 40 % and 150 % of the top rung: it
+/// switches at most once per hold period (4 s) and its decoder never complains.
+#[test]
+fn an_alternating_link_switches_at_most_once_per_hold_period() {
+    let _g = serial();
+    let secs: u64 = if long() { 60 } else { 20 };
+    let Some(mut net) = Net::up(1) else { return };
+    let tbf = |kbit: u32| format!("tc qdisc replace dev rw1 root tbf rate {kbit}kbit burst 32kbit latency 400ms");
+    net.sh("router", &tbf(800));
+    net.relay();
+    let (_h, ticket) = net.host(&["--pattern", "snow", "--renditions"]);
+    let v = net.viewer(1, &ticket);
+    assert!(net.wait_frames(v, 30, Duration::from_secs(30)));
+    let s0 = net.node(v).stat_u64("rendition_switches");
+    let t0 = Instant::now();
+    for i in 0..secs / 5 {
+        net.sh("router", &tbf(if i % 2 == 0 { 3000 } else { 800 }));
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let switches = net.node(v).stat_u64("rendition_switches") - s0;
+    let holds = t0.elapsed().as_secs() / 4;
+    figure("alternating_link_switches", format!("{switches} in {} s", t0.elapsed().as_secs()));
+    figure("alternating_link_gops_skipped", net.node(v).stat_u64("gops_skipped"));
+    assert!(switches <= holds + 1, "{switches} switches in {holds} hold periods");
+    assert_eq!(net.node(v).stat_u64("problems"), 0, "no decoder complaint");
+}
+
+/// A link below even the lowest rung: the viewer is on the lowest rung and GOP skipping still
+/// keeps it near live (the old guarantee).
+#[test]
+fn below_the_lowest_rung_skipping_still_bounds_the_lag() {
+    let _g = serial();
+    let secs = if long() { 30 } else { 12 };
+    let Some(mut net) = Net::up(1) else { return };
+    // the lowest rung is 250 kbit/s of video (plus MPEG-TS): 150 kbit/s does not carry it
+    net.sh("router", "tc qdisc add dev rw1 root tbf rate 150kbit burst 16kbit latency 400ms");
+    net.relay();
+    let (_h, ticket) = net.host(&["--pattern", "snow", "--renditions"]);
+    let v = net.viewer(1, &ticket);
+    assert!(net.wait_frames(v, 10, Duration::from_secs(30)), "{}", net.node(v).text());
+    std::thread::sleep(Duration::from_secs(secs));
+    let n = net.node(v);
+    let dropped = n.stat_u64("gops_skipped") + n.stat_u64("gops_cut");
+    figure("below_lowest_rung_p99_behind_ms", format!("{:.0}", n.stat_f64("behind_p99")));
+    figure("below_lowest_rung_gops_dropped_or_cut", dropped);
+    assert_eq!(n.stat_str("rendition"), "180p", "on the lowest rung");
+    assert!(dropped > 0, "it left media out to keep up");
+    assert!(
+        n.stat_f64("behind_p99") <= 1500.0,
+        "within 1.5 s of live: p99 {} ms",
+        n.stat_f64("behind_p99")
+    );
+}
+
 #[test]
 fn five_percent_loss_and_a_three_second_outage() {
     let _g = serial();
