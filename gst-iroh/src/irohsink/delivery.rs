@@ -141,6 +141,21 @@ impl Delivery {
         }
     }
 
+    /// The rate over the reports of the last `window` only (after a drop, the full window
+    /// still remembers the faster path), or the full window's if that is lower.
+    pub fn recent_rate(&self, now: Instant, window: Duration) -> Option<f64> {
+        let (busy, bytes) = self
+            .samples
+            .iter()
+            .filter(|(end, _, _)| now.saturating_duration_since(*end) <= window)
+            .fold((Duration::ZERO, 0), |(t, b), (_, dt, db)| (t + *dt, b + db));
+        let recent = (busy >= MIN_BUSY && bytes > 0).then(|| bytes as f64 / busy.as_secs_f64());
+        match (recent, self.rate()) {
+            (Some(r), Some(all)) => Some(r.min(all)),
+            (r, all) => r.or(all),
+        }
+    }
+
     /// Bytes/s the path delivers while data is outstanding. None until measured.
     pub fn rate(&self) -> Option<f64> {
         let (busy, bytes) = self

@@ -565,8 +565,9 @@ impl Sender<'_> {
         let from = self.ladder.rung();
         self.ladder
             .set_ceiling(top_allowed(&ladder, self.viewer.max_kbps.load(Ordering::Relaxed)));
-        let capacity = self.delivery().rate();
-        let Some((to, why)) = self.ladder.at_boundary(Instant::now(), &rates, capacity) else {
+        let now = Instant::now();
+        let capacity = self.delivery().recent_rate(now, Duration::from_millis(500));
+        let Some((to, why)) = self.ladder.at_boundary(now, &rates, capacity) else {
             return (seq, caps, headers);
         };
         let (Some(target), Some(pts)) = (ladder.get(to).cloned(), self.gops().gop_pts(seq)) else {
@@ -661,7 +662,9 @@ impl Sender<'_> {
                 || rtt > self.probe_rtt + PROBE_MAX_QUEUE.max(self.probe_rtt / 2);
             let strained = lag > self.probe_lag + PROBE_MAX_DRAIN;
             if elapsed >= ladder::PROBE_TIME || full || strained {
-                let carried = self.probe_carried(now, delivered);
+                // (only a probe that held its rate measures the path: one stopped early failed)
+                let held = elapsed >= ladder::PROBE_TIME;
+                let carried = if held { self.probe_carried(now, delivered) } else { 0.0 };
                 self.stop_probe();
                 self.probe_marks.clear();
                 let to = self.ladder.probe_done(now, carried, &rates);

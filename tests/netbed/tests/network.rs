@@ -540,6 +540,51 @@ fn a_slow_viewer_gets_a_lower_rendition_and_plays_every_frame_near_live() {
     assert_eq!(net.node(slow).stat_u64("problems"), 0, "no decoder complaint across the switches");
 }
 
+/// Benchmark: the slow viewer (link at 40 % of the top rung) with renditions and with one
+/// encode (GOP skipping), in the same run, as `METRIC` lines with the ratio; and how long after
+/// a free link drops to 40 % the viewer gets its first lower-rung frame.
+#[test]
+fn renditions_bench_against_skipping() {
+    let _g = serial();
+    let secs = if long() { 30 } else { 12 };
+    let metric = |name: &str, v: f64, unit: &str| eprintln!("METRIC {name} {v:.2} {unit}");
+    let mut runs = Vec::new();
+    for renditions in [true, false] {
+        let Some(mut net) = Net::up(1) else { return };
+        net.relay();
+        let mut args = vec!["--pattern", "snow"];
+        if renditions {
+            args.push("--renditions");
+        }
+        let (_h, ticket) = net.host(&args);
+        let window = secs.to_string();
+        let v = net.viewer_with(1, &ticket, &["--window", &window]);
+        assert!(net.wait_frames(v, 60, Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_secs(2));
+        let drop_at = Instant::now();
+        net.sh("router", "tc qdisc add dev rw1 root tbf rate 800kbit burst 32kbit latency 400ms");
+        if renditions {
+            let t = wait_text(&net.node(v).out, "iroh-rendition-changed", Duration::from_secs(10));
+            assert!(t.is_some(), "moved down after the drop");
+            metric("link_drop_to_lower_rung_s", drop_at.elapsed().as_secs_f64(), "s");
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        let (f0, t0) = (net.node(v).stat_u64("frames"), Instant::now());
+        std::thread::sleep(Duration::from_secs(secs));
+        let fps = (net.node(v).stat_u64("frames") - f0) as f64 / t0.elapsed().as_secs_f64();
+        runs.push((fps, net.node(v).stat_f64("window_lat_p99")));
+    }
+    let ((fps, p99), (fps0, p990)) = (runs[0], runs[1]);
+    metric("slow_viewer_fps", fps, "fps");
+    metric("slow_viewer_fps_baseline", fps0, "fps");
+    metric("slow_viewer_fps_ratio", fps / fps0, "ratio");
+    metric("slow_viewer_p99_ms", p99, "ms");
+    metric("slow_viewer_p99_ms_baseline", p990, "ms");
+    metric("slow_viewer_p99_ms_ratio", p99 / p990, "ratio");
+    assert!(fps > fps0 * 1.5, "renditions play more frames than skipping: {fps:.1} vs {fps0:.1}");
+    assert!(p99 < p990, "and nearer live: {p99:.0} vs {p990:.0} ms");
+}
+
 /// The slow viewer's link alternates every 5 s between 40 % and 150 % of the top rung: it
 /// switches at most once per hold period (4 s) and its decoder never complains.
 #[test]
