@@ -23,6 +23,10 @@
 //!   capture epoch); baseline: capture_to_receive of the same run (the player's share).
 //! - capture_to_gst_p50_ms: the same for the built-in player (`--player gst`, a playbin on
 //!   the viewer's local URL; here its video sink is a clock-synced fakesink).
+//! - host_ladder_cpu_pct (X11): the host encoding its rendition ladder (`--renditions auto`:
+//!   1080p + 720p at ⅓ + 480p at ⅛ of the bitrate) for one viewer; baseline: a host with
+//!   `--renditions off` sharing the same screen beside it, over the same window. The figures
+//!   above are all measured with `--renditions off`.
 //!
 //! On Wayland the bare pipeline captures through a screen cast the bench opens itself.
 
@@ -152,6 +156,7 @@ fn main() {
         );
         let launcher = launcher_capture(&source, true);
         measure("", &env, quick, Some(Baseline { bare, launcher }));
+        ladder_cpu(&env, quick);
     }
     match wayland_missing() {
         _ if !run("wayland") => {}
@@ -197,6 +202,8 @@ fn launcher_capture(source: &str, paced_source: bool) -> String {
         ("encoder", X264),
         ("audio", ""),
         ("rate", rate),
+        ("video_tee", ""),
+        ("rungs", ""),
     ] {
         d = d.replace(&format!("{{{k}}}"), v);
     }
@@ -236,7 +243,7 @@ fn measure(prefix: &str, env: &[(String, String)], quick: bool, baseline: Option
     let mut f = Figures::default();
     let config = TempDir::new("bench-config");
     let (host, host_out) = spawn(
-        &["host", "--no-audio", "--no-hwencode", "--quality", "high"],
+        &["host", "--no-audio", "--no-hwencode", "--quality", "high", "--renditions", "off"],
         env,
         &config,
     );
@@ -316,6 +323,30 @@ impl Figures {
         compare("capture_to_mpv_p50_ms", self.mpv, Some(self.receive), "ms");
         compare("capture_to_gst_p50_ms", self.gst, Some(self.receive_gst), "ms");
     }
+}
+
+/// Host CPU with the rendition ladder against one encode: two hosts sharing the same screen
+/// side by side (each with a viewer), measured over the same window.
+fn ladder_cpu(env: &[(String, String)], quick: bool) {
+    let config = TempDir::new("bench-ladder");
+    let mut hosts = Vec::new();
+    for renditions in ["auto", "off"] {
+        let (host, out) = spawn(
+            &["host", "--no-audio", "--no-hwencode", "--quality", "high", "--renditions", renditions],
+            env,
+            &config,
+        );
+        assert!(wait_text(&out, "\"ticket\"", Duration::from_secs(30)).is_some(), "host ticket");
+        let ticket = event_text(&out, "ticket", "ticket");
+        let viewer = spawn(&["view", &ticket, "--player", "none"], &[], &config);
+        assert!(wait_text(&out, "capture-started", Duration::from_secs(20)).is_some());
+        hosts.push((host, out, viewer));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = cpu_pcts(&[hosts[0].0.pid(), hosts[1].0.pid()], window(quick) * 2);
+    metric("host_ladder_cpu_pct", cpu[0], "% of a core");
+    metric("host_ladder_cpu_pct_baseline", cpu[1], "% of a core");
+    metric("host_ladder_cpu_pct_ratio", cpu[0] / cpu[1], "ratio");
 }
 
 fn wait_url(view_out: &Mutex<String>) -> String {

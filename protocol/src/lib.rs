@@ -686,6 +686,49 @@ mod tests {
         assert_eq!(Control::decode(&h), Err(ProtocolError::BadUtf8("viewer name")));
     }
 
+    /// The bytes of PROTOCOL.md's worked example.
+    #[test]
+    fn the_worked_example_is_what_the_code_sends() {
+        let secret: [u8; SECRET_LEN] = std::array::from_fn(|i| i as u8);
+        let hello = Control::Hello2 {
+            secret,
+            name: "alice".into(),
+            max_kbps: 0,
+        }
+        .encode();
+        assert_eq!(&hello[..2], &[0x18, 0x07]);
+        assert_eq!(&hello[18..], &[5, b'a', b'l', b'i', b'c', b'e', 0]);
+        let welcome = Control::Welcome2 {
+            viewer_id: 3,
+            renditions: vec![
+                RenditionInfo {
+                    name: "360p".into(),
+                    kbps: 1500,
+                },
+                RenditionInfo {
+                    name: "180p".into(),
+                    kbps: 300,
+                },
+            ],
+        }
+        .encode();
+        let mut want = vec![0x11, 0x08, 0x03, 0x02, 4];
+        want.extend_from_slice(b"360p");
+        want.extend_from_slice(&[0xdc, 0x0b, 4]);
+        want.extend_from_slice(b"180p");
+        want.extend_from_slice(&[0xac, 0x02]);
+        assert_eq!(welcome, want);
+        assert_eq!(Control::ProbeReport { bytes: 20_000 }.encode(), [0x04, 0x09, 0xa0, 0x9c, 0x01]);
+        let caps = "video/mpegts, systemstream=(boolean)true, packetsize=(int)188";
+        let h = GopHeader {
+            seq: 8,
+            caps: caps.into(),
+            rendition: Some(1),
+        }
+        .encode();
+        assert_eq!((&h[..3], h[h.len() - 1]), (&[0x52, 0x08, 0x3d][..], 0x01));
+    }
+
     #[test]
     fn welcome2_limits_its_list() {
         let mut b = vec![MSG_WELCOME2, 1];

@@ -18,10 +18,22 @@
 //! hopeless for `slow-timeout` is removed with reason "slow". The streaming thread never waits
 //! for the network.
 //!
+//! **Renditions.** Each sink pad carries one encoding of the same content: the always pad
+//! `sink`, and request pads `sink_%u` for more, each with the pad properties `rendition-name`
+//! and `bitrate` (kbit/s; the ladder is ordered by it, highest first). They must share the
+//! source frames, the MPEG-TS layout and the GOP cadence (equal `key-int-max`, no scene-cut
+//! keyframes): every keyframe request goes to all pads with the same running time, and a
+//! viewer is switched only where the target rendition has a GOP starting at the same running
+//! time. A version 2 viewer starts on the highest rendition under its ceiling, moves down at
+//! a GOP boundary when its path does not carry its rendition and up after a probe showed it
+//! carries more (`PROTOCOL.md` has the rules); version 1 viewers get the top rendition. GOP
+//! cutting and skipping stay the last resort on the lowest one.
+//!
 //! Signals (emitted from network threads): `viewer-joined (id, name)`,
 //! `viewer-left (id, reason)`. Actions: `kick (id) -> bool`, `revoke () -> new ticket`,
-//! `get-viewer-stats (id) -> GstStructure`. The same events are posted as `iroh-viewer-joined`
-//! / `iroh-viewer-left` element messages.
+//! `get-viewer-stats (id) -> GstStructure`, `set-max-bitrate (id, kbps) -> bool`. The same
+//! events are posted as `iroh-viewer-joined` / `iroh-viewer-left` element messages, a switch
+//! as `iroh-rendition-changed (id, from, to, reason)`.
 //!
 //! ## Example
 //!
@@ -30,6 +42,16 @@
 //! gst-launch-1.0 -m videotestsrc is-live=true ! video/x-raw,format=I420,width=1280,height=720,framerate=30/1 \
 //!     ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=60 ! h264parse config-interval=-1 \
 //!     ! mpegtsmux ! irohsink
+//! ```
+//! Host with two renditions (`pipelines/host-renditions.pipeline` has audio too):
+//! ```text
+//! gst-launch-1.0 -m videotestsrc is-live=true ! video/x-raw,format=I420,width=1280,height=720,framerate=30/1 ! tee name=t \
+//!     irohsink name=s sink::bitrate=2500 sink::rendition-name=720p sink_1::bitrate=600 sink_1::rendition-name=360p \
+//!     t. ! queue ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=60 bitrate=2500 \
+//!        ! h264parse config-interval=-1 ! mpegtsmux ! s.sink \
+//!     t. ! queue ! videoscale ! video/x-raw,width=640,height=360 \
+//!        ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=60 bitrate=600 \
+//!        ! h264parse config-interval=-1 ! mpegtsmux ! s.sink_1
 //! ```
 //! Viewer:
 //! ```text

@@ -9,7 +9,7 @@
 //! and a text a person reads: host full → `RESOURCE_ERROR_BUSY` ("host is full"), a wrong or
 //! revoked secret → `RESOURCE_ERROR_NOT_AUTHORIZED` ("ticket is not valid: …", "this ticket
 //! was revoked"), host unreachable → `RESOURCE_ERROR_OPEN_READ`, another protocol version →
-//! `STREAM_ERROR_WRONG_TYPE` ("host speaks protocol v2, this viewer v1: update this viewer"),
+//! `STREAM_ERROR_WRONG_TYPE` ("host speaks protocol v3, this viewer v2: update this viewer"),
 //! a bad property → `RESOURCE_ERROR_SETTINGS` at NULL→READY. The error's details structure
 //! (`iroh-error`) has a finer `reason` (`host-full`, `bad-secret`, `revoked`, `kicked`, …;
 //! the README has the table). When the host goes away or the path breaks, the element
@@ -17,8 +17,14 @@
 //! once). Buffering is bounded (`max-buffers`); a viewer that cannot keep up is skipped ahead
 //! by the host. Properties are read at NULL→READY and change in the NULL state only.
 //!
+//! From a host with several renditions the viewer gets the one its path carries (at most
+//! `max-bitrate`); a switch is a new encoder's stream from a keyframe on: the first buffer is
+//! DISCONT and a new resolution arrives in-band, so `tsdemux ! h264parse ! decoder`
+//! renegotiates there.
+//!
 //! Messages: `iroh-connected` (path, rtt-ms), `iroh-path-changed` (path), `iroh-reconnecting`
-//! (reason, attempt). Statistics: the `stats` property.
+//! (reason, attempt), `iroh-rendition-changed` (rendition, index). Statistics: the `stats`
+//! property.
 //!
 //! It is the URI handler of `pixelpass://TICKET[?property=value&…]` (the query sets its
 //! properties by name), so `playbin` and `gst-play-1.0` open a share like any URL.
