@@ -212,11 +212,9 @@ fn a_keyframe_request_downstream_of_the_viewer_reaches_the_host_encoder() {
     assert!(fku.all_headers);
 }
 
-/// Two renditions on one irohsink: a join asks both encoders for a keyframe at the same
-/// running time (ahead of what was received), a viewer with a ceiling gets the lower rendition
-/// only, and the stats name both rungs.
-#[test]
-fn renditions_get_aligned_keyframe_requests_and_a_ceiling_picks_the_lower_one() {
+/// A host with two renditions and its pads' harnesses (top 2000 kbit/s on `sink`, "low" 300
+/// on `sink_1`), keyframe-gated joins.
+fn two_rendition_host() -> (gst::Element, gst_check::Harness, gst_check::Harness) {
     init();
     let el = gst::ElementFactory::make("irohsink")
         .property("relay", "disabled")
@@ -235,6 +233,68 @@ fn renditions_get_aligned_keyframe_requests_and_a_ceiling_picks_the_lower_one() 
     for h in [&mut top, &mut low] {
         h.set_src_caps_str("video/x-h264,stream-format=byte-stream,alignment=au");
     }
+    (el, top, low)
+}
+
+/// A version 1 viewer (an older pixelpass) is served as before: Welcome, 'G' GOP headers, the
+/// top rendition.
+#[test]
+fn a_version_1_viewer_gets_the_top_rendition_in_version_1() {
+    use gstiroh::net::{self, RUNTIME, Relay, read_control, write_control};
+    use gstiroh::protocol::{ALPN_V1, Control, GopHeader};
+    let (el, mut top, mut low) = two_rendition_host();
+    let t: gstiroh::ticket::Ticket = ticket(&top).parse().unwrap();
+    let (ep, conn, welcome) = RUNTIME.block_on(async {
+        let local = ["127.0.0.1:0".parse().unwrap()];
+        let ep = net::bind(iroh::SecretKey::generate(), &Relay::Disabled, &local, vec![])
+            .await
+            .unwrap();
+        let conn = ep.connect(t.addr.clone(), ALPN_V1).await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let hello = Control::Hello {
+            secret: t.secret,
+            name: "old".into(),
+        };
+        write_control(&mut send, &hello).await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        let welcome = read_control(&mut recv, &mut buf).await.unwrap();
+        std::mem::forget((send, recv));
+        (ep, conn, welcome)
+    });
+    assert!(matches!(welcome, Control::Welcome { .. }), "{welcome:?}");
+    assert!(wait_until(Duration::from_secs(5), || num_viewers(&top) == 1));
+    top.push(buf(7, 1000, false, 1000)).unwrap();
+    low.push(buf(8, 100, false, 1000)).unwrap();
+    let head = RUNTIME.block_on(async {
+        let mut s = tokio::time::timeout(Duration::from_secs(5), conn.accept_uni())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut b = vec![0u8; 512];
+        let n = s.read(&mut b).await.unwrap().unwrap();
+        b.truncate(n);
+        b
+    });
+    let (h, used) = GopHeader::decode(&head).unwrap().unwrap();
+    assert_eq!((head[0], h.rendition), (b'G', None), "a version 1 GOP header");
+    assert!(
+        head[used..].windows(8).any(|w| w == [7; 8]),
+        "the top rendition's bytes"
+    );
+    let st = el.property::<gst::Structure>("stats");
+    let v = st.get::<gst::Array>("viewer-stats").unwrap()[0]
+        .get::<gst::Structure>()
+        .unwrap();
+    assert_eq!(v.get::<u32>("protocol").unwrap(), 1);
+    RUNTIME.block_on(ep.close());
+}
+
+/// Two renditions on one irohsink: a join asks both encoders for a keyframe at the same
+/// running time (ahead of what was received), a viewer with a ceiling gets the lower rendition
+/// only, and the stats name both rungs.
+#[test]
+fn renditions_get_aligned_keyframe_requests_and_a_ceiling_picks_the_lower_one() {
+    let (el, mut top, mut low) = two_rendition_host();
     for i in 0..5u64 {
         top.push(buf(1, 1000, i > 0, 33 * i)).unwrap();
         low.push(buf(2, 100, i > 0, 33 * i)).unwrap();
@@ -246,12 +306,19 @@ fn renditions_get_aligned_keyframe_requests_and_a_ceiling_picks_the_lower_one() 
     let a = wait_fku(&mut top, Duration::from_secs(5)).expect("a request to the top encoder");
     let b = wait_fku(&mut low, Duration::from_secs(5)).expect("the same to the low one");
     assert_eq!(a.running_time, b.running_time, "the same instant on both");
-    assert!(a.running_time.unwrap() > gst::ClockTime::from_mseconds(132), "ahead of what arrived");
+    assert!(
+        a.running_time.unwrap() > gst::ClockTime::from_mseconds(132),
+        "ahead of what arrived"
+    );
     let at = a.running_time.unwrap().mseconds();
     top.push(buf(3, 1000, false, at)).unwrap();
     low.push(buf(4, 100, false, at)).unwrap();
     let first = v.pull(Duration::from_secs(5)).expect("the low keyframe arrives");
-    assert_eq!(first.buffer().unwrap().map_readable().unwrap()[0], 4, "the rendition under the ceiling");
+    assert_eq!(
+        first.buffer().unwrap().map_readable().unwrap()[0],
+        4,
+        "the rendition under the ceiling"
+    );
     let st = el.property::<gst::Structure>("stats");
     let rungs = st.get::<gst::Array>("renditions").unwrap();
     let names: Vec<String> = rungs
@@ -259,7 +326,11 @@ fn renditions_get_aligned_keyframe_requests_and_a_ceiling_picks_the_lower_one() 
         .map(|r| r.get::<gst::Structure>().unwrap().get::<String>("name").unwrap())
         .collect();
     assert_eq!(names, ["sink", "low"], "top first");
-    assert!(wait_until(Duration::from_secs(5), || v.stats().get::<String>("rendition").unwrap() == "low"));
+    assert!(wait_until(Duration::from_secs(5), || v
+        .stats()
+        .get::<String>("rendition")
+        .unwrap()
+        == "low"));
     drop(v);
     drop(low);
 }

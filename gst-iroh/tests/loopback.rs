@@ -535,6 +535,67 @@ fn newer_host_protocol_is_reported_by_version() {
     RUNTIME.block_on(ep.close());
 }
 
+/// A version 1 host (an older pixelpass): the viewer dials it again in version 1 (`Hello`,
+/// `'G'` GOP headers) and plays.
+#[test]
+fn a_version_1_host_is_watched_in_version_1() {
+    use gstiroh::net::{self, RUNTIME, Relay, read_control, write_control};
+    use gstiroh::protocol::{ALPN_V1, ALPN_VERSION_PROBE, Control, FrameMeta, GopHeader, encode_frame};
+    init();
+    let (t, ep, hello) = RUNTIME.block_on(async {
+        let local = ["127.0.0.1:0".parse().unwrap()];
+        let alpns = vec![ALPN_V1.to_vec(), ALPN_VERSION_PROBE.to_vec()];
+        let ep = net::bind(iroh::SecretKey::generate(), &Relay::Disabled, &local, alpns)
+            .await
+            .unwrap();
+        let (tx, hello) = tokio::sync::oneshot::channel();
+        let acceptor = ep.clone();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            while let Some(incoming) = acceptor.accept().await {
+                let Ok(conn) = incoming.await else { continue };
+                if conn.alpn() == ALPN_VERSION_PROBE {
+                    conn.close(1u32.into(), ALPN_V1);
+                    continue;
+                }
+                let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+                let mut buf = bytes::BytesMut::new();
+                let msg = read_control(&mut recv, &mut buf).await.unwrap();
+                write_control(&mut send, &Control::Welcome { viewer_id: 1 })
+                    .await
+                    .unwrap();
+                let mut gop = conn.open_uni().await.unwrap();
+                let mut bytes = GopHeader {
+                    seq: 0,
+                    caps: "video/x-h264,stream-format=byte-stream,alignment=au".into(),
+                    rendition: None,
+                }
+                .encode();
+                bytes.extend(encode_frame(&FrameMeta::default(), &[9; 100]));
+                gop.write_all(&bytes).await.unwrap();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(msg);
+                }
+                std::mem::forget((send, recv, gop, conn));
+            }
+        });
+        let t = gstiroh::ticket::Ticket {
+            addr: ep.addr(),
+            secret: [0; gstiroh::protocol::SECRET_LEN],
+        };
+        (t.to_string(), ep, hello)
+    });
+    let v = Viewer::with_src_props(&t, "reconnect=false", "queue");
+    let first = v
+        .pull(Duration::from_secs(20))
+        .expect("a frame from the version 1 host");
+    assert_eq!(first.buffer().unwrap().map_readable().unwrap()[..], [9; 100]);
+    let hello = RUNTIME.block_on(hello).unwrap();
+    assert!(matches!(hello, Control::Hello { .. }), "a version 1 hello: {hello:?}");
+    drop(v);
+    RUNTIME.block_on(ep.close());
+}
+
 /// A buffer list (what mpegtsmux pushes for one frame) reaches the viewer as one buffer, however
 /// big and however flagged: a chunk boundary inside a frame would let a GOP reset leave a
 /// truncated frame behind.

@@ -243,7 +243,15 @@ fn measure(prefix: &str, env: &[(String, String)], quick: bool, baseline: Option
     let mut f = Figures::default();
     let config = TempDir::new("bench-config");
     let (host, host_out) = spawn(
-        &["host", "--no-audio", "--no-hwencode", "--quality", "high", "--renditions", "off"],
+        &[
+            "host",
+            "--no-audio",
+            "--no-hwencode",
+            "--quality",
+            "high",
+            "--renditions",
+            "off",
+        ],
         env,
         &config,
     );
@@ -332,11 +340,22 @@ fn ladder_cpu(env: &[(String, String)], quick: bool) {
     let mut hosts = Vec::new();
     for renditions in ["auto", "off"] {
         let (host, out) = spawn(
-            &["host", "--no-audio", "--no-hwencode", "--quality", "high", "--renditions", renditions],
+            &[
+                "host",
+                "--no-audio",
+                "--no-hwencode",
+                "--quality",
+                "high",
+                "--renditions",
+                renditions,
+            ],
             env,
             &config,
         );
-        assert!(wait_text(&out, "\"ticket\"", Duration::from_secs(30)).is_some(), "host ticket");
+        assert!(
+            wait_text(&out, "\"ticket\"", Duration::from_secs(30)).is_some(),
+            "host ticket"
+        );
         let ticket = event_text(&out, "ticket", "ticket");
         let viewer = spawn(&["view", &ticket, "--player", "none"], &[], &config);
         assert!(wait_text(&out, "capture-started", Duration::from_secs(20)).is_some());

@@ -256,7 +256,11 @@ fn status_line(ev: &Event) -> Option<String> {
             ..
         } => Some(format!(
             "● {path}{} · {:.1} Mbit/s · {latency_ms:.0} ms behind capture",
-            if rendition.is_empty() { String::new() } else { format!(" · {rendition}") },
+            if rendition.is_empty() {
+                String::new()
+            } else {
+                format!(" · {rendition}")
+            },
             bitrate_kbps / 1000.0
         )),
         _ => None,

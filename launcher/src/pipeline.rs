@@ -163,7 +163,14 @@ pub fn host_capture(p: &CaptureParts) -> Result<String> {
             ("fps", &p.fps.to_string()),
             ("encoder", p.encoder),
             ("rate", if p.paced_source { "" } else { "! videorate" }),
-            ("video_tee", if ladder { "! tee name=vt vt. ! queue max-size-buffers=2" } else { "" }),
+            (
+                "video_tee",
+                if ladder {
+                    "! tee name=vt vt. ! queue max-size-buffers=2"
+                } else {
+                    ""
+                },
+            ),
             ("audio", &audio),
             ("rungs", &rungs),
         ],
@@ -177,10 +184,15 @@ pub fn host_serve(sink_props: &str, renditions: &[(String, u32)]) -> Result<Stri
     let mut props = sink_props.to_string();
     let mut rungs = String::new();
     for (i, (name, kbps)) in renditions.iter().enumerate() {
-        let pad = if i == 0 { "sink".to_string() } else { format!("sink_{i}") };
+        let pad = if i == 0 {
+            "sink".to_string()
+        } else {
+            format!("sink_{i}")
+        };
         props += &format!(" {pad}::rendition-name={} {pad}::bitrate={kbps}", quote(name));
         if i > 0 {
-            rungs += &format!("appsrc name=src_{i} is-live=true format=time do-timestamp=false max-bytes=0 ! sink.{pad} ");
+            rungs +=
+                &format!("appsrc name=src_{i} is-live=true format=time do-timestamp=false max-bytes=0 ! sink.{pad} ");
         }
     }
     fill(HOST_SERVE, &[("sink_props", &props), ("rungs", &rungs)])
@@ -237,7 +249,11 @@ mod tests {
         let ladder = [("480p".to_string(), 1000), ("240p".to_string(), 333)];
         let serve = gst::parse::launch(&host_serve("relay=disabled", &ladder).unwrap()).expect("ladder serve parses");
         let serve = serve.downcast::<gst::Pipeline>().unwrap();
-        let pad = serve.by_name("sink").unwrap().static_pad("sink_1").expect("rung pad linked");
+        let pad = serve
+            .by_name("sink")
+            .unwrap()
+            .static_pad("sink_1")
+            .expect("rung pad linked");
         assert_eq!(pad.property::<u32>("bitrate"), 333);
         gst::parse::launch(&viewer_local("pp1abc", "").unwrap()).expect("viewer pipeline parses");
         assert!(fill("a {b} c", &[]).unwrap_err().to_string().contains("{b}"));

@@ -92,12 +92,16 @@ impl std::str::FromStr for Renditions {
             "off" => return Ok(Renditions::Off),
             _ => {}
         }
-        let bad = |r: &str| format!("{r:?} is not HEIGHT:KBPS (e.g. 480:800); use auto, off or a list like 480:800,240:250");
+        let bad =
+            |r: &str| format!("{r:?} is not HEIGHT:KBPS (e.g. 480:800); use auto, off or a list like 480:800,240:250");
         let rungs = s
             .split(',')
             .map(|r| {
                 let (h, k) = r.trim().split_once(':').ok_or_else(|| bad(r))?;
-                let (h, k) = (h.parse::<u32>().map_err(|_| bad(r))?, k.parse::<u32>().map_err(|_| bad(r))?);
+                let (h, k) = (
+                    h.parse::<u32>().map_err(|_| bad(r))?,
+                    k.parse::<u32>().map_err(|_| bad(r))?,
+                );
                 if !(2..=8640).contains(&h) || !(50..=100_000).contains(&k) {
                     return Err(format!("{r:?}: height 2–8640, bitrate 50–100000 kbit/s"));
                 }

@@ -18,7 +18,13 @@ use gst::prelude::*;
 use pixelpass_test_support::*;
 
 /// The files run by hand, and the launcher's (run by the e2e shares).
-const BY_HAND: [&str; 5] = ["host-testsrc", "host-x11", "host-renditions", "viewer-check", "viewer-window"];
+const BY_HAND: [&str; 5] = [
+    "host-testsrc",
+    "host-x11",
+    "host-renditions",
+    "viewer-check",
+    "viewer-window",
+];
 const LAUNCHER: [&str; 5] = ["host-capture", "host-audio", "host-rung", "host-serve", "viewer-local"];
 
 /// Endpoint properties for both sides: loopback, no relay.

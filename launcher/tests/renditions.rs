@@ -56,7 +56,12 @@ impl Host {
     /// (id, rendition) of the first viewer.
     fn viewer(&self) -> Option<(String, String)> {
         let st = self.1.property::<gst::Structure>("stats");
-        let v = st.get::<gst::Array>("viewer-stats").ok()?.first()?.get::<gst::Structure>().ok()?;
+        let v = st
+            .get::<gst::Array>("viewer-stats")
+            .ok()?
+            .first()?
+            .get::<gst::Structure>()
+            .ok()?;
         Some((v.get("id").ok()?, v.get("rendition").ok()?))
     }
 
@@ -99,11 +104,20 @@ fn vlc_command(url: &str, home: &std::path::Path) -> Command {
     } else {
         Command::new("cvlc")
     };
-    cmd.args(["--intf", "dummy", "--vout", "dummy", "--aout", "dummy", "--no-loop", url])
-        .env("HOME", home)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "--intf",
+        "dummy",
+        "--vout",
+        "dummy",
+        "--aout",
+        "dummy",
+        "--no-loop",
+        url,
+    ])
+    .env("HOME", home)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     cmd
 }
 
@@ -136,7 +150,9 @@ fn mpv_vlc_and_ffmpeg_keep_playing_through_a_down_and_an_up_switch() {
     let vlc_err = collect(vlc.child.as_mut().unwrap().stderr.take().unwrap());
     let mut ffmpeg_cmd = Command::new("ffmpeg");
     ffmpeg_cmd
-        .args(["-nostdin", "-v", "info", "-i", &url, "-t", "22", "-an", "-vf", "showinfo", "-f", "null", "-"])
+        .args([
+            "-nostdin", "-v", "info", "-i", &url, "-t", "22", "-an", "-vf", "showinfo", "-f", "null", "-",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -144,20 +160,35 @@ fn mpv_vlc_and_ffmpeg_keep_playing_through_a_down_and_an_up_switch() {
     let ff_err = collect(ffmpeg.child.as_mut().unwrap().stderr.take().unwrap());
 
     let mut seen = Vec::new();
-    assert!(mpv_reaches(&sock, 360, &mut seen, Duration::from_secs(20)), "mpv plays the top: {seen:?}");
+    assert!(
+        mpv_reaches(&sock, 360, &mut seen, Duration::from_secs(20)),
+        "mpv plays the top: {seen:?}"
+    );
     let (id, _) = host.viewer().expect("one viewer");
     std::thread::sleep(Duration::from_secs(2));
     let t = Instant::now();
     assert!(host.1.emit_by_name::<bool>("set-max-bitrate", &[&id, &500u32]));
-    assert!(wait_for(Duration::from_secs(5), || host.rendition() == "180p"), "moved down");
+    assert!(
+        wait_for(Duration::from_secs(5), || host.rendition() == "180p"),
+        "moved down"
+    );
     eprintln!("FIGURE players_down_switch_s {:.2}", t.elapsed().as_secs_f64());
-    assert!(mpv_reaches(&sock, 180, &mut seen, Duration::from_secs(5)), "mpv follows down: {seen:?}");
+    assert!(
+        mpv_reaches(&sock, 180, &mut seen, Duration::from_secs(5)),
+        "mpv follows down: {seen:?}"
+    );
     std::thread::sleep(Duration::from_secs(3));
     let t = Instant::now();
     assert!(host.1.emit_by_name::<bool>("set-max-bitrate", &[&id, &0u32]));
-    assert!(wait_for(Duration::from_secs(12), || host.rendition() == "360p"), "back up after a probe");
+    assert!(
+        wait_for(Duration::from_secs(12), || host.rendition() == "360p"),
+        "back up after a probe"
+    );
     eprintln!("FIGURE players_up_switch_s {:.2}", t.elapsed().as_secs_f64());
-    assert!(mpv_reaches(&sock, 360, &mut seen, Duration::from_secs(5)), "mpv follows up: {seen:?}");
+    assert!(
+        mpv_reaches(&sock, 360, &mut seen, Duration::from_secs(5)),
+        "mpv follows up: {seen:?}"
+    );
     std::thread::sleep(Duration::from_secs(2));
 
     assert!(mpv.alive(), "mpv still plays after both switches");
@@ -174,11 +205,17 @@ fn mpv_vlc_and_ffmpeg_keep_playing_through_a_down_and_an_up_switch() {
     let text = ff_err.lock().unwrap().clone();
     assert_eq!(code, Ok(Some(0)), "ffmpeg decoded to the end: {text}");
     let sizes = |s: &str| text.lines().filter(|l| l.contains("showinfo") && l.contains(s)).count();
-    assert!(sizes("s:640x360") > 0 && sizes("s:320x180") > 0, "ffmpeg saw both sizes");
+    assert!(
+        sizes("s:640x360") > 0 && sizes("s:320x180") > 0,
+        "ffmpeg saw both sizes"
+    );
     let complaints: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("[h264") || l.to_lowercase().contains("error"))
         .collect();
-    assert!(complaints.is_empty(), "no decoder complaint from ffmpeg: {complaints:#?}");
+    assert!(
+        complaints.is_empty(),
+        "no decoder complaint from ffmpeg: {complaints:#?}"
+    );
     eprintln!("mpv heights: {seen:?}");
 }

@@ -252,7 +252,10 @@ pub enum Control {
         max_kbps: u32,
     },
     /// Host → viewer, version 2's welcome: the viewer id and the host's renditions, top first.
-    Welcome2 { viewer_id: u64, renditions: Vec<RenditionInfo> },
+    Welcome2 {
+        viewer_id: u64,
+        renditions: Vec<RenditionInfo>,
+    },
     /// Viewer → host: probe bytes received so far on the host's probe streams (cumulative).
     ProbeReport { bytes: u64 },
 }
@@ -439,7 +442,11 @@ impl GopHeader {
     /// `'R'` and a trailing `varint rendition` (version 2).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.caps.len() + 14);
-        out.push(if self.rendition.is_some() { GOP_MAGIC_V2 } else { GOP_MAGIC });
+        out.push(if self.rendition.is_some() {
+            GOP_MAGIC_V2
+        } else {
+            GOP_MAGIC
+        });
         put_varint(&mut out, self.seq);
         put_bytes(&mut out, self.caps.as_bytes());
         if let Some(r) = self.rendition {
@@ -718,7 +725,10 @@ mod tests {
         want.extend_from_slice(b"180p");
         want.extend_from_slice(&[0xac, 0x02]);
         assert_eq!(welcome, want);
-        assert_eq!(Control::ProbeReport { bytes: 20_000 }.encode(), [0x04, 0x09, 0xa0, 0x9c, 0x01]);
+        assert_eq!(
+            Control::ProbeReport { bytes: 20_000 }.encode(),
+            [0x04, 0x09, 0xa0, 0x9c, 0x01]
+        );
         let caps = "video/mpegts, systemstream=(boolean)true, packetsize=(int)188";
         let h = GopHeader {
             seq: 8,

@@ -363,7 +363,9 @@ impl IrohSink {
     fn new_request_pad(&self, templ: &gst::PadTemplate, name: Option<&str>) -> Option<gst::Pad> {
         let obj = self.obj();
         let name = name.map(String::from).unwrap_or_else(|| {
-            let n = (1..).find(|i| obj.static_pad(&format!("sink_{i}")).is_none()).unwrap_or(1);
+            let n = (1..)
+                .find(|i| obj.static_pad(&format!("sink_{i}")).is_none())
+                .unwrap_or(1);
             format!("sink_{n}")
         });
         let pad = gst::PadBuilder::<IrohSinkPad>::from_template(templ)
@@ -383,7 +385,11 @@ impl IrohSink {
                 )
             })
             .event_function(|pad, parent, event| {
-                IrohSink::catch_panic_pad_function(parent, || false, |imp| imp.request_pad_event(pad.upcast_ref(), event))
+                IrohSink::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.request_pad_event(pad.upcast_ref(), event),
+                )
             })
             .build();
         obj.add_pad(&pad).ok()?;

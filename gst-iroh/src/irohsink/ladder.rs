@@ -232,7 +232,11 @@ mod tests {
         let t = Instant::now();
         let mut l = Ladder::new(0, 0, t);
         l.observe(seen(t, 400, false));
-        assert_eq!(l.at_boundary(t + 300 * MS, &RATES, Some(200_000.0)), None, "not held yet");
+        assert_eq!(
+            l.at_boundary(t + 300 * MS, &RATES, Some(200_000.0)),
+            None,
+            "not held yet"
+        );
         l.observe(seen(t + 400 * MS, 450, false));
         assert_eq!(
             l.at_boundary(t + 600 * MS, &RATES, Some(200_000.0)),
@@ -255,7 +259,11 @@ mod tests {
             "nothing fits: the lowest"
         );
         l.observe(seen(t + 200 * MS, 0, true));
-        assert_eq!(l.at_boundary(t + 200 * MS, &RATES, Some(10_000.0)), None, "no lower rung");
+        assert_eq!(
+            l.at_boundary(t + 200 * MS, &RATES, Some(10_000.0)),
+            None,
+            "no lower rung"
+        );
     }
 
     #[test]
@@ -265,17 +273,27 @@ mod tests {
         l.observe(seen(t, 400, false));
         l.observe(seen(t + 200 * MS, 100, false));
         assert_eq!(l.at_boundary(t + 800 * MS, &RATES, Some(100_000.0)), None);
-        assert_eq!(l.want_probe(t + Duration::from_secs(10), &RATES, 0), None, "top: no probe");
+        assert_eq!(
+            l.want_probe(t + Duration::from_secs(10), &RATES, 0),
+            None,
+            "top: no probe"
+        );
     }
 
     #[test]
     fn up_only_after_the_hold_and_a_probe_that_carried_the_rung_above() {
         let t = Instant::now();
         let mut l = Ladder::new(2, 0, t);
-        assert!(l.want_probe(t + Duration::from_secs(3), &RATES, 0).is_none(), "held 4 s");
+        assert!(
+            l.want_probe(t + Duration::from_secs(3), &RATES, 0).is_none(),
+            "held 4 s"
+        );
         let p = l.want_probe(t + Duration::from_secs(4), &RATES, 0).unwrap();
         assert_eq!(p.target, RATES[0] * PROBE_MARGIN, "aims at the top");
-        assert!(l.want_probe(t + Duration::from_secs(4), &RATES, 0).is_none(), "one at a time");
+        assert!(
+            l.want_probe(t + Duration::from_secs(4), &RATES, 0).is_none(),
+            "one at a time"
+        );
         assert_eq!(
             l.probe_done(t + Duration::from_millis(5500), 250_000.0, &RATES),
             Some(1),
@@ -307,9 +325,16 @@ mod tests {
         capped.observe(seen(t, 0, true));
         assert_eq!(capped.at_boundary(t, &RATES, None), None, "already lowest");
         let mut mid = Ladder::new(1, 1, t);
-        assert!(mid.want_probe(t + Duration::from_secs(60), &RATES, 0).is_none(), "ceiling");
+        assert!(
+            mid.want_probe(t + Duration::from_secs(60), &RATES, 0).is_none(),
+            "ceiling"
+        );
         mid.set_ceiling(2);
-        assert_eq!(mid.at_boundary(t, &RATES, None), Some((2, Why::Ceiling)), "a lower ceiling");
+        assert_eq!(
+            mid.at_boundary(t, &RATES, None),
+            Some((2, Why::Ceiling)),
+            "a lower ceiling"
+        );
         mid.set_ceiling(0);
         assert!(mid.want_probe(t + UP_HOLD, &RATES, 0).is_some(), "a raised one: probe");
     }
@@ -325,7 +350,9 @@ mod tests {
             let slow = (ms / 5000) % 2 == 0;
             let on_top = l.rung() == 0;
             l.observe(seen(now, if slow && on_top { 600 } else { 50 }, false));
-            if l.probe().is_some_and(|p| now.saturating_duration_since(p.started) >= PROBE_TIME) {
+            if l.probe()
+                .is_some_and(|p| now.saturating_duration_since(p.started) >= PROBE_TIME)
+            {
                 let carried = if slow { 200_000.0 } else { 900_000.0 };
                 l.probe_done(now, carried, &RATES);
             }

@@ -99,7 +99,9 @@ impl ObjectImpl for SinkPadImp {
                     .build(),
                 glib::ParamSpecUInt::builder("bitrate")
                     .nick("Bitrate")
-                    .blurb("Nominal bitrate of this rendition (kbit/s): orders the ladder (highest = top) until measured")
+                    .blurb(
+                        "Nominal bitrate of this rendition (kbit/s): orders the ladder (highest = top) until measured",
+                    )
                     .mutable_ready()
                     .build(),
             ]

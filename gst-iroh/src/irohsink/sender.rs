@@ -683,7 +683,12 @@ impl Sender<'_> {
         if let Some(p) = self.ladder.want_probe(now, &rates, delivered) {
             // over the target: the stream's own rate varies, and the reports lag what was sent
             let padding = (p.target * 1.1 - rates[self.ladder.rung()]).max(0.0);
-            gst::debug!(CAT, "viewer {}: probing with up to {:.0} kB/s of padding", self.viewer.id, padding / 1000.0);
+            gst::debug!(
+                CAT,
+                "viewer {}: probing with up to {:.0} kB/s of padding",
+                self.viewer.id,
+                padding / 1000.0
+            );
             self.probe_rate = padding;
             self.probe_lag = lag;
             self.probe_rtt = crate::net::path_info(&self.viewer.conn).1.unwrap_or_default();

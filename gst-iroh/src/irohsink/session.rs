@@ -186,10 +186,20 @@ impl Shared {
             b = b.running_time(gst::ClockTime::from_nseconds(newest) + ALIGN_AHEAD);
         }
         let ev = b.build();
-        gst::debug!(CAT, obj = el, "requesting a keyframe upstream on {} pads: {ev:?}", pads.len());
+        gst::debug!(
+            CAT,
+            obj = el,
+            "requesting a keyframe upstream on {} pads: {ev:?}",
+            pads.len()
+        );
         for p in pads {
             if !p.push_event(ev.clone()) {
-                gst::debug!(CAT, obj = el, "upstream of {} did not handle the force-key-unit event", p.name());
+                gst::debug!(
+                    CAT,
+                    obj = el,
+                    "upstream of {} did not handle the force-key-unit event",
+                    p.name()
+                );
             }
         }
     }

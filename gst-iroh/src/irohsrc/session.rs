@@ -373,7 +373,8 @@ async fn session(ctx: &Ctx, endpoint: &Endpoint, admitted: &mut bool) -> End {
 }
 
 /// Opens the QUIC connection to the host; on a failed handshake, asks which protocol version
-/// the host speaks so the error can say which side to update.
+/// the host speaks: a version 1 host is dialled again in version 1 (it serves one
+/// rendition), a newer one gets an error that says which side to update.
 async fn dial(ctx: &Ctx, endpoint: &Endpoint) -> Result<Connection, End> {
     match tokio::time::timeout(
         CONNECT_TIMEOUT,
@@ -390,6 +391,18 @@ async fn dial(ctx: &Ctx, endpoint: &Endpoint) -> Result<Connection, End> {
         ))),
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => match probe_version(endpoint, &ctx.settings.ticket).await {
+            Some(1) => tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                endpoint.connect(ctx.settings.ticket.addr.clone(), protocol::ALPN_V1),
+            )
+            .await
+            .map_err(|_| End::Retry(Failure::new(Kind::Unreachable, "the host did not answer in time")))?
+            .map_err(|e| {
+                End::Retry(Failure::new(
+                    Kind::Unreachable,
+                    format!("cannot connect to the host: {e}"),
+                ))
+            }),
             Some(v) if v != u64::from(protocol::VERSION) => Err(End::Fatal(version_mismatch(v))),
             _ => Err(End::Retry(Failure::new(
                 Kind::Unreachable,
@@ -447,16 +460,19 @@ struct ControlStream {
 async fn handshake(ctx: &Ctx, conn: &Connection) -> Result<(ControlStream, u64), End> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| explain_conn_error(&e))?;
-        write_control(
-            &mut send,
-            &Control::Hello2 {
-                secret: ctx.settings.ticket.secret,
-                name: ctx.settings.name.chars().take(protocol::MAX_NAME_LEN / 4).collect(),
+        let name: String = ctx.settings.name.chars().take(protocol::MAX_NAME_LEN / 4).collect();
+        let secret = ctx.settings.ticket.secret;
+        let hello = match conn.alpn() == protocol::ALPN_V1 {
+            true => Control::Hello { secret, name },
+            false => Control::Hello2 {
+                secret,
+                name,
                 max_kbps: ctx.settings.max_kbps,
             },
-        )
-        .await
-        .map_err(|e| End::Retry(Failure::new(Kind::Unreachable, format!("cannot talk to the host: {e}"))))?;
+        };
+        write_control(&mut send, &hello)
+            .await
+            .map_err(|e| End::Retry(Failure::new(Kind::Unreachable, format!("cannot talk to the host: {e}"))))?;
         let mut buf = BytesMut::new();
         match read_control(&mut recv, &mut buf).await {
             Ok(Control::Welcome { viewer_id }) => Ok((ControlStream { send, recv, buf }, viewer_id)),
@@ -559,7 +575,10 @@ fn spawn_probe_sink(ctx: &Ctx, conn: &Connection, cancel: CancellationToken) {
             let shared = shared.clone();
             RUNTIME.spawn(async move {
                 while let Ok(Some(chunk)) = recv.read_chunk(64 * 1024).await {
-                    shared.stats.probe_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    shared
+                        .stats
+                        .probe_bytes
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 }
             });
         }

@@ -61,10 +61,13 @@ struct Serve {
     /// Top rendition first.
     appsrcs: Vec<gst_app::AppSrc>,
     sink: gst::Element,
-    /// The running capture's appsinks (where irohsink's keyframe requests go) and how far the
-    /// serve running time is ahead of the capture's.
-    live: Arc<Mutex<Option<(Vec<gst_app::AppSink>, i128)>>>,
+    /// Where irohsink's keyframe requests go while capture runs.
+    live: Arc<Mutex<Option<LiveSinks>>>,
 }
+
+/// The running capture's appsinks (top first) and how far (ns) the serve running time is
+/// ahead of the capture's.
+type LiveSinks = (Vec<gst_app::AppSink>, i128);
 
 impl Serve {
     /// Builds and starts the serve pipeline: the endpoint binds and the ticket comes.

@@ -88,7 +88,9 @@ fn host(args: &[String]) -> Result<()> {
     let kbps = arg(args, "--bitrate").unwrap_or_else(|| "2000".into());
     // "snow" is noise: the encoder really spends the bitrate (the ball pattern needs ~0.4 Mbit/s)
     let pattern = arg(args, "--pattern").unwrap_or_else(|| "ball".into());
-    let src = format!("videotestsrc is-live=true pattern={pattern} ! video/x-raw,format=I420,width=640,height=360,framerate=30/1");
+    let src = format!(
+        "videotestsrc is-live=true pattern={pattern} ! video/x-raw,format=I420,width=640,height=360,framerate=30/1"
+    );
     let enc = |kbps: u64| {
         format!(
             "x264enc tune=zerolatency speed-preset=ultrafast bitrate={kbps} key-int-max=30 vbv-buf-capacity=300 \
@@ -111,7 +113,10 @@ fn host(args: &[String]) -> Result<()> {
             enc(k / 8)
         )
     } else {
-        format!("{src} ! {} ! irohsink name=sink {props}", enc(kbps.parse().unwrap_or(2000)))
+        format!(
+            "{src} ! {} ! irohsink name=sink {props}",
+            enc(kbps.parse().unwrap_or(2000))
+        )
     };
     let pipeline = gst::parse::launch(&desc)?
         .downcast::<gst::Pipeline>()
@@ -314,7 +319,10 @@ fn view(args: &[String]) -> Result<()> {
             };
             let mut w: Vec<f64> = recent_lat.lock().unwrap().iter().map(|(_, l)| *l).collect();
             w.sort_by(f64::total_cmp);
-            let wp99 = w.get(((w.len().max(1) - 1) as f64 * 0.99).round() as usize).copied().unwrap_or(-1.0);
+            let wp99 = w
+                .get(((w.len().max(1) - 1) as f64 * 0.99).round() as usize)
+                .copied()
+                .unwrap_or(-1.0);
             let mut b = behind.clone();
             b.sort_by(f64::total_cmp);
             let bpct = |p: f64| {

@@ -485,15 +485,23 @@ fn a_slow_viewer_gets_a_lower_rendition_and_plays_every_frame_near_live() {
     let _g = serial();
     let secs = if long() { 30 } else { 12 };
     let Some(mut net) = Net::up(2) else { return };
-    net.sh("router", "tc qdisc add dev rw1 root tbf rate 800kbit burst 32kbit latency 400ms");
+    net.sh(
+        "router",
+        "tc qdisc add dev rw1 root tbf rate 800kbit burst 32kbit latency 400ms",
+    );
     net.relay();
     let (h, ticket) = net.host(&["--pattern", "snow", "--renditions"]);
     let window = secs.to_string();
     let slow = net.viewer_with(1, &ticket, &["--window", &window]);
     let t_join = Instant::now();
     let fast = net.viewer_with(2, &ticket, &["--window", &window]);
-    let switched = wait_for(Duration::from_secs(10), || net.node(slow).stat_u64("rendition_switches") >= 1);
-    figure("renditions_first_switch_down_s", format!("{:.2}", t_join.elapsed().as_secs_f64()));
+    let switched = wait_for(Duration::from_secs(10), || {
+        net.node(slow).stat_u64("rendition_switches") >= 1
+    });
+    figure(
+        "renditions_first_switch_down_s",
+        format!("{:.2}", t_join.elapsed().as_secs_f64()),
+    );
     assert!(switched, "the slow viewer moved down: {}", net.node(slow).text());
     assert!(net.wait_frames(fast, 30, Duration::from_secs(30)));
     // at most 3 s after joining, the measured window starts
@@ -514,11 +522,21 @@ fn a_slow_viewer_gets_a_lower_rendition_and_plays_every_frame_near_live() {
     eprintln!("host: {}", net.node(h).stats().unwrap_or_default());
     figure("renditions_slow_viewer_fps", format!("{slow_fps:.1}"));
     figure("renditions_slow_viewer_gops_skipped_or_cut", s1.1 - s0.1);
-    figure("renditions_slow_viewer_p99_ms", format!("{:.0}", n_slow.stat_f64("window_lat_p99")));
+    figure(
+        "renditions_slow_viewer_p99_ms",
+        format!("{:.0}", n_slow.stat_f64("window_lat_p99")),
+    );
     figure("renditions_slow_viewer_rendition", n_slow.stat_str("rendition"));
     figure("renditions_fast_viewer_fps", format!("{fast_fps:.1}"));
-    figure("renditions_fast_viewer_p99_ms", format!("{:.0}", n_fast.stat_f64("window_lat_p99")));
-    assert_eq!(n_slow.stat_u64("problems") + n_fast.stat_u64("problems"), 0, "no decoder complaints");
+    figure(
+        "renditions_fast_viewer_p99_ms",
+        format!("{:.0}", n_fast.stat_f64("window_lat_p99")),
+    );
+    assert_eq!(
+        n_slow.stat_u64("problems") + n_fast.stat_u64("problems"),
+        0,
+        "no decoder complaints"
+    );
     assert!(slow_fps >= 28.0, "the slow viewer plays every frame: {slow_fps:.1} fps");
     assert_eq!(s1.1 - s0.1, 0, "no GOP skipped or cut for the slow viewer");
     assert!(
@@ -529,15 +547,31 @@ fn a_slow_viewer_gets_a_lower_rendition_and_plays_every_frame_near_live() {
     assert_ne!(n_slow.stat_str("rendition"), "360p");
     assert_eq!(n_fast.stat_str("rendition"), "360p", "the free viewer stays on top");
     assert_eq!(n_fast.stat_u64("rendition_switches"), 0);
-    assert!((27.0..=33.0).contains(&fast_fps), "free viewer 30 fps ±10 %: {fast_fps:.1}");
+    assert!(
+        (27.0..=33.0).contains(&fast_fps),
+        "free viewer 30 fps ±10 %: {fast_fps:.1}"
+    );
     assert!(n_fast.stat_f64("window_lat_p99") < 500.0);
     // the link comes back
     net.sh("router", "tc qdisc del dev rw1 root");
     let t = Instant::now();
-    let back = wait_for(Duration::from_secs(15), || net.node(slow).stat_str("rendition") == "360p");
-    figure("renditions_restored_to_top_s", format!("{:.1}", t.elapsed().as_secs_f64()));
-    assert!(back, "back on the top rung within 15 s: {}", net.node(slow).stat_str("rendition"));
-    assert_eq!(net.node(slow).stat_u64("problems"), 0, "no decoder complaint across the switches");
+    let back = wait_for(Duration::from_secs(15), || {
+        net.node(slow).stat_str("rendition") == "360p"
+    });
+    figure(
+        "renditions_restored_to_top_s",
+        format!("{:.1}", t.elapsed().as_secs_f64()),
+    );
+    assert!(
+        back,
+        "back on the top rung within 15 s: {}",
+        net.node(slow).stat_str("rendition")
+    );
+    assert_eq!(
+        net.node(slow).stat_u64("problems"),
+        0,
+        "no decoder complaint across the switches"
+    );
 }
 
 /// Benchmark: the slow viewer (link at 40 % of the top rung) with renditions and with one
@@ -562,7 +596,10 @@ fn renditions_bench_against_skipping() {
         assert!(net.wait_frames(v, 60, Duration::from_secs(30)));
         std::thread::sleep(Duration::from_secs(2));
         let drop_at = Instant::now();
-        net.sh("router", "tc qdisc add dev rw1 root tbf rate 800kbit burst 32kbit latency 400ms");
+        net.sh(
+            "router",
+            "tc qdisc add dev rw1 root tbf rate 800kbit burst 32kbit latency 400ms",
+        );
         if renditions {
             let t = wait_text(&net.node(v).out, "iroh-rendition-changed", Duration::from_secs(10));
             assert!(t.is_some(), "moved down after the drop");
@@ -581,7 +618,10 @@ fn renditions_bench_against_skipping() {
     metric("slow_viewer_p99_ms", p99, "ms");
     metric("slow_viewer_p99_ms_baseline", p990, "ms");
     metric("slow_viewer_p99_ms_ratio", p99 / p990, "ratio");
-    assert!(fps > fps0 * 1.5, "renditions play more frames than skipping: {fps:.1} vs {fps0:.1}");
+    assert!(
+        fps > fps0 * 1.5,
+        "renditions play more frames than skipping: {fps:.1} vs {fps0:.1}"
+    );
     assert!(p99 < p990, "and nearer live: {p99:.0} vs {p990:.0} ms");
 }
 
@@ -606,7 +646,10 @@ fn an_alternating_link_switches_at_most_once_per_hold_period() {
     }
     let switches = net.node(v).stat_u64("rendition_switches") - s0;
     let holds = t0.elapsed().as_secs() / 4;
-    figure("alternating_link_switches", format!("{switches} in {} s", t0.elapsed().as_secs()));
+    figure(
+        "alternating_link_switches",
+        format!("{switches} in {} s", t0.elapsed().as_secs()),
+    );
     figure("alternating_link_gops_skipped", net.node(v).stat_u64("gops_skipped"));
     assert!(switches <= holds + 1, "{switches} switches in {holds} hold periods");
     assert_eq!(net.node(v).stat_u64("problems"), 0, "no decoder complaint");
@@ -620,15 +663,25 @@ fn below_the_lowest_rung_skipping_still_bounds_the_lag() {
     let secs = if long() { 30 } else { 12 };
     let Some(mut net) = Net::up(1) else { return };
     // the lowest rung is 250 kbit/s of video (plus MPEG-TS): 150 kbit/s does not carry it
-    net.sh("router", "tc qdisc add dev rw1 root tbf rate 150kbit burst 16kbit latency 400ms");
+    net.sh(
+        "router",
+        "tc qdisc add dev rw1 root tbf rate 150kbit burst 16kbit latency 400ms",
+    );
     net.relay();
     let (_h, ticket) = net.host(&["--pattern", "snow", "--renditions"]);
     let v = net.viewer(1, &ticket);
-    assert!(net.wait_frames(v, 10, Duration::from_secs(30)), "{}", net.node(v).text());
+    assert!(
+        net.wait_frames(v, 10, Duration::from_secs(30)),
+        "{}",
+        net.node(v).text()
+    );
     std::thread::sleep(Duration::from_secs(secs));
     let n = net.node(v);
     let dropped = n.stat_u64("gops_skipped") + n.stat_u64("gops_cut");
-    figure("below_lowest_rung_p99_behind_ms", format!("{:.0}", n.stat_f64("behind_p99")));
+    figure(
+        "below_lowest_rung_p99_behind_ms",
+        format!("{:.0}", n.stat_f64("behind_p99")),
+    );
     figure("below_lowest_rung_gops_dropped_or_cut", dropped);
     assert_eq!(n.stat_str("rendition"), "180p", "on the lowest rung");
     assert!(dropped > 0, "it left media out to keep up");
