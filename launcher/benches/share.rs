@@ -24,7 +24,7 @@
 //! - capture_to_gst_p50_ms: the same for the built-in player (`--player gst`, a playbin on
 //!   the viewer's local URL; here its video sink is a clock-synced fakesink).
 //! - host_ladder_cpu_pct (X11): the host encoding its rendition ladder (`--renditions auto`:
-//!   1080p + 720p at ⅓ + 480p at ⅛ of the bitrate) for one viewer; baseline: a host with
+//!   1080p + 540p at ⅓ + 360p at ⅛ of the bitrate) for one viewer; baseline: a host with
 //!   `--renditions off` sharing the same screen beside it, over the same window. The figures
 //!   above are all measured with `--renditions off`.
 //!

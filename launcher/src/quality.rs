@@ -73,7 +73,8 @@ pub fn output_size(w: u32, h: u32, max_height: Option<u32>) -> (u32, u32) {
 /// Which renditions the host encodes (`--renditions`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Renditions {
-    /// The chosen quality plus ≈ ⅓ of its bitrate at ⅔ of its height and ≈ ⅛ at 4/9.
+    /// The chosen quality plus ≈ ⅓ of its bitrate at ½ of its height and ≈ ⅛ at ⅓ (small
+    /// frames: the lower rungs cost a fraction of the top one's encode).
     #[default]
     Auto,
     /// One encode.
@@ -129,10 +130,7 @@ pub fn ladder(top: &Settings, source_height: u32, r: &Renditions) -> Vec<Rung> {
     let top_h = top.max_height.map_or(source_height, |m| m.min(source_height));
     let lower: Vec<(u32, u32)> = match r {
         Renditions::Off => Vec::new(),
-        Renditions::Auto => vec![
-            (top_h * 2 / 3, top.bitrate_kbps / 3),
-            (top_h * 4 / 9, top.bitrate_kbps / 8),
-        ],
+        Renditions::Auto => vec![(top_h / 2, top.bitrate_kbps / 3), (top_h / 3, top.bitrate_kbps / 8)],
         Renditions::List(l) => l.clone(),
     };
     let mut rungs = vec![Rung {
@@ -223,10 +221,10 @@ mod tests {
         let high = resolve(Quality::High, Overrides::default(), None, 1);
         let l = ladder(&high, 1080, &Renditions::Auto);
         let got: Vec<(Option<u32>, u32)> = l.iter().map(|r| (r.max_height, r.bitrate_kbps)).collect();
-        assert_eq!(got, [(Some(1080), 4000), (Some(720), 1333), (Some(480), 500)]);
+        assert_eq!(got, [(Some(1080), 4000), (Some(540), 1333), (Some(360), 500)]);
         assert_eq!(ladder(&high, 1080, &Renditions::Off).len(), 1);
         let small = ladder(&high, 600, &Renditions::Auto);
-        assert_eq!(small[1].max_height, Some(400), "from the source's height when smaller");
+        assert_eq!(small[1].max_height, Some(300), "from the source's height when smaller");
         let list: Renditions = "480:800, 240:300".parse().unwrap();
         let l = ladder(&high, 1080, &list);
         assert_eq!((l[1].max_height, l[1].bitrate_kbps), (Some(480), 800));
