@@ -59,10 +59,12 @@ pub const URI_SCHEME: &str = "pixelpass";
 /// What follows `pixelpass:` and an optional `//`, when `s` is a share URI (any case).
 pub fn strip_scheme(s: &str) -> Option<&str> {
     let n = URI_SCHEME.len();
-    let rest = s
-        .get(..n + 1)
-        .filter(|p| p[..n].eq_ignore_ascii_case(URI_SCHEME) && p.ends_with(':'))
-        .map(|_| &s[n + 1..])?;
+    // byte-wise: the scheme is ASCII, so a match ends on a char boundary (pasted text may not)
+    let b = s.as_bytes();
+    if b.len() <= n || !b[..n].eq_ignore_ascii_case(URI_SCHEME.as_bytes()) || b[n] != b':' {
+        return None;
+    }
+    let rest = &s[n + 1..];
     Some(rest.strip_prefix("//").unwrap_or(rest))
 }
 
@@ -255,6 +257,9 @@ mod tests {
             Err(TicketError::BadCharacters(18))
         );
         assert_eq!(strip_scheme("pixelpassx://pp1"), None);
+        // found by the fuzzer: a multi-byte character where the ':' would be
+        assert_eq!(strip_scheme("pixelpas\u{85}x"), None);
+        assert_eq!("pixelpas\u{85}x".parse::<Ticket>(), Err(TicketError::WrongPrefix));
         assert_eq!(strip_scheme("http://pp1"), None);
     }
 
