@@ -22,6 +22,8 @@ PKGS=(
   python3 python3-gi gir1.2-gstreamer-1.0 procps iproute2 curl iptables tcpdump
   # the menu's tests: a terminal to drive, the X11 and Wayland clipboards to read
   tmux xclip wl-clipboard
+  # the pixelpass:// desktop handler test (xdg-mime)
+  xdg-utils
 )
 
 missing=()
