@@ -210,18 +210,21 @@ mod tests {
     fn templates_fill_and_parse() {
         gst::init().unwrap();
         gstiroh::plugin_register_static().unwrap();
-        let d = host_capture(&CaptureParts {
-            video_source: "videotestsrc is-live=true",
-            format: "I420",
-            width: 854,
-            height: 480,
-            fps: 30,
-            encoder: "x264enc tune=zerolatency",
-            paced_source: true,
-            audio_source: Some("audiotestsrc is-live=true"),
-            rungs: &[],
-        })
-        .unwrap();
+        let capture = |rungs: &[RungParts]| {
+            host_capture(&CaptureParts {
+                video_source: "videotestsrc is-live=true",
+                format: "I420",
+                width: 854,
+                height: 480,
+                fps: 30,
+                encoder: "x264enc tune=zerolatency",
+                paced_source: true,
+                audio_source: Some("audiotestsrc is-live=true"),
+                rungs,
+            })
+            .unwrap()
+        };
+        let d = capture(&[]);
         assert!(d.contains("width=854,height=480,framerate=30/1"), "{d}");
         assert!(!d.contains("tee"), "one encode: no tee: {d}");
         gst::parse::launch(&d).expect("capture pipeline parses");
@@ -230,18 +233,7 @@ mod tests {
             height: 240,
             encoder: "x264enc tune=zerolatency".into(),
         }];
-        let d = host_capture(&CaptureParts {
-            video_source: "videotestsrc is-live=true",
-            format: "I420",
-            width: 854,
-            height: 480,
-            fps: 30,
-            encoder: "x264enc tune=zerolatency",
-            paced_source: true,
-            audio_source: Some("audiotestsrc is-live=true"),
-            rungs: &rungs,
-        })
-        .unwrap();
+        let d = capture(&rungs);
         let p = gst::parse::launch(&d).expect("ladder capture pipeline parses");
         let p = p.downcast::<gst::Pipeline>().unwrap();
         assert!(p.by_name("out").is_some() && p.by_name("out_1").is_some(), "{d}");

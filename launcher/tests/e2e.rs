@@ -73,12 +73,7 @@ impl Pixelpass {
         let p = Pixelpass::start(&["view", ticket, "--player", "none", "--events", "json"], env);
         let out = wait_text(&p.out, "\"event\":\"url\"", Duration::from_secs(20))
             .unwrap_or_else(|| panic!("viewer printed no URL; stderr:\n{}", p.err.lock().unwrap()));
-        let url = out
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| v["event"] == "url")
-            .and_then(|v| v["url"].as_str().map(String::from))
-            .unwrap();
+        let url = event_field(&out, "url", "url").unwrap();
         (p, url)
     }
 }

@@ -82,12 +82,7 @@ fn viewer(ticket: &str, config: &TempDir) -> (Proc, String) {
     let mut p = Proc::spawn("pixelpass view", &mut cmd);
     let out = collect(p.child.as_mut().unwrap().stdout.take().unwrap());
     let text = wait_text(&out, "\"event\":\"url\"", Duration::from_secs(20)).expect("the viewer prints its URL");
-    let url = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "url")
-        .and_then(|v| v["url"].as_str().map(String::from))
-        .unwrap();
+    let url = event_field(&text, "url", "url").unwrap();
     (p, url)
 }
 

@@ -379,17 +379,13 @@ async fn read_hello(conn: &Connection) -> Option<Hello> {
     })
     .await;
     let why = match hello {
-        Ok(Ok((send, recv, buf, Control::Hello { secret, name }))) => {
-            return Some(Hello {
-                send,
-                recv,
-                buf,
-                secret,
-                name,
-                max_kbps: 0,
-            });
-        }
-        Ok(Ok((send, recv, buf, Control::Hello2 { secret, name, max_kbps }))) => {
+        Ok(Ok((send, recv, buf, msg))) => {
+            // a version 1 hello carries no ceiling
+            let (secret, name, max_kbps) = match msg {
+                Control::Hello { secret, name } => (secret, name, 0),
+                Control::Hello2 { secret, name, max_kbps } => (secret, name, max_kbps),
+                _ => return reject(conn, "expected a hello".into()),
+            };
             return Some(Hello {
                 send,
                 recv,
@@ -399,10 +395,14 @@ async fn read_hello(conn: &Connection) -> Option<Hello> {
                 max_kbps,
             });
         }
-        Ok(Ok(_)) => "expected a hello".to_string(),
         Ok(Err(e)) => e,
         Err(_) => "no hello in time".into(),
     };
+    reject(conn, why)
+}
+
+/// Closes a connection whose viewer sent no valid hello.
+fn reject(conn: &Connection, why: String) -> Option<Hello> {
     gst::debug!(
         CAT,
         "viewer {} sent no valid hello: {why}",

@@ -580,6 +580,14 @@ pub fn wait_closed(buf: &std::sync::Arc<std::sync::Mutex<String>>, timeout: Dura
     wait_for(timeout, || std::sync::Arc::strong_count(buf) == 1)
 }
 
+/// The string `field` of the first `--events json` line of kind `event` in `text`.
+pub fn event_field(text: &str, event: &str, field: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == event)
+        .and_then(|v| v[field].as_str().map(String::from))
+}
+
 /// Waits until `buf` contains `needle`; returns the whole text.
 pub fn wait_text(buf: &std::sync::Mutex<String>, needle: &str, timeout: Duration) -> Option<String> {
     let mut found = None;
