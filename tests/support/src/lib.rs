@@ -221,7 +221,7 @@ impl Xvfb {
 
     /// The id of the first window named `name`, waiting for it to map.
     pub fn window_id(&self, name: &str) -> Option<String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             let out = Command::new("xwininfo")
                 .args(["-name", name])
