@@ -206,6 +206,18 @@ pub struct HostArgs {
     #[arg(long, value_name = "LIST", default_value = "auto")]
     pub renditions: crate::quality::Renditions,
 
+    /// Also record what viewers receive (the top rendition) to FILE: .ts as sent, .mkv, or
+    /// .mp4 (fragmented: playable even if cut off). Capture then runs from the start,
+    /// viewers or not
+    #[arg(long, value_name = "FILE", value_parser = parse_record)]
+    pub record: Option<PathBuf>,
+
+    /// Also publish the share, without re-encoding, to rtmp://HOST/APP/KEY, rtmps://… (FLV) or
+    /// srt://HOST:PORT?streamid=…&passphrase=… (MPEG-TS); repeatable. Reconnects with backoff;
+    /// capture then runs from the start, viewers or not
+    #[arg(long, value_name = "URL")]
+    pub publish: Vec<crate::publish::PublishUrl>,
+
     #[command(flatten)]
     pub common: Common,
 }

@@ -84,6 +84,14 @@ pub enum Event {
     Recording { path: String },
     /// The recording is complete: `bytes` written to `path`.
     Recorded { path: String, bytes: u64 },
+    /// A publish target's state (`--publish`): `connecting`, `live`, or `retrying` with the
+    /// reason; `url` hides the stream key and passphrase.
+    PublishState {
+        url: String,
+        state: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// Something worth knowing that does not stop anything.
     Warning { message: String },
     /// What ended the run with a failure; `kind` when a viewer's failure has one
@@ -298,6 +306,10 @@ fn human_line(ev: &Event) -> String {
         }
         Event::Recording { path } => format!("recording to {path}"),
         Event::Recorded { path, bytes } => format!("recorded {:.1} MB to {path}", *bytes as f64 / 1e6),
+        Event::PublishState { url, state, reason } => match reason {
+            Some(r) => format!("publish {url}: {state} ({r})"),
+            None => format!("publish {url}: {state}"),
+        },
         Event::Warning { message } => format!("warning: {message}"),
         Event::Error { message, .. } => format!("error: {message}"),
         Event::Ended { reason } => reason.clone(),

@@ -16,6 +16,7 @@ mod menu;
 mod output;
 mod pipeline;
 mod player;
+mod publish;
 mod pw;
 mod qr;
 mod quality;

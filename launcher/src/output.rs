@@ -1,6 +1,7 @@
 //! Where a share's MPEG-TS goes besides its viewers: a file (`record.rs`) or a broadcast
 //! server (`publish.rs`). One pipeline shape for both, separate from the share's own: a leaky
-//! `appsrc` (a slow disk or server loses its own data, never blocks the share), then either
+//! `appsrc` (a slow disk or server loses its own data, never blocks the share), not live (the
+//! timing is the stream's own, see [`push`]), then either
 //! the MPEG-TS as it is or remuxed (tsdemux → h264parse / aacparse → a muxer), then the sink.
 
 use anyhow::Result;
@@ -17,7 +18,7 @@ pub struct OutputPipeline {
 /// Builds `appsrc ! [remux into `mux`] ! sink` (descriptions in `gst-launch` syntax; the
 /// muxer, when there is one, must be named `mux`).
 pub fn build(mux: Option<&str>, sink: &str, what: &str) -> Result<OutputPipeline> {
-    let src = "appsrc name=src is-live=true format=bytes max-bytes=33554432 leaky-type=downstream";
+    let src = "appsrc name=src is-live=false format=bytes max-bytes=33554432 leaky-type=downstream";
     let desc = match mux {
         None => format!("{src} ! {sink}"),
         Some(mux) => format!("{src} ! tsdemux name=demux {mux} ! {sink}"),
@@ -61,17 +62,17 @@ fn remux_each_stream(pipeline: &gst::Pipeline, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// A value for a `gst-launch` description: quoted, with quotes and backslashes escaped.
-pub fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn values_are_quoted_for_the_description() {
-        assert_eq!(quote(r#"a "b"\c.ts"#), r#""a \"b\"\\c.ts""#);
+/// Feeds one buffer of MPEG-TS to an output's `appsrc`, without its timestamps: they are
+/// arrival times (capture or receive), and tsdemux would take them for a live source's clock
+/// and bend the stream's own PTS/DTS by their jitter (non-monotonic DTS in the remuxed file).
+/// The stream's timing is in the MPEG-TS itself. Flags (DISCONT) stay.
+pub fn push(src: &gst_app::AppSrc, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+    let mut b = buffer.copy();
+    {
+        let b = b.make_mut();
+        b.set_pts(gst::ClockTime::NONE);
+        b.set_dts(gst::ClockTime::NONE);
+        b.set_duration(gst::ClockTime::NONE);
     }
+    src.push_buffer(b)
 }

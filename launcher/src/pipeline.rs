@@ -106,8 +106,9 @@ pub struct CaptureParts<'a> {
     pub paced_source: bool,
     /// `gst-launch` description of the audio source, if audio is shared.
     pub audio_source: Option<&'a str>,
-    /// Lower renditions, each scaled from the top one's frames and encoded into its own
-    /// MPEG-TS (with the same audio), to appsink `out_N`.
+    /// Lower renditions, top first, each scaled from the frames of the one above (a small
+    /// picture is far cheaper to scale from a medium one than from the full one) and encoded
+    /// into its own MPEG-TS (with the same audio), to appsink `out_N`.
     pub rungs: &'a [RungParts],
 }
 
@@ -120,8 +121,8 @@ pub struct RungParts {
     pub encoder: String,
 }
 
-/// The capture pipeline; with rungs a tee after the top rendition's scale feeds each rung
-/// (`vt`), and one audio encode feeds every mux (`at`).
+/// The capture pipeline; with rungs a tee after each rendition's scale (`vt`, `vt_N`) feeds
+/// its encoder and the next rung's scale, and one audio encode feeds every mux (`at`).
 pub fn host_capture(p: &CaptureParts) -> Result<String> {
     let ladder = !p.rungs.is_empty();
     let audio = match p.audio_source {
@@ -141,9 +142,17 @@ pub fn host_capture(p: &CaptureParts) -> Result<String> {
             Some(_) => format!("at. ! queue max-size-time=300000000 ! mux_{n}."),
             None => String::new(),
         };
+        let from = if i == 0 { "vt".to_string() } else { format!("vt_{i}") };
+        let tee = if i + 1 < p.rungs.len() {
+            format!("! tee name=vt_{n} vt_{n}. ! queue max-size-buffers=2")
+        } else {
+            String::new()
+        };
         rungs += &fill(
             HOST_RUNG,
             &[
+                ("from", &from),
+                ("tee", &tee),
                 ("width", &r.width.to_string()),
                 ("height", &r.height.to_string()),
                 ("encoder", &r.encoder),
@@ -228,15 +237,19 @@ mod tests {
         assert!(d.contains("width=854,height=480,framerate=30/1"), "{d}");
         assert!(!d.contains("tee"), "one encode: no tee: {d}");
         gst::parse::launch(&d).expect("capture pipeline parses");
-        let rungs = [RungParts {
-            width: 426,
-            height: 240,
+        let rung = |width, height| RungParts {
+            width,
+            height,
             encoder: "x264enc tune=zerolatency".into(),
-        }];
-        let d = capture(&rungs);
+        };
+        let d = capture(&[rung(426, 240), rung(284, 160)]);
         let p = gst::parse::launch(&d).expect("ladder capture pipeline parses");
         let p = p.downcast::<gst::Pipeline>().unwrap();
-        assert!(p.by_name("out").is_some() && p.by_name("out_1").is_some(), "{d}");
+        assert!(["out", "out_1", "out_2"].iter().all(|n| p.by_name(n).is_some()), "{d}");
+        assert!(
+            d.contains("vt_1. ! queue max-size-buffers=2 ! videoscale ! video/x-raw,width=284"),
+            "the lowest rung is scaled from the one above: {d}"
+        );
         gst::parse::launch(&host_serve("relay=disabled", &[]).unwrap()).expect("serve pipeline parses");
         let ladder = [("480p".to_string(), 1000), ("240p".to_string(), 333)];
         let serve = gst::parse::launch(&host_serve("relay=disabled", &ladder).unwrap()).expect("ladder serve parses");

@@ -89,7 +89,7 @@ impl Recorder {
         let container = check_target(path)?;
         let sink = format!(
             "filesink location={} sync=false",
-            output::quote(&path.to_string_lossy())
+            pipeline::quote(&path.to_string_lossy())
         );
         let OutputPipeline { pipeline, src } = output::build(container.muxer(), &sink, "recording")?;
         let failed = Arc::new(AtomicBool::new(false));
@@ -109,9 +109,9 @@ impl Recorder {
     }
 
     /// Records one buffer of MPEG-TS (its DISCONT flag marks where media was left out).
-    pub fn push(&self, buffer: gst::Buffer) {
+    pub fn push(&self, buffer: &gst::Buffer) {
         self.pushed.store(true, Ordering::Relaxed);
-        if !self.failed.load(Ordering::Relaxed) && self.src.push_buffer(buffer).is_err() {
+        if !self.failed.load(Ordering::Relaxed) && output::push(&self.src, buffer).is_err() {
             self.failed.store(true, Ordering::Relaxed);
         }
     }

@@ -114,7 +114,7 @@ fn feed(appsink: &gst_app::AppSink, fanout: Arc<GopCache>, recorder: Option<Arc<
                     return Ok(gst::FlowSuccess::Ok);
                 };
                 if let Some(r) = &recorder {
-                    r.push(buffer.clone()); // with its DISCONT: where the host left media out
+                    r.push(&buffer); // with its DISCONT: where the host left media out
                 }
                 // DISCONT is the viewer's own business: players resync on the MPEG-TS itself.
                 let f = gstiroh::wire_flags(buffer.flags()) & !flags::DISCONT;

@@ -1238,3 +1238,6 @@ fn a_killed_per_app_host_leaves_nothing_in_pipewire() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[path = "e2e/outputs.rs"]
+mod outputs;

@@ -2,6 +2,7 @@
 //! handshake on Wayland, sets up per-app audio, and runs the capture pipeline, whose output is
 //! re-timed onto the serve pipeline's clock and pushed into its `appsrc`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -10,6 +11,7 @@ use gst::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::task::AbortOnDropHandle;
 
+use super::outputs::Outputs;
 use super::plan::{CapturePlan, VideoInput};
 use crate::audio::apps::AppAudio;
 use crate::capture::wayland;
@@ -94,12 +96,14 @@ impl Capture {
 }
 
 /// Starts capturing into `appsrc` (of the `serve` pipeline); returns the session and its
-/// capture-started event. Everything acquired is released on every error path (the fd, the
-/// portal session, the sink), because each lives in an owner that cleans up.
+/// capture-started event; the top rendition also goes to `outputs` (recording, publishing).
+/// Everything acquired is released on every error path (the fd, the portal session, the
+/// sink), because each lives in an owner that cleans up.
 pub(super) async fn start_capture(
     plan: &CapturePlan,
     appsrcs: &[gst_app::AppSrc],
     serve: &gst::Pipeline,
+    outputs: Option<&Arc<Outputs>>,
     notes: UnboundedSender<CaptureNote>,
 ) -> Result<(Capture, Event)> {
     let (desc, size, portal) = match &plan.input {
@@ -123,7 +127,8 @@ pub(super) async fn start_capture(
     for (i, appsrc) in appsrcs.iter().enumerate() {
         let name = if i == 0 { "out".to_string() } else { format!("out_{i}") };
         let appsink: gst_app::AppSink = pipeline::child(&pipeline, &name, "capture")?;
-        forward_to_serve(&appsink, &pipeline, appsrc, serve);
+        let outputs = if i == 0 { outputs.cloned() } else { None };
+        forward_to_serve(&appsink, &pipeline, appsrc, serve, outputs);
         appsinks.push(appsink);
     }
     let played = pipeline::play(&pipeline, "the capture pipeline");
@@ -198,12 +203,14 @@ async fn start_cast(
 }
 
 /// Pushes what the capture's `appsink` outputs into the serve pipeline's `appsrc`, re-timed
-/// from the capture's running time to the serve pipeline's (both run on the system clock).
+/// from the capture's running time to the serve pipeline's (both run on the system clock),
+/// and to `outputs`.
 fn forward_to_serve(
     appsink: &gst_app::AppSink,
     capture: &gst::Pipeline,
     appsrc: &gst_app::AppSrc,
     serve: &gst::Pipeline,
+    outputs: Option<Arc<Outputs>>,
 ) {
     let src = appsrc.clone();
     let serve_weak = serve.downgrade();
@@ -229,10 +236,16 @@ fn forward_to_serve(
                         retime(b.make_mut(), shift);
                         std::ops::ControlFlow::Continue(Some(b))
                     });
+                    if let Some(o) = &outputs {
+                        list.iter().for_each(|b| o.push(&b.to_owned()));
+                    }
                     src.push_buffer_list(list)?;
                 } else if let Some(mut b) = sample.buffer_owned() {
                     drop(sample);
                     retime(b.make_mut(), shift);
+                    if let Some(o) = &outputs {
+                        o.push(&b);
+                    }
                     src.push_buffer(b)?;
                 }
                 Ok(gst::FlowSuccess::Ok)
@@ -272,7 +285,6 @@ fn watch_bus(pipeline: &gst::Pipeline, notes: UnboundedSender<CaptureNote>) -> A
 mod tests {
     use super::*;
 
-    use crate::cli::Source;
     use crate::host::plan::VideoParts;
     use pixelpass_test_support as support;
 
@@ -319,31 +331,13 @@ mod tests {
         let serve = serve.downcast::<gst::Pipeline>().unwrap();
         serve.set_state(gst::State::Playing).unwrap();
         let appsrc = serve.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-        let args = crate::cli::HostArgs {
-            window: false,
-            window_id: Some(0x7ffff01),
-            monitor: None,
-            display_server: Some(crate::cli::DisplayServer::X11),
-            source: Source::Screen,
-            no_hwencode: true,
-            encoder: None,
-            no_audio: true,
-            app: vec![],
-            exclude_app: vec![],
-            forget_source: false,
-            max_viewers: None,
-            quality: crate::cli::Quality::Low,
-            max_height: None,
-            bitrate: None,
-            framerate: None,
-            key_file: None,
-            control: None,
-            renditions: crate::quality::Renditions::Off,
-            common: crate::cli::Common {
-                relay: None,
-                events: None,
-                bind: None,
-            },
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::parse_from(
+            "pixelpass host --window-id 0x7ffff01 --display-server x11 --no-hwencode --no-audio --quality low --renditions off"
+                .split(' '),
+        );
+        let Some(crate::cli::Command::Host(args)) = cli.command else {
+            unreachable!()
         };
         let desc = format!(
             "ximagesrc display-name={} xid=0x7ffff01 ! videoconvert ! x264enc ! h264parse ! mpegtsmux ! appsink name=out",
@@ -362,7 +356,7 @@ mod tests {
                     },
                     "x264enc",
                 );
-                if let Ok((c, _)) = start_capture(&plan, std::slice::from_ref(&appsrc), &serve, tx).await {
+                if let Ok((c, _)) = start_capture(&plan, std::slice::from_ref(&appsrc), &serve, None, tx).await {
                     let _ = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
                     c.stop().await;
                 }
@@ -413,7 +407,7 @@ mod portal_tests {
         let attempt = || {
             rt.block_on(async {
                 let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-                let r = start_capture(&plan, std::slice::from_ref(&appsrc), &serve, tx).await;
+                let r = start_capture(&plan, std::slice::from_ref(&appsrc), &serve, None, tx).await;
                 assert!(r.is_err(), "the pipeline cannot be built");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             })

@@ -8,6 +8,7 @@
 
 mod capture;
 pub mod control;
+mod outputs;
 mod plan;
 
 use std::ops::ControlFlow;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::capture::{Capture, CaptureNote, start_capture};
 use self::control::{Commands, HostCommand};
+use self::outputs::Outputs;
 use self::plan::{CapturePlan, plan_capture};
 use crate::cli::HostArgs;
 use crate::config::Config;
@@ -47,10 +49,15 @@ pub async fn run(
     let max_viewers = args.max_viewers.unwrap_or_else(|| config.default_max_viewers());
     let serve = Serve::start(&args, max_viewers, &plan.rendition_names())?;
     let mut bus = serve.pipeline.bus().expect("pipeline has a bus").stream();
+    let outputs = Outputs::start(&args, &events)?;
     let mut share = Share::new(plan, &serve, &events);
     share.commands = commands;
+    share.outputs = outputs.clone();
     let result = share.run(&mut bus, &cancel).await;
     serve.end(&mut bus).await;
+    if let Some(o) = outputs {
+        let _ = tokio::task::spawn_blocking(move || o.finish()).await;
+    }
     result
 }
 
@@ -162,6 +169,8 @@ struct Share<'a> {
     last_bytes: (u64, Instant),
     /// A front end's commands, if one drives this share.
     commands: Option<Commands>,
+    /// Recording / publishing: with them, capture runs for the whole share.
+    outputs: Option<Arc<Outputs>>,
 }
 
 /// The next command, or never when no front end sends any (or it went away).
@@ -195,12 +204,18 @@ impl<'a> Share<'a> {
             notes,
             last_bytes: (0, Instant::now()),
             commands: None,
+            outputs: None,
         }
     }
 
     /// Runs until ctrl-c (`cancel`), an error, or the end of what is shared.
     async fn run(mut self, bus: &mut gst::bus::BusStream, cancel: &CancellationToken) -> Result<()> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        if self.outputs.is_some()
+            && let Next::Break(result) = self.start_capture(cancel).await
+        {
+            return result;
+        }
         let result = loop {
             let next = tokio::select! {
                 _ = cancel.cancelled() => Next::Break(Ok(())),
@@ -254,14 +269,19 @@ impl<'a> Share<'a> {
         }
     }
 
-    /// The first viewer starts capturing (on Wayland after the portal dialog; ctrl-c still
-    /// ends it).
+    /// The first viewer starts capturing.
     async fn on_viewer_joined(&mut self, s: &gst::StructureRef, cancel: &CancellationToken) -> Next {
         self.events.emit(Event::ViewerJoined {
             id: s.get("id").unwrap_or_default(),
             name: s.get("name").unwrap_or_default(),
             path: s.get("path").unwrap_or_default(),
         });
+        self.start_capture(cancel).await
+    }
+
+    /// Starts capturing unless it runs already (on Wayland after the portal dialog; ctrl-c
+    /// still ends it).
+    async fn start_capture(&mut self, cancel: &CancellationToken) -> Next {
         if self.capture.is_some() {
             return Next::Continue(());
         }
@@ -269,6 +289,7 @@ impl<'a> Share<'a> {
             &self.plan,
             &self.serve.appsrcs,
             &self.serve.pipeline,
+            self.outputs.as_ref(),
             self.notes_tx.clone(),
         );
         let started = tokio::select! {
@@ -286,13 +307,13 @@ impl<'a> Share<'a> {
         }
     }
 
-    /// The last viewer leaving stops capturing.
+    /// The last viewer leaving stops capturing, unless it is recorded or published.
     async fn on_viewer_left(&mut self, s: &gst::StructureRef) {
         self.events.emit(Event::ViewerLeft {
             id: s.get("id").unwrap_or_default(),
             reason: s.get("reason").unwrap_or_default(),
         });
-        if self.serve.sink.property::<u32>("num-viewers") == 0 {
+        if self.outputs.is_none() && self.serve.sink.property::<u32>("num-viewers") == 0 {
             self.stop_capture("no viewers").await;
         }
     }

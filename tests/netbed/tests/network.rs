@@ -373,16 +373,47 @@ struct SlowRun {
     slow_dropped: u64,
     /// GOPs the host cut short for the slow viewer, as the host counted them.
     host_cut: u64,
-    fast_p99: f64,
-    fast_fps: f64,
+    /// The free viewer with the slow one there (over the measured window).
+    fast: Free,
+    /// The free viewer alone, before the slow one joined: the same run's baseline.
+    fast_alone: Free,
 }
 
-/// Viewer 1 on a link slower than the stream, viewer 2 unconstrained.
+/// What a viewer on a free link measured over a window.
+#[derive(Debug, Clone, Copy)]
+struct Free {
+    /// Capture → receive over the window, p99 (ms).
+    p99: f64,
+    fps: f64,
+}
+
+impl Free {
+    /// Within what the same viewer did alone: frame rate ±10 %, p99 at most 1.3× (+50 ms, so a
+    /// few ms of noise on a small figure does not count).
+    fn unaffected_by(&self, alone: &Free) -> bool {
+        (self.fps - alone.fps).abs() <= 0.1 * alone.fps && self.p99 <= 1.3 * alone.p99 + 50.0
+    }
+}
+
+/// Starts viewer 2 (free link, `--window secs`) and measures it alone for `secs`.
+fn free_viewer_alone(net: &mut Net, ticket: &str, secs: u64) -> (usize, Free) {
+    let window = secs.to_string();
+    let fast = net.viewer_with(2, ticket, &["--window", &window]);
+    assert!(net.wait_frames(fast, 30, Duration::from_secs(30)));
+    let (f0, t0) = (net.node(fast).stat_u64("frames"), Instant::now());
+    std::thread::sleep(Duration::from_secs(secs));
+    let fps = (net.node(fast).stat_u64("frames") - f0) as f64 / t0.elapsed().as_secs_f64();
+    let p99 = net.node(fast).stat_f64("window_lat_p99");
+    (fast, Free { p99, fps })
+}
+
+/// Viewer 2 on a free link measured alone first, then viewer 1 joins on a link slower than
+/// the stream and both are measured over the next `secs`.
 fn slow_viewer_run(net: &mut Net, host_args: &[&str], secs: u64) -> SlowRun {
     let (h, ticket) = net.host(host_args);
+    let (fast, fast_alone) = free_viewer_alone(net, &ticket, secs);
     let slow = net.viewer(1, &ticket);
-    let fast = net.viewer(2, &ticket);
-    assert!(net.wait_frames(fast, 30, Duration::from_secs(30)));
+    assert!(net.wait_frames(slow, 1, Duration::from_secs(30)));
     let frames = |net: &Net| (net.node(slow).stat_u64("frames"), net.node(fast).stat_u64("frames"));
     let (f0, t0) = (frames(net), Instant::now());
     std::thread::sleep(Duration::from_secs(secs));
@@ -416,8 +447,11 @@ fn slow_viewer_run(net: &mut Net, host_args: &[&str], secs: u64) -> SlowRun {
         slow_dropped: net.node(slow).stat_u64("gops_skipped") + net.node(slow).stat_u64("gops_cut"),
         // the fast viewer is never cut: the host's total is the slow viewer's
         host_cut: host["cut_gops"].as_u64().unwrap_or(0),
-        fast_p99: net.node(fast).stat_f64("behind_p99"),
-        fast_fps: (f1.1 - f0.1) as f64 / dt,
+        fast: Free {
+            p99: net.node(fast).stat_f64("window_lat_p99"),
+            fps: (f1.1 - f0.1) as f64 / dt,
+        },
+        fast_alone,
     }
 }
 
@@ -444,11 +478,17 @@ fn a_slow_viewer_skips_gops_and_never_slows_the_others() {
     figure("slow_viewer_fps", format!("{:.1}", ours.slow_fps));
     figure("slow_viewer_gops_dropped_or_cut", ours.slow_dropped);
     figure("host_gops_cut", ours.host_cut);
-    figure("fast_viewer_p99_ms", format!("{:.0}", ours.fast_p99));
-    figure("fast_viewer_fps", format!("{:.1}", ours.fast_fps));
+    figure("fast_viewer_p99_ms", format!("{:.0}", ours.fast.p99));
+    figure("fast_viewer_alone_p99_ms", format!("{:.0}", ours.fast_alone.p99));
+    figure(
+        "fast_viewer_p99_ratio",
+        format!("{:.2}", ours.fast.p99 / ours.fast_alone.p99),
+    );
+    figure("fast_viewer_fps", format!("{:.1}", ours.fast.fps));
+    figure("fast_viewer_alone_fps", format!("{:.1}", ours.fast_alone.fps));
     figure("naive_slow_viewer_p99_ms", format!("{:.0}", naive.slow_p99));
-    figure("naive_fast_viewer_p99_ms", format!("{:.0}", naive.fast_p99));
-    figure("naive_fast_viewer_fps", format!("{:.1}", naive.fast_fps));
+    figure("naive_fast_viewer_p99_ms", format!("{:.0}", naive.fast.p99));
+    figure("naive_fast_viewer_fps", format!("{:.1}", naive.fast.fps));
     assert!(
         ours.slow_p99 <= 1500.0,
         "slow viewer stays within 1.5 s of live: p99 {} ms",
@@ -459,14 +499,10 @@ fn a_slow_viewer_skips_gops_and_never_slows_the_others() {
         "it got there by leaving out media (GOP tails or whole GOPs)"
     );
     assert!(
-        (27.0..=33.0).contains(&ours.fast_fps),
-        "fast viewer keeps 30 fps ±10 %: {}",
-        ours.fast_fps
-    );
-    assert!(
-        ours.fast_p99 < 500.0,
-        "fast viewer latency unaffected: p99 {} ms",
-        ours.fast_p99
+        ours.fast.unaffected_by(&ours.fast_alone),
+        "the fast viewer is not slowed: {:?} with the slow viewer, {:?} alone",
+        ours.fast,
+        ours.fast_alone
     );
     assert!(
         naive.slow_p99 > 2.0 * ours.slow_p99,
@@ -492,9 +528,9 @@ fn a_slow_viewer_gets_a_lower_rendition_and_plays_every_frame_near_live() {
     net.relay();
     let (h, ticket) = net.host(&["--pattern", "snow", "--renditions"]);
     let window = secs.to_string();
+    let (fast, fast_alone) = free_viewer_alone(&mut net, &ticket, secs);
     let slow = net.viewer_with(1, &ticket, &["--window", &window]);
     let t_join = Instant::now();
-    let fast = net.viewer_with(2, &ticket, &["--window", &window]);
     let switched = wait_for(Duration::from_secs(10), || {
         net.node(slow).stat_u64("rendition_switches") >= 1
     });
@@ -503,7 +539,6 @@ fn a_slow_viewer_gets_a_lower_rendition_and_plays_every_frame_near_live() {
         format!("{:.2}", t_join.elapsed().as_secs_f64()),
     );
     assert!(switched, "the slow viewer moved down: {}", net.node(slow).text());
-    assert!(net.wait_frames(fast, 30, Duration::from_secs(30)));
     // at most 3 s after joining, the measured window starts
     std::thread::sleep(Duration::from_secs(3).saturating_sub(t_join.elapsed()));
     let snap = |net: &Net| {
@@ -547,11 +582,15 @@ fn a_slow_viewer_gets_a_lower_rendition_and_plays_every_frame_near_live() {
     assert_ne!(n_slow.stat_str("rendition"), "360p");
     assert_eq!(n_fast.stat_str("rendition"), "360p", "the free viewer stays on top");
     assert_eq!(n_fast.stat_u64("rendition_switches"), 0);
+    let fast_now = Free {
+        p99: n_fast.stat_f64("window_lat_p99"),
+        fps: fast_fps,
+    };
+    figure("renditions_fast_viewer_alone_p99_ms", format!("{:.0}", fast_alone.p99));
     assert!(
-        (27.0..=33.0).contains(&fast_fps),
-        "free viewer 30 fps ±10 %: {fast_fps:.1}"
+        fast_now.unaffected_by(&fast_alone),
+        "the free viewer is untouched: {fast_now:?} with the slow viewer, {fast_alone:?} alone"
     );
-    assert!(n_fast.stat_f64("window_lat_p99") < 500.0);
     // the link comes back
     net.sh("router", "tc qdisc del dev rw1 root");
     let t = Instant::now();
