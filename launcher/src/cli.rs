@@ -244,6 +244,11 @@ pub struct ViewArgs {
     #[arg(long, value_enum, default_value = "mpv")]
     pub player: Player,
 
+    /// Print the live figures once a second (path, rendition, RTT, bitrate, capture → receive
+    /// and, with --player gst, capture → display; GOPs left out)
+    #[arg(long)]
+    pub stats: bool,
+
     /// Local address players connect to (loopback only)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0", value_parser = parse_loopback)]
     pub listen: SocketAddr,

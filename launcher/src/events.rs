@@ -74,7 +74,13 @@ pub enum Event {
         /// The rendition being received (empty from a host with one).
         rendition: String,
         bitrate_kbps: f64,
+        /// Round-trip time to the host (ms).
+        rtt_ms: f64,
         latency_ms: f64,
+        /// Capture → display through the built-in player (`--player gst`), p50 over the last
+        /// second; absent with other players.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        display_latency_ms: Option<f64>,
         gops_skipped: u64,
         gops_cut: u64,
         reconnects: u64,
@@ -124,6 +130,8 @@ pub struct Events {
     /// also keeps two events' lines from interleaving.
     status_line_shown: Mutex<bool>,
     hook: Option<Box<dyn Hook>>,
+    /// Viewer stats as a line each second (`view --stats`), not a status line.
+    pub stats_lines: bool,
 }
 
 impl Events {
@@ -133,6 +141,7 @@ impl Events {
             status_line: !json && std::io::stderr().is_terminal(),
             status_line_shown: Mutex::new(false),
             hook: None,
+            stats_lines: false,
         }
     }
 
@@ -176,6 +185,8 @@ impl Events {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{ticket}");
             let _ = out.flush();
+        } else if let Some(line) = self.stats_lines.then(|| stats_line(&ev)).flatten() {
+            let _ = writeln!(err, "{line}");
         } else if let Some(status) = status_line(&ev) {
             if self.status_line {
                 // Only the last row can be cleared: the line must not wrap.
@@ -273,6 +284,30 @@ fn status_line(ev: &Event) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// Every live figure of a viewer's stats, for `view --stats`.
+fn stats_line(ev: &Event) -> Option<String> {
+    let Event::ViewerStats {
+        path,
+        rendition,
+        bitrate_kbps,
+        rtt_ms,
+        latency_ms,
+        display_latency_ms,
+        gops_skipped,
+        gops_cut,
+        ..
+    } = ev
+    else {
+        return None;
+    };
+    let rendition = if rendition.is_empty() { "-" } else { rendition };
+    let display = display_latency_ms.map_or(String::new(), |d| format!(" · capture→display {d:.0} ms"));
+    Some(format!(
+        "{path} · {rendition} · RTT {rtt_ms:.0} ms · {:.2} Mbit/s · capture→receive {latency_ms:.0} ms{display} · GOPs skipped {gops_skipped}, cut {gops_cut}",
+        bitrate_kbps / 1000.0
+    ))
 }
 
 /// The line people read on stderr for an event.

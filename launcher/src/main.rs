@@ -5,6 +5,7 @@
 
 mod audio;
 mod bandwidth;
+mod builtin;
 mod capture;
 mod cli;
 mod clipboard;
@@ -85,7 +86,9 @@ fn main() -> ExitCode {
             run(events.clone(), |cancel| host::run(args, events, cancel, commands))
         }
         Command::View(args) => {
-            let events = Arc::new(Events::new(args.common.events == Some(EventFormat::Json)));
+            let mut events = Events::new(args.common.events == Some(EventFormat::Json));
+            events.stats_lines = args.stats;
+            let events = Arc::new(events);
             run(events.clone(), |cancel| view::run(args, events, cancel))
         }
     }

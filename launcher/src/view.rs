@@ -17,11 +17,20 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::builtin::Builtin;
 use crate::cli::{Player, ViewArgs};
 use crate::events::{Event, Events};
 use crate::pipeline;
 use crate::player;
 use crate::record::Recorder;
+
+/// The next message of a bus, or never without one.
+async fn next_message(bus: &mut Option<gst::bus::BusStream>) -> Option<gst::Message> {
+    match bus {
+        Some(b) => b.next().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// A local player further behind than this skips to the newest GOP.
 const PLAYER_MAX_LAG: Duration = Duration::from_secs(2);
@@ -96,8 +105,13 @@ impl Drop for Attached {
 }
 
 /// Feeds what irohsrc outputs into the local fanout (and its MPEG-TS table cache), and into
-/// the recording when there is one.
-fn feed(appsink: &gst_app::AppSink, fanout: Arc<GopCache>, recorder: Option<Arc<Recorder>>) {
+/// the recording and the built-in player when there are.
+fn feed(
+    appsink: &gst_app::AppSink,
+    fanout: Arc<GopCache>,
+    recorder: Option<Arc<Recorder>>,
+    builtin: Option<Arc<Builtin>>,
+) {
     let mut psi = gstiroh::psi_cache::PsiCache::default();
     let mut caps_seen: Option<gst::Caps> = None;
     appsink.set_callbacks(
@@ -115,6 +129,9 @@ fn feed(appsink: &gst_app::AppSink, fanout: Arc<GopCache>, recorder: Option<Arc<
                 };
                 if let Some(r) = &recorder {
                     r.push(&buffer); // with its DISCONT: where the host left media out
+                }
+                if let Some(b) = &builtin {
+                    b.push(&buffer);
                 }
                 // DISCONT is the viewer's own business: players resync on the MPEG-TS itself.
                 let f = gstiroh::wire_flags(buffer.flags()) & !flags::DISCONT;
@@ -224,18 +241,6 @@ async fn serve_player(
     let _ = tcp.shutdown().await;
 }
 
-/// The built-in GStreamer player: a window and the speakers, fed from the local URL.
-fn gst_player(url: &str) -> Result<gst::Pipeline> {
-    let p = gst::ElementFactory::make("playbin")
-        .property("uri", url)
-        .build()
-        .ok()
-        .and_then(|p| p.downcast::<gst::Pipeline>().ok())
-        .ok_or_else(|| anyhow!("the built-in player needs playbin (gstreamer1.0-plugins-base)"))?;
-    pipeline::play(&p, "the built-in player")?;
-    Ok(p)
-}
-
 /// Runs a viewer until ctrl-c (`cancel`), the host ends the share, the player exits, or an
 /// error.
 pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken) -> Result<()> {
@@ -259,8 +264,8 @@ pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken)
     let result = viewing.run(&listener, &mut bus, &cancel).await;
     viewing.clients.cancel();
     receiver.fanout.end();
-    if let Some(w) = viewing.players.window {
-        let _ = w.set_state(gst::State::Null);
+    if let Some(b) = &receiver.builtin {
+        b.stop();
     }
     // Closing irohsrc closes the connection, so the host sees this viewer leave at once.
     let p = receiver.pipeline.clone();
@@ -272,12 +277,13 @@ pub async fn run(args: ViewArgs, events: Arc<Events>, cancel: CancellationToken)
     result
 }
 
-/// `irohsrc` and the local fanout it feeds (and the recording).
+/// `irohsrc` and the local fanout it feeds (and the recording, and the built-in player).
 struct Receiver {
     pipeline: gst::Pipeline,
     src: gst::Element,
     fanout: Arc<GopCache>,
     recorder: Option<Arc<Recorder>>,
+    builtin: Option<Arc<Builtin>>,
 }
 
 impl Receiver {
@@ -297,30 +303,31 @@ impl Receiver {
             Some(path) => Some(Arc::new(Recorder::start(path, events.clone())?)),
             None => None,
         };
-        feed(&appsink, fanout.clone(), recorder.clone());
+        let builtin = match args.player {
+            Player::Gst => Some(Arc::new(Builtin::start()?)),
+            _ => None,
+        };
+        feed(&appsink, fanout.clone(), recorder.clone(), builtin.clone());
         Ok(Receiver {
             pipeline,
             src,
             fanout,
             recorder,
+            builtin,
         })
     }
 }
 
-/// The local player pixelpass started, if any: an external one (reaped) or the built-in
-/// window.
+/// The external player pixelpass started, if any (reaped). The built-in one is the
+/// receiver's.
 struct Players {
     running: Option<player::Running>,
-    window: Option<gst::Pipeline>,
 }
 
 impl Players {
     /// Starts `player` on `url`. A missing player is a warning: the URL works in any other.
     fn start(player: Player, url: &str, events: &Events) -> Result<Players> {
-        let mut players = Players {
-            running: None,
-            window: None,
-        };
+        let mut players = Players { running: None };
         let player = match player::check(player) {
             Some(problem) => {
                 events.emit(Event::Warning {
@@ -334,8 +341,7 @@ impl Players {
             Player::None if !events.is_json() => {
                 eprintln!("pixelpass: play it with: mpv --profile=low-latency --cache=no {url}");
             }
-            Player::None => {}
-            Player::Gst => players.window = Some(gst_player(url)?),
+            Player::None | Player::Gst => {}
             p => match player::spawn(p, url) {
                 Ok(r) => {
                     events.emit(Event::PlayerStarted {
@@ -386,10 +392,12 @@ impl Viewing<'_> {
         cancel: &CancellationToken,
     ) -> Result<()> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut window_bus = self.receiver.builtin.as_ref().map(|b| b.bus());
         loop {
             let next = tokio::select! {
                 _ = cancel.cancelled() => Next::Break(Ok(())),
                 code = self.players.exited() => self.on_player_exit(code),
+                Some(msg) = next_message(&mut window_bus) => self.on_window_message(&msg),
                 conn = listener.accept() => {
                     if let Ok((tcp, _)) = conn {
                         let r = self.receiver;
@@ -426,6 +434,20 @@ impl Viewing<'_> {
         Next::Break(Ok(()))
     }
 
+    /// The built-in player's window closing (or the player failing) ends the viewer.
+    fn on_window_message(&mut self, msg: &gst::Message) -> Next {
+        let gst::MessageView::Error(e) = msg.view() else {
+            return Next::Continue(());
+        };
+        let reason = if e.error().matches(gst::ResourceError::NotFound) {
+            "the player window was closed: the viewer ends".to_string()
+        } else {
+            format!("the built-in player stopped: {}", e.error())
+        };
+        self.events.emit(Event::Ended { reason });
+        Next::Break(Ok(()))
+    }
+
     fn on_message(&mut self, msg: &gst::Message) -> Next {
         match msg.view() {
             gst::MessageView::Error(e) => return Next::Break(Err(receiver_error(e))),
@@ -453,10 +475,19 @@ impl Viewing<'_> {
         let dt = self.last_bytes.1.elapsed().as_secs_f64().max(0.001);
         let kbps = bytes.saturating_sub(self.last_bytes.0) as f64 * 8.0 / dt / 1000.0;
         self.last_bytes = (bytes, Instant::now());
+        let path: String = st.get("path").unwrap_or_default();
+        let rtt_ms = st.get::<f64>("rtt-ms").unwrap_or(-1.0);
+        let display_latency_ms = self
+            .receiver
+            .builtin
+            .as_ref()
+            .and_then(|b| b.tick(&format!("{path} · RTT {rtt_ms:.0} ms · {:.1} Mbit/s", kbps / 1000.0)));
         self.events.emit(Event::ViewerStats {
-            path: st.get("path").unwrap_or_default(),
+            path,
             rendition: st.get("rendition").unwrap_or_default(),
             bitrate_kbps: kbps,
+            rtt_ms,
+            display_latency_ms,
             latency_ms: st.get("latency-p50-ms").unwrap_or(-1.0),
             gops_skipped: st.get("gops-skipped").unwrap_or(0),
             gops_cut: st.get("gops-cut").unwrap_or(0),

@@ -1241,3 +1241,6 @@ fn a_killed_per_app_host_leaves_nothing_in_pipewire() {
 
 #[path = "e2e/outputs.rs"]
 mod outputs;
+
+#[path = "e2e/meter.rs"]
+mod meter;

@@ -197,6 +197,12 @@ fn publishing_to_rtmp_survives_a_server_restart_and_never_disturbs_viewers() {
     assert!(wait_live(&host, 1), "{}", host.out.lock().unwrap());
     let (viewer, _) = Pixelpass::viewer(&ticket, &[]);
     assert!(recording_grows(dir.path(), 0), "{}", host.out.lock().unwrap());
+    // a player pulls the live stream from the server
+    let (codecs, _) = probe_file(Path::new(&url));
+    assert!(
+        codecs.contains(&"h264".into()) && codecs.contains(&"aac".into()),
+        "{codecs:?}"
+    );
     // The server dies: publishing retries; the viewer goes on untouched.
     server.signal(libc::SIGKILL);
     let _ = server.wait_timeout(Duration::from_secs(5));
