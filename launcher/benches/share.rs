@@ -21,8 +21,8 @@
 //!   the transport; the stream bench measures the transport's own share).
 //! - capture_to_mpv_p50_ms: captured → presented by mpv (its time-pos against the host's
 //!   capture epoch); baseline: capture_to_receive of the same run (the player's share).
-//! - capture_to_gst_p50_ms: the same for the built-in player (`--player gst`, a playbin on
-//!   the viewer's local URL; here its video sink is a clock-synced fakesink).
+//! - capture_to_gst_p50_ms: the same for the built-in player (`pixelpass view --player gst`
+//!   in the bench's Xvfb, its own latency meter: `display_latency_ms`).
 //! - host_ladder_cpu_pct (X11): the host encoding its rendition ladder (`--renditions auto`:
 //!   1080p + 540p at ⅓ + 360p at ⅛ of the bitrate) for one viewer; baseline: a host with
 //!   `--renditions off` sharing the same screen beside it, over the same window. The figures
@@ -97,13 +97,13 @@ fn event_text(buf: &Mutex<String>, event: &str, field: &str) -> String {
 }
 
 /// The viewer's own capture → receive p50 from the `viewer-stats` events after line `from`.
-fn receive_p50_since(buf: &Mutex<String>, from: usize) -> f64 {
+fn stats_p50_since(buf: &Mutex<String>, from: usize, key: &str) -> f64 {
     median(
         json_lines(buf)
             .into_iter()
             .skip(from)
             .filter(|v| v["event"] == "viewer-stats")
-            .filter_map(|v| v["latency_ms"].as_f64())
+            .filter_map(|v| v[key].as_f64())
             .filter(|l| *l >= 0.0)
             .collect(),
     )
@@ -279,7 +279,7 @@ fn measure(prefix: &str, env: &[(String, String)], quick: bool, baseline: Option
         f.mpv = player_p50(epoch, window(quick), || {
             mpv_get(&sock, "time-pos").and_then(|v| v.as_f64())
         });
-        f.receive = receive_p50_since(&view_out, from);
+        f.receive = stats_p50_since(&view_out, from, "latency_ms");
         // Then the bare pipeline runs beside the share, so both see the same load on this
         // machine (after the latency figures: it loads the machine too).
         let bare = baseline.as_ref().map(|b| bare_pipeline(&b.bare, env));
@@ -297,16 +297,14 @@ fn measure(prefix: &str, env: &[(String, String)], quick: bool, baseline: Option
     );
     {
         let starts = count("capture-started");
-        let (_viewer, view_out) = spawn(&["view", &ticket, "--player", "none"], &[], &config);
-        let url = wait_url(&view_out);
-        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let player = GstPlayer::start(&url, epoch.clone());
+        // the built-in player reports its own capture → display (`display_latency_ms`)
+        let (_viewer, view_out) = spawn(&["view", &ticket, "--player", "gst"], env, &config);
         assert!(wait_for(Duration::from_secs(20), || count("capture-started") > starts));
-        epoch.store(capture_epoch(&host_out, starts), std::sync::atomic::Ordering::Relaxed);
         std::thread::sleep(Duration::from_secs(2));
         let from = json_lines(&view_out).len();
-        f.gst = player.p50(window(quick));
-        f.receive_gst = receive_p50_since(&view_out, from);
+        std::thread::sleep(window(quick));
+        f.gst = stats_p50_since(&view_out, from, "display_latency_ms");
+        f.receive_gst = stats_p50_since(&view_out, from, "latency_ms");
     }
     f.print(prefix);
 }
@@ -467,139 +465,6 @@ fn capture_to_mux(desc: &str, quick: bool) -> f64 {
     pipeline.set_state(gst::State::Null).unwrap();
     let v = std::mem::take(&mut *lat.lock().unwrap());
     median(v)
-}
-
-/// The built-in player's pipeline (a playbin on the local URL, as `--player gst` runs it) in
-/// this process, its video on a clock-synced fakesink: each frame's capture → presentation
-/// time is taken as the sink renders it. tsdemux rebases timestamps to the stream it joined,
-/// so the MPEG-TS timestamp of a frame comes from pairing the video PES headers going into
-/// tsdemux with the buffers coming out, in order.
-struct GstPlayer {
-    playbin: gst::Element,
-    latencies: Arc<Mutex<Vec<f64>>>,
-}
-
-/// MPEG-TS time minus tsdemux's output time, once learnt (ns).
-type Offset = Arc<Mutex<Option<i128>>>;
-
-impl GstPlayer {
-    fn start(url: &str, epoch: Arc<std::sync::atomic::AtomicU64>) -> GstPlayer {
-        let latencies = Arc::new(Mutex::new(Vec::new()));
-        let offset: Offset = Arc::default();
-        let video = gst::ElementFactory::make("fakesink")
-            .property("sync", true)
-            .property("signal-handoffs", true)
-            .build()
-            .unwrap();
-        let (l, o) = (latencies.clone(), offset.clone());
-        video.connect("handoff", false, move |args| {
-            let buffer = args[1].get::<gst::Buffer>().ok()?;
-            let epoch = epoch.load(std::sync::atomic::Ordering::Relaxed);
-            if let (Some(pts), Some(off)) = (buffer.pts(), *o.lock().unwrap())
-                && epoch > 0
-            {
-                // mpegtsmux starts MPEG-TS time at one hour of capture running time
-                let captured = epoch as f64 + (pts.nseconds() as i128 + off) as f64 - 3600e9;
-                l.lock()
-                    .unwrap()
-                    .push((gstiroh::net::unix_now_ns() as f64 - captured) / 1e6);
-            }
-            None
-        });
-        let audio = gst::ElementFactory::make("fakesink")
-            .property("sync", true)
-            .build()
-            .unwrap();
-        let playbin = gst::ElementFactory::make("playbin")
-            .property("uri", url)
-            .property("video-sink", &video)
-            .property("audio-sink", &audio)
-            .build()
-            .unwrap();
-        playbin.connect("element-setup", false, move |args| {
-            let el = args[1].get::<gst::Element>().ok()?;
-            if el.factory().is_some_and(|f| f.name() == "tsdemux") {
-                pair_timestamps(&el, offset.clone());
-            }
-            None
-        });
-        playbin.set_state(gst::State::Playing).unwrap();
-        GstPlayer { playbin, latencies }
-    }
-
-    /// Capture → presentation p50 of the frames shown over `over` from now.
-    fn p50(&self, over: Duration) -> f64 {
-        self.latencies.lock().unwrap().clear();
-        std::thread::sleep(over);
-        median(std::mem::take(&mut *self.latencies.lock().unwrap()))
-    }
-}
-
-impl Drop for GstPlayer {
-    fn drop(&mut self) {
-        let _ = self.playbin.set_state(gst::State::Null);
-    }
-}
-
-/// Learns tsdemux's timestamp offset: the nth video PES going in is the nth buffer coming out.
-fn pair_timestamps(tsdemux: &gst::Element, offset: Offset) {
-    let raw = Arc::new(Mutex::new(std::collections::VecDeque::<u64>::new()));
-    let rest = Mutex::new(Vec::<u8>::new());
-    let r = raw.clone();
-    tsdemux
-        .static_pad("sink")
-        .unwrap()
-        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(gst::PadProbeData::Buffer(b)) = &info.data
-                && let Ok(map) = b.map_readable()
-            {
-                let mut rest = rest.lock().unwrap();
-                rest.extend_from_slice(&map);
-                let whole = rest.len() / 188 * 188;
-                r.lock()
-                    .unwrap()
-                    .extend(rest[..whole].chunks(188).filter_map(video_pes_pts));
-                rest.drain(..whole);
-            }
-            gst::PadProbeReturn::Ok
-        });
-    tsdemux.connect_pad_added(move |_, pad| {
-        if !pad.name().starts_with("video") {
-            return;
-        }
-        let (raw, offset) = (raw.clone(), offset.clone());
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(gst::PadProbeData::Buffer(b)) = &info.data
-                && let (Some(pts), Some(ts)) = (b.pts(), raw.lock().unwrap().pop_front())
-            {
-                *offset.lock().unwrap() = Some(ts as i128 - pts.nseconds() as i128);
-            }
-            gst::PadProbeReturn::Ok
-        });
-    });
-}
-
-/// The PTS (ns) of a video PES that starts in this 188-byte MPEG-TS packet.
-fn video_pes_pts(p: &[u8]) -> Option<u64> {
-    if p[0] != 0x47 || p[1] & 0x40 == 0 {
-        return None;
-    }
-    let start = match (p[3] >> 4) & 3 {
-        1 => 4,
-        3 => 5 + p[4] as usize,
-        _ => return None,
-    };
-    let pes = p.get(start..)?;
-    if pes.len() < 14 || pes[..3] != [0, 0, 1] || pes[3] & 0xf0 != 0xe0 || pes[7] & 0x80 == 0 {
-        return None;
-    }
-    let t = &pes[9..14];
-    let pts = (u64::from(t[0] >> 1) & 7) << 30
-        | u64::from(t[1]) << 22
-        | u64::from(t[2] >> 1) << 15
-        | u64::from(t[3]) << 7
-        | u64::from(t[4] >> 1);
-    Some(pts * 100_000 / 9)
 }
 
 /// The fd of the bench's own screen cast, for children (set once, before any child runs).
