@@ -24,6 +24,9 @@ PKGS=(
   tmux xclip wl-clipboard
   # the pixelpass:// desktop handler test (xdg-mime)
   xdg-utils
+  # the window (--features gui): software OpenGL for Xvfb, a tray watcher and a notification
+  # daemon for its tests (dbus-monitor, gdbus, xdotool, ffmpeg are above)
+  libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11-0 haskell-status-notifier-item-utils dunst
 )
 
 missing=()

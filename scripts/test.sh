@@ -7,7 +7,10 @@ export PIXELPASS_REQUIRE_ALL=1
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+# The window (`--features gui`) is linted and tested in the same run as everything else: one
+# test build with the feature instead of a second one without it.
+cargo clippy --workspace --all-targets --features pixelpass/gui -- -D warnings
+cargo test --workspace --features pixelpass/gui
 
 # Fuzz the wire-format decoders briefly (needs a nightly toolchain; cargo-fuzz is installed
 # from crates.io when missing). FUZZ_RUNS=0 skips it.

@@ -37,6 +37,12 @@ pub struct Cli {
     #[arg(long)]
     pub repair: bool,
 
+    /// Open the window: host and view with buttons, viewers with Kick, tray, themes (builds
+    /// with the `gui` feature; see README "GUI"). Host options given with it apply to every
+    /// share started from the window
+    #[arg(long)]
+    pub gui: bool,
+
     /// Re-run the upstream bandwidth test (about 5 s, at most 10; up to 5 MB; endpoint from
     /// PIXELPASS_SPEEDTEST_URL, else the config's, else Cloudflare's), store it and exit
     #[arg(long)]

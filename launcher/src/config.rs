@@ -8,12 +8,16 @@ use serde::{Deserialize, Serialize};
 
 /// The keys this version knows, per section; others are warned about and kept (another
 /// version of pixelpass may use them).
-const KNOWN: [(&str, &[&str]); 2] = [
+const KNOWN: [(&str, &[&str]); 3] = [
     (
         "bandwidth",
         &["status", "upstream_mbps", "measured_at", "error", "endpoint"],
     ),
     ("viewer", &["player"]),
+    (
+        "gui",
+        &["theme", "keep_in_tray", "quality", "max_viewers", "software_encoder"],
+    ),
 ];
 
 /// The whole config file.
@@ -23,6 +27,31 @@ pub struct Config {
     pub bandwidth: Bandwidth,
     #[serde(default, skip_serializing_if = "Viewer::is_empty")]
     pub viewer: Viewer,
+    #[serde(default, skip_serializing_if = "Gui::is_empty")]
+    pub gui: Gui,
+}
+
+/// The `[gui]` section: what the window (`--gui`) remembers.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Gui {
+    /// The theme picked last, by name.
+    pub theme: Option<String>,
+    /// Closing the window leaves the share running, reopened from the tray.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_in_tray: bool,
+    /// The host's last quality preset (`auto`, `high`, …).
+    pub quality: Option<String>,
+    /// The host's last viewer cap.
+    pub max_viewers: Option<u32>,
+    /// The host's last "software encoder" choice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub software_encoder: bool,
+}
+
+impl Gui {
+    fn is_empty(&self) -> bool {
+        *self == Gui::default()
+    }
 }
 
 /// The `[viewer]` section: what the menu's viewer remembers.
@@ -270,6 +299,11 @@ mod tests {
             viewer: Viewer {
                 player: Some("vlc".into()),
             },
+            gui: Gui {
+                theme: Some("Catppuccin Latte".into()),
+                keep_in_tray: true,
+                ..Default::default()
+            },
         };
         c.save_to(&p).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
@@ -284,8 +318,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named_and_do_not_stop_loading() {
-        let text = "# mine\n[bandwidth]\nstatus = \"skipped\"\nprobe_ms = 3\n\n[viewer]\nplayer = \"mpv\"\nvolume = 9\n\n[gui]\ntheme = \"dark\"\n";
-        assert_eq!(unknown_keys(text), ["bandwidth.probe_ms", "gui", "viewer.volume"]);
+        let text = "# mine\n[bandwidth]\nstatus = \"skipped\"\nprobe_ms = 3\n\n[viewer]\nplayer = \"mpv\"\nvolume = 9\n\n[later]\ntheme = \"dark\"\n";
+        assert_eq!(unknown_keys(text), ["bandwidth.probe_ms", "later", "viewer.volume"]);
         let p = tmp("unknown", text);
         let c = Config::load_from(&p).unwrap();
         assert_eq!(c.bandwidth.status, BandwidthStatus::Skipped);
@@ -295,7 +329,7 @@ mod tests {
 
     #[test]
     fn save_keeps_unknown_keys_and_comments() {
-        let text = "# my settings\n[bandwidth]\n# from the office\nstatus = \"skipped\" # for now\nprobe_ms = 3\nendpoint = \"http://sink/up\"\n\n[gui]\ntheme = \"dark\" # newer build\n";
+        let text = "# my settings\n[bandwidth]\n# from the office\nstatus = \"skipped\" # for now\nprobe_ms = 3\nendpoint = \"http://sink/up\"\n\n[later]\ntheme = \"dark\" # newer build\n";
         let p = tmp("keep", text);
         let mut c = Config::load_from(&p).unwrap();
         c.bandwidth.status = BandwidthStatus::Measured;
@@ -309,7 +343,7 @@ mod tests {
             "# from the office",
             "status = \"measured\" # for now",
             "probe_ms = 3",
-            "[gui]",
+            "[later]",
             "theme = \"dark\" # newer build",
             "upstream_mbps = 7.5",
             "player = \"vlc\"",

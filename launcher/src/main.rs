@@ -12,6 +12,8 @@ mod clipboard;
 mod config;
 mod encoder;
 mod events;
+#[cfg(feature = "gui")]
+mod gui;
 mod host;
 mod menu;
 mod output;
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         (Some(c), _) => c,
         // The seed's headless viewer: serve the stream and print the mpv command.
         (None, Some(_)) => parse_as("view", &typed, &["--player", "none"]),
+        (None, None) if cli.gui => return gui(&cli.host, &typed),
         (None, None) if cli.repair => return repair(),
         (None, None) if cli.reconfigure => return reconfigure(),
         // A person at a terminal gets the menu; scripts get the seed's headless host.
@@ -111,6 +114,41 @@ fn exit_code(e: &anyhow::Error, failure: Option<view::Failure>) -> u8 {
     } else {
         1
     }
+}
+
+/// `--gui`: the window, driving `pixelpass host|view` children (this binary). The typed host
+/// options go to every host it starts; `--relay` and `--bind` to viewers too.
+#[cfg(feature = "gui")]
+fn gui(host: &cli::HostArgs, typed: &[String]) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("pixelpass: cannot find this program to run its share: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut view_args = Vec::new();
+    if let Some(relay) = &host.common.relay {
+        view_args.extend(["--relay".to_string(), relay.to_string()]);
+    }
+    if let Some(bind) = host.common.bind {
+        view_args.extend(["--bind".to_string(), bind.to_string()]);
+    }
+    gui::run(gui::Launch {
+        exe,
+        host_args: typed.iter().filter(|a| *a != "--gui").cloned().collect(),
+        view_args,
+        config_home: None,
+    })
+}
+
+/// `--gui` in a build without the window: how to get it (exit 2, as for an unknown option).
+#[cfg(not(feature = "gui"))]
+fn gui(_host: &cli::HostArgs, _typed: &[String]) -> ExitCode {
+    eprintln!(
+        "pixelpass: this pixelpass was built without the window (--gui): build it with `cargo build --release --features gui` (README \"GUI\")"
+    );
+    ExitCode::from(2)
 }
 
 /// `--repair`: prints what it unloaded, or why there was nothing to.

@@ -7,17 +7,24 @@ use qrcode::{Color, EcLevel, QrCode};
 /// Light modules around the code: scanners need a margin.
 pub const QUIET: usize = 2;
 
+/// The QR code of `ticket` as its modules, without the quiet zone: the width and, row-major,
+/// whether each module is dark. Upper case (tickets read either case), for QR's denser
+/// alphanumeric mode. The terminal and the window draw this one code.
+pub fn modules(ticket: &str) -> Result<(usize, Vec<bool>)> {
+    let code = QrCode::with_error_correction_level(ticket.to_ascii_uppercase(), EcLevel::L)
+        .context("the ticket does not fit in a QR code")?;
+    let dark = code.to_colors().into_iter().map(|c| c == Color::Dark).collect();
+    Ok((code.width(), dark))
+}
+
 /// The QR code of `ticket`, one string per terminal line. The ticket is upper-cased (tickets
 /// read either case) so it fits QR's denser alphanumeric mode. Light modules are drawn as
 /// blocks in white on black, so the code reads right on dark and light terminals alike.
 pub fn render(ticket: &str) -> Result<Vec<String>> {
-    let code = QrCode::with_error_correction_level(ticket.to_ascii_uppercase(), EcLevel::L)
-        .context("the ticket does not fit in a QR code")?;
-    let w = code.width();
-    let colors = code.to_colors();
+    let (w, dark) = modules(ticket)?;
     let light = |x: usize, y: usize| -> bool {
         let inside = x >= QUIET && y >= QUIET && x < w + QUIET && y < w + QUIET;
-        !inside || colors[(y - QUIET) * w + (x - QUIET)] == Color::Light
+        !inside || !dark[(y - QUIET) * w + (x - QUIET)]
     };
     let size = w + 2 * QUIET;
     let lines = (0..size.div_ceil(2))

@@ -189,7 +189,8 @@ fn ask_what() -> Result<Asked<ShareWhat>> {
 }
 
 /// X11: the connected xrandr outputs (none when there is only one: that is the whole screen).
-fn monitors() -> Vec<(String, capture::x11::Monitor)> {
+/// The window offers the same.
+pub fn monitors() -> Vec<(String, capture::x11::Monitor)> {
     let out = std::process::Command::new("xrandr").arg("--query").output();
     let all = out
         .map(|o| capture::x11::parse_xrandr(&String::from_utf8_lossy(&o.stdout)))
@@ -313,7 +314,7 @@ fn view(config: &mut Config) -> Result<Asked<Vec<String>>> {
     }
 }
 
-fn player_label(p: Player) -> String {
+pub fn player_label(p: Player) -> String {
     match p {
         Player::Mpv => "mpv (low latency)".into(),
         Player::Vlc => "VLC".into(),

@@ -1,0 +1,347 @@
+//! `pixelpass --gui` as a person's desktop runs it: a real window on Xvfb with Mesa's software
+//! GL, in a private D-Bus session with a StatusNotifierWatcher (the tray) and dunst (the
+//! notifications). Enter starts hosting (Start hosting has the focus), a real viewer joins;
+//! SIGKILL of the window takes its host child with it.
+#![cfg(feature = "gui")]
+
+use pixelpass_test_support as support;
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pixelpass");
+
+/// A private session bus with a tray watcher (and a fake tray host registered, as a panel
+/// would) and dunst showing notifications on the display.
+struct Desktop {
+    bus: String,
+    /// Notify calls seen on the bus.
+    notify_calls: Arc<Mutex<String>>,
+    procs: Vec<Proc>,
+}
+
+impl Desktop {
+    fn start(display: &str) -> Desktop {
+        let mut daemon = Proc::spawn(
+            "dbus-daemon",
+            Command::new("dbus-daemon")
+                .args(["--session", "--nofork", "--print-address=1"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        );
+        let out = collect(daemon.child.as_mut().unwrap().stdout.take().unwrap());
+        let text = wait_text(&out, "\n", Duration::from_secs(10)).expect("the bus address");
+        let bus = text.lines().next().unwrap().trim().to_string();
+        let mut d = Desktop {
+            bus,
+            notify_calls: Arc::default(),
+            procs: vec![daemon],
+        };
+        d.spawn("status-notifier-watcher", &mut Command::new("status-notifier-watcher"));
+        assert!(d.wait_name("org.kde.StatusNotifierWatcher"), "the tray watcher is up");
+        let host = d.gdbus(&[
+            "call",
+            "--dest",
+            "org.kde.StatusNotifierWatcher",
+            "--object-path",
+            "/StatusNotifierWatcher",
+            "--method",
+            "org.kde.StatusNotifierWatcher.RegisterStatusNotifierHost",
+            "org.kde.StatusNotifierHost-test",
+        ]);
+        assert!(host.is_some(), "a tray host registers");
+        d.spawn("dunst", Command::new("dunst").env("DISPLAY", display));
+        assert!(d.wait_name("org.freedesktop.Notifications"), "dunst is up");
+        let mut monitor = Proc::spawn(
+            "dbus-monitor",
+            Command::new("dbus-monitor")
+                .args(["--address", &d.bus])
+                .arg("type='method_call',interface='org.freedesktop.Notifications',member='Notify'")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        );
+        d.notify_calls = collect(monitor.child.as_mut().unwrap().stdout.take().unwrap());
+        d.procs.push(monitor);
+        d
+    }
+
+    fn spawn(&mut self, name: &str, cmd: &mut Command) {
+        let p = Proc::spawn(
+            name,
+            cmd.env("DBUS_SESSION_BUS_ADDRESS", &self.bus)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        self.procs.push(p);
+    }
+
+    fn gdbus(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("gdbus")
+            .args(args)
+            .arg("--address")
+            .arg(&self.bus)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn wait_name(&self, name: &str) -> bool {
+        wait_for(Duration::from_secs(15), || {
+            self.gdbus(&[
+                "call",
+                "--dest",
+                "org.freedesktop.DBus",
+                "--object-path",
+                "/org/freedesktop/DBus",
+                "--method",
+                "org.freedesktop.DBus.NameHasOwner",
+                name,
+            ])
+            .is_some_and(|o| o.contains("true"))
+        })
+    }
+
+    /// The tray items' titles, read from each registered item as a tray host would.
+    fn tray_titles(&self) -> Vec<String> {
+        let items = self
+            .gdbus(&[
+                "call",
+                "--dest",
+                "org.kde.StatusNotifierWatcher",
+                "--object-path",
+                "/StatusNotifierWatcher",
+                "--method",
+                "org.freedesktop.DBus.Properties.Get",
+                "org.kde.StatusNotifierWatcher",
+                "RegisteredStatusNotifierItems",
+            ])
+            .unwrap_or_default();
+        // (<['org.kde.StatusNotifierItem-123-1/StatusNotifierItem']>,) or bare bus names.
+        items
+            .split('\'')
+            .skip(1)
+            .step_by(2)
+            .filter_map(|item| {
+                let (dest, path) = match item.split_once('/') {
+                    Some((d, p)) => (d.to_string(), format!("/{p}")),
+                    None => (item.to_string(), "/StatusNotifierItem".to_string()),
+                };
+                self.gdbus(&[
+                    "call",
+                    "--dest",
+                    &dest,
+                    "--object-path",
+                    &path,
+                    "--method",
+                    "org.freedesktop.DBus.Properties.Get",
+                    "org.kde.StatusNotifierItem",
+                    "Title",
+                ])
+            })
+            .collect()
+    }
+}
+
+/// `pixelpass --gui` on `display`, sharing the test pattern on loopback.
+struct Window {
+    proc: Proc,
+    id: String,
+    stdout: Arc<Mutex<String>>,
+    _config: TempDir,
+}
+
+impl Window {
+    fn open(x: &Xvfb, bus: &str) -> Window {
+        let config = TempDir::new("gui-window");
+        let mut proc = Proc::spawn(
+            "pixelpass --gui",
+            Command::new(BIN)
+                .args([
+                    "--gui",
+                    "--source",
+                    "test",
+                    "--no-audio",
+                    "--relay",
+                    "disabled",
+                    "--bind",
+                    "127.0.0.1:0",
+                ])
+                .env("DISPLAY", &x.display)
+                .env("WAYLAND_DISPLAY", "")
+                .env("LIBGL_ALWAYS_SOFTWARE", "1")
+                .env("XDG_CONFIG_HOME", config.path())
+                .env("DBUS_SESSION_BUS_ADDRESS", bus)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        );
+        let stdout = collect(proc.child.as_mut().unwrap().stdout.take().unwrap());
+        let id = x.window_id("pixelpass").expect("the window maps");
+        Window {
+            proc,
+            id,
+            stdout,
+            _config: config,
+        }
+    }
+
+    /// Enter on the window: Start hosting has the focus. Returns the ticket it prints.
+    fn host(&mut self, x: &Xvfb) -> String {
+        let xdo = |args: &[&str]| {
+            let ok = Command::new("xdotool").args(args).env("DISPLAY", &x.display).status();
+            assert!(ok.is_ok_and(|s| s.success()), "xdotool {args:?}");
+        };
+        xdo(&["windowfocus", "--sync", &self.id]);
+        let ticket = wait_for(Duration::from_secs(30), || {
+            xdo(&["key", "Return"]);
+            wait_text(&self.stdout, "pp1", Duration::from_secs(3)).is_some()
+        });
+        assert!(ticket, "Enter starts hosting and the ticket comes");
+        let out = self.stdout.lock().unwrap().clone();
+        out.lines().find(|l| l.starts_with("pp1")).unwrap().trim().to_string()
+    }
+}
+
+/// The window's pixels (8-bit gray), through ffmpeg's X11 grabber.
+fn screenshot(x: &Xvfb, id: &str, png: Option<&std::path::Path>) -> Vec<u8> {
+    let info = Command::new("xwininfo")
+        .args(["-id", id])
+        .env("DISPLAY", &x.display)
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    let field = |k: &str| -> u32 {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(k))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in {info}"))
+    };
+    let (left, top, w, h) = (
+        field("Absolute upper-left X:"),
+        field("Absolute upper-left Y:"),
+        field("Width:"),
+        field("Height:"),
+    );
+    let grab = |out: &[&str]| {
+        Command::new("ffmpeg")
+            .args([
+                "-loglevel",
+                "error",
+                "-f",
+                "x11grab",
+                "-video_size",
+                &format!("{w}x{h}"),
+            ])
+            .args(["-i", &format!("{}+{left},{top}", x.display), "-frames:v", "1"])
+            .args(out)
+            .output()
+            .unwrap()
+    };
+    if let Some(p) = png {
+        grab(&["-y", p.to_str().unwrap()]);
+    }
+    grab(&["-f", "rawvideo", "-pix_fmt", "gray", "-"]).stdout
+}
+
+#[test]
+fn the_window_shows_hosts_on_enter_has_a_tray_and_notifies_a_join() {
+    require!(
+        "Xvfb",
+        "xdotool",
+        "xwininfo",
+        "ffmpeg",
+        "dbus-daemon",
+        "dbus-monitor",
+        "gdbus"
+    );
+    require!("status-notifier-watcher", "dunst");
+    let x = Xvfb::start(800, 800);
+    let desktop = Desktop::start(&x.display);
+    let mut window = Window::open(&x, &desktop.bus);
+
+    let mut pixels = Vec::new();
+    let painted = wait_for(Duration::from_secs(20), || {
+        pixels = screenshot(&x, &window.id, None);
+        let mut seen = [false; 256];
+        pixels.iter().for_each(|p| seen[*p as usize] = true);
+        seen.iter().filter(|s| **s).count() > 8
+    });
+    assert!(painted, "the window is drawn (not blank): {} pixels", pixels.len());
+
+    let ticket = window.host(&x);
+    let titles = |d: &Desktop| d.tray_titles().join(" | ");
+    assert!(
+        wait_for(Duration::from_secs(10), || titles(&desktop)
+            .contains("pixelpass: hosting, 0 viewers")),
+        "the tray item registers and says it hosts: {}",
+        titles(&desktop)
+    );
+
+    let mut viewer = Proc::spawn(
+        "pixelpass view",
+        Command::new(BIN)
+            .args([
+                "view",
+                &ticket,
+                "--player",
+                "none",
+                "--relay",
+                "disabled",
+                "--bind",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let calls = wait_text(&desktop.notify_calls, "Viewer joined", Duration::from_secs(30));
+    assert!(calls.is_some(), "a join is a desktop notification");
+    assert!(
+        wait_for(Duration::from_secs(10), || titles(&desktop)
+            .contains("hosting, 1 viewer")),
+        "the tray counts the viewer: {}",
+        titles(&desktop)
+    );
+    // The README's screenshot, when asked for (PIXELPASS_GUI_SCREENSHOT=path.png).
+    if let Ok(p) = std::env::var("PIXELPASS_GUI_SCREENSHOT") {
+        std::thread::sleep(Duration::from_millis(500));
+        screenshot(&x, &window.id, Some(std::path::Path::new(&p)));
+    }
+    viewer.signal(libc::SIGTERM);
+    assert!(viewer.wait_timeout(Duration::from_secs(10)).is_ok());
+    assert!(
+        wait_text(&desktop.notify_calls, "Viewer left", Duration::from_secs(15)).is_some(),
+        "a leave is a desktop notification"
+    );
+    assert!(window.proc.alive(), "the window is still up");
+}
+
+#[test]
+fn sigkill_of_the_window_ends_its_host() {
+    require!("Xvfb", "xdotool", "xwininfo", "dbus-daemon");
+    let x = Xvfb::start(800, 800);
+    // A bus of its own without a tray or notifications: the window must cope.
+    let mut daemon = Proc::spawn(
+        "dbus-daemon",
+        Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let out = collect(daemon.child.as_mut().unwrap().stdout.take().unwrap());
+    let bus = wait_text(&out, "\n", Duration::from_secs(10))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut window = Window::open(&x, &bus);
+    window.host(&x);
+    let children = descendants(window.proc.pid());
+    assert!(!children.is_empty(), "the window runs a host child");
+    window.proc.signal(libc::SIGKILL);
+    assert!(window.proc.wait_timeout(Duration::from_secs(5)).is_ok());
+    let gone = wait_for(Duration::from_secs(10), || children.iter().all(|p| !running(*p)));
+    assert!(gone, "no pixelpass child outlives the window: {children:?}");
+}
