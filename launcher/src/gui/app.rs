@@ -138,8 +138,19 @@ impl eframe::App for GuiApp {
                 self.footer(ui);
             });
         });
-        // Time-based text ("✓ Copied") and the children's stats need a frame now and then
+        // Time-based text ("✔ Copied") and the children's stats need a frame now and then
         // even without input; events repaint at once.
         ctx.request_repaint_after(std::time::Duration::from_millis(500));
     }
+}
+
+/// A state line: a dot in the state's colour, then the words ("Waiting for viewers…"). The
+/// dot is drawn: egui's fonts have no "●".
+pub fn state_line(ui: &mut egui::Ui, color: egui::Color32, text: &str) {
+    ui.horizontal(|ui| {
+        let size = ui.text_style_height(&egui::TextStyle::Body);
+        let (rect, _) = ui.allocate_exact_size(egui::vec2(size, size), egui::Sense::hover());
+        ui.painter().circle_filled(rect.center(), size * 0.3, color);
+        ui.colored_label(color, text);
+    });
 }

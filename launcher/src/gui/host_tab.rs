@@ -156,7 +156,7 @@ pub fn show(app: &mut GuiApp, ui: &mut egui::Ui) {
         Phase::Ended { reason, failed } => {
             if reason != super::session::NOT_STARTED {
                 let role = if failed { Role::Error } else { Role::WeakText };
-                ui.colored_label(app.look.color(role), format!("● Stopped: {reason}"));
+                super::app::state_line(ui, app.look.color(role), &format!("Stopped: {reason}"));
                 ui.separator();
             }
             form(app, ui);
@@ -305,7 +305,7 @@ fn hosting(app: &mut GuiApp, ui: &mut egui::Ui) {
         (Phase::Running, false) => Role::Streaming,
         _ => Role::WeakText,
     };
-    ui.colored_label(app.look.color(role), h.state_line());
+    super::app::state_line(ui, app.look.color(role), &h.state_line());
     if let Some(c) = &h.capture {
         ui.label(format!("Capturing {c} · {:.1} Mbit/s", h.bitrate_kbps / 1000.0));
     }
@@ -351,7 +351,7 @@ fn ticket_box(app: &mut GuiApp, ui: &mut egui::Ui, ticket: &str) {
             app.host.copied_at = Some(Instant::now());
         }
         if app.host.copied_at.is_some_and(|t| t.elapsed() < Duration::from_secs(3)) {
-            ui.colored_label(app.look.color(Role::Success), "✓ Copied");
+            ui.colored_label(app.look.color(Role::Success), "✔ Copied");
         }
     });
     qr_code(ui, ticket);

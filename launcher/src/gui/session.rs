@@ -234,14 +234,14 @@ impl HostSession {
         self.phase = ended(code, self.error.take(), "the host stopped");
     }
 
-    /// The state line: "● Waiting for viewers…" / "● Streaming to 2 viewers".
+    /// The state line: "Waiting for viewers…" / "Streaming to 2 viewers".
     pub fn state_line(&self) -> String {
         match &self.phase {
-            Phase::Starting => "● Starting…".into(),
-            Phase::Stopping => "● Stopping…".into(),
-            Phase::Ended { reason, .. } => format!("● Stopped: {reason}"),
-            Phase::Running if self.viewers.is_empty() => "● Waiting for viewers…".into(),
-            Phase::Running => format!("● Streaming to {}", viewers(self.viewers.len())),
+            Phase::Starting => "Starting…".into(),
+            Phase::Stopping => "Stopping…".into(),
+            Phase::Ended { reason, .. } => format!("Stopped: {reason}"),
+            Phase::Running if self.viewers.is_empty() => "Waiting for viewers…".into(),
+            Phase::Running => format!("Streaming to {}", viewers(self.viewers.len())),
         }
     }
 
@@ -363,14 +363,14 @@ impl ViewSession {
         self.phase = ended(code, self.error.take(), "disconnected");
     }
 
-    /// "● Connected (direct) · 2.4 Mbit/s · 120 ms behind capture".
+    /// "Connected (direct) · 2.4 Mbit/s · 120 ms behind capture".
     pub fn state_line(&self) -> String {
         match &self.phase {
-            Phase::Starting => "● Connecting…".into(),
-            Phase::Stopping => "● Disconnecting…".into(),
-            Phase::Ended { reason, .. } => format!("● Disconnected: {reason}"),
+            Phase::Starting => "Connecting…".into(),
+            Phase::Stopping => "Disconnecting…".into(),
+            Phase::Ended { reason, .. } => format!("Disconnected: {reason}"),
             Phase::Running => {
-                let mut s = format!("● Connected ({})", self.path.as_deref().unwrap_or("?"));
+                let mut s = format!("Connected ({})", self.path.as_deref().unwrap_or("?"));
                 if let Some(rtt) = self.rtt_ms {
                     s += &format!(" · RTT {rtt:.0} ms");
                 }
@@ -397,9 +397,9 @@ mod tests {
     #[test]
     fn joins_and_leaves_make_the_list_and_notices() {
         let mut h = HostSession::default();
-        assert_eq!(h.state_line(), "● Starting…");
+        assert_eq!(h.state_line(), "Starting…");
         assert!(h.apply(ev(r#"{"event":"ticket","ticket":"pp1abc"}"#)).is_none());
-        assert_eq!(h.state_line(), "● Waiting for viewers…");
+        assert_eq!(h.state_line(), "Waiting for viewers…");
         let n = h.apply(ev(
             r#"{"event":"viewer-joined","id":"a-1","name":"alice","path":"relay"}"#,
         ));
@@ -408,7 +408,7 @@ mod tests {
             r#"{"event":"host-stats","viewers":1,"bitrate_kbps":2500.0,"dropped_gops":0,"paths":["direct"],"ids":["a-1"],"renditions":["720p"]}"#,
         ));
         assert_eq!(h.viewers[0].path, "direct", "the path follows the stats");
-        assert_eq!(h.state_line(), "● Streaming to 1 viewer");
+        assert_eq!(h.state_line(), "Streaming to 1 viewer");
         assert_eq!(h.tray_line(), "hosting, 1 viewer");
         let n = h.apply(ev(r#"{"event":"viewer-left","id":"a-1","reason":"kicked"}"#));
         assert_eq!(n.unwrap().body, "alice (kicked)");
@@ -438,7 +438,7 @@ mod tests {
             r#"{"event":"error","message":"the host removed this viewer","kind":"kicked"}"#,
         ));
         v.exited(Some(1));
-        assert_eq!(v.state_line(), "● Disconnected: the host removed this viewer");
+        assert_eq!(v.state_line(), "Disconnected: the host removed this viewer");
         let mut v = ViewSession::default();
         v.exited(None);
         assert!(matches!(v.phase, Phase::Ended { failed: false, .. }));

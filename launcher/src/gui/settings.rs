@@ -113,7 +113,7 @@ fn appearance(app: &mut GuiApp, ui: &mut egui::Ui) {
     }
     match &app.look.saved {
         Some(Ok(p)) => {
-            ui.colored_label(app.look.color(Role::Success), format!("✓ Saved {}", p.display()));
+            ui.colored_label(app.look.color(Role::Success), format!("✔ Saved {}", p.display()));
         }
         Some(Err(e)) => {
             ui.colored_label(app.look.color(Role::Error), e);

@@ -24,9 +24,9 @@ pub const FIELDS: [(&str, &str); 13] = [
     ("accent", "selection, links, the active control"),
     ("button_bg", "buttons at rest"),
     ("button_hovered", "buttons under the pointer"),
-    ("streaming", "\"● Streaming\""),
-    ("waiting", "\"● Waiting for viewers…\""),
-    ("success", "\"✓ Copied\", a valid code"),
+    ("streaming", "\"Streaming\" (its dot)"),
+    ("waiting", "\"Waiting for viewers…\" (its dot)"),
+    ("success", "\"✔ Copied\", a valid code"),
     ("warning", "non-fatal warnings"),
     ("error", "errors"),
 ];

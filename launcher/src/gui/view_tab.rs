@@ -41,7 +41,7 @@ impl ViewForm {
         Some(
             code.parse::<gstiroh::ticket::Ticket>()
                 .map(|_| ())
-                .map_err(|e| format!("✗ not a valid code: {e}")),
+                .map_err(|e| format!("✖ not a valid code: {e}")),
         )
     }
 }
@@ -62,7 +62,7 @@ pub fn show(app: &mut GuiApp, ui: &mut egui::Ui) {
     let check = app.view.check();
     match &check {
         Some(Ok(())) => {
-            ui.colored_label(app.look.color(Role::Success), "✓ valid code");
+            ui.colored_label(app.look.color(Role::Success), "✔ valid code");
         }
         Some(Err(why)) => {
             ui.colored_label(app.look.color(Role::Error), why);
@@ -123,7 +123,7 @@ fn status(app: &GuiApp, ui: &mut egui::Ui, v: &super::session::ViewSession) {
         Phase::Ended { failed: true, .. } => Role::Error,
         _ => Role::WeakText,
     };
-    ui.colored_label(app.look.color(role), v.state_line());
+    super::app::state_line(ui, app.look.color(role), &v.state_line());
     if let Some(url) = &v.url {
         ui.label(format!("Local stream: {url}"));
     }
