@@ -193,11 +193,14 @@ impl Window {
     fn host(&mut self, x: &Xvfb) -> String {
         let xdo = |args: &[&str]| {
             let ok = Command::new("xdotool").args(args).env("DISPLAY", &x.display).status();
-            assert!(ok.is_ok_and(|s| s.success()), "xdotool {args:?}");
+            ok.is_ok_and(|s| s.success())
         };
-        xdo(&["windowfocus", "--sync", &self.id]);
+        // Until the window is mapped it cannot take the focus: try again until it does.
         let ticket = wait_for(Duration::from_secs(30), || {
-            xdo(&["key", "Return"]);
+            if !xdo(&["windowfocus", "--sync", &self.id]) {
+                return false;
+            }
+            assert!(xdo(&["key", "Return"]), "xdotool key Return");
             wait_text(&self.stdout, "pp1", Duration::from_secs(3)).is_some()
         });
         assert!(ticket, "Enter starts hosting and the ticket comes");
