@@ -38,7 +38,7 @@ pub struct Cli {
     pub repair: bool,
 
     /// Open the window: host and view with buttons, viewers with Kick, tray, themes (builds
-    /// with the `gui` feature; see README "GUI"). Host options given with it apply to every
+    /// with the `gui` feature; README "The window"). Host options given with it apply to every
     /// share started from the window
     #[arg(long)]
     pub gui: bool,

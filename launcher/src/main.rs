@@ -146,7 +146,7 @@ fn gui(host: &cli::HostArgs, typed: &[String]) -> ExitCode {
 #[cfg(not(feature = "gui"))]
 fn gui(_host: &cli::HostArgs, _typed: &[String]) -> ExitCode {
     eprintln!(
-        "pixelpass: this pixelpass was built without the window (--gui): build it with `cargo build --release --features gui` (README \"GUI\")"
+        "pixelpass: this pixelpass was built without the window (--gui): build it with `cargo build --release --features gui` (README \"The window\")"
     );
     ExitCode::from(2)
 }

@@ -126,10 +126,10 @@ impl HostForm {
             return Some("name the app (or pick one that is playing)".into());
         }
         let relay = self.relay.trim();
-        if !relay.is_empty() {
-            if let Err(e) = relay.parse::<gstiroh::net::Relay>() {
-                return Some(format!("relay: {e}"));
-            }
+        if !relay.is_empty()
+            && let Err(e) = relay.parse::<gstiroh::net::Relay>()
+        {
+            return Some(format!("relay: {e}"));
         }
         None
     }
