@@ -106,31 +106,42 @@ impl Desktop {
         })
     }
 
-    /// The tray items' titles, read from each registered item as a tray host would.
-    fn tray_titles(&self) -> Vec<String> {
+    /// The registered tray items as (bus name, object path).
+    fn tray_items(&self) -> Vec<(String, String)> {
+        let watcher = [
+            "--dest",
+            "org.kde.StatusNotifierWatcher",
+            "--object-path",
+            "/StatusNotifierWatcher",
+        ];
+        let get = [
+            "--method",
+            "org.freedesktop.DBus.Properties.Get",
+            "org.kde.StatusNotifierWatcher",
+            "RegisteredStatusNotifierItems",
+        ];
         let items = self
-            .gdbus(&[
-                "call",
-                "--dest",
-                "org.kde.StatusNotifierWatcher",
-                "--object-path",
-                "/StatusNotifierWatcher",
-                "--method",
-                "org.freedesktop.DBus.Properties.Get",
-                "org.kde.StatusNotifierWatcher",
-                "RegisteredStatusNotifierItems",
-            ])
+            .gdbus(&[&["call"], &watcher[..], &get[..]].concat())
             .unwrap_or_default();
         // (<['org.kde.StatusNotifierItem-123-1/StatusNotifierItem']>,) or bare bus names.
         items
             .split('\'')
             .skip(1)
             .step_by(2)
-            .filter_map(|item| {
-                let (dest, path) = match item.split_once('/') {
-                    Some((d, p)) => (d.to_string(), format!("/{p}")),
-                    None => (item.to_string(), "/StatusNotifierItem".to_string()),
-                };
+            .map(|item| match item.split_once('/') {
+                Some((d, p)) => (d.to_string(), format!("/{p}")),
+                None => (item.to_string(), "/StatusNotifierItem".to_string()),
+            })
+            .collect()
+    }
+
+    /// The tray items' titles, read from each registered item as a tray host would.
+    fn tray_titles(&self) -> Vec<String> {
+        self.tray_items()
+            .into_iter()
+            .filter_map(|(dest, path)| {
+                let get = "org.freedesktop.DBus.Properties.Get";
+                let item = "org.kde.StatusNotifierItem";
                 self.gdbus(&[
                     "call",
                     "--dest",
@@ -138,12 +149,36 @@ impl Desktop {
                     "--object-path",
                     &path,
                     "--method",
-                    "org.freedesktop.DBus.Properties.Get",
-                    "org.kde.StatusNotifierItem",
+                    get,
+                    item,
                     "Title",
                 ])
             })
             .collect()
+    }
+
+    /// Clicks the tray menu item labelled `label`, as a tray host does (dbusmenu Event).
+    fn click_menu(&self, label: &str) {
+        let (dest, _) = self.tray_items().into_iter().next().expect("a tray item");
+        let menu = |args: &[&str]| {
+            let mut a = vec!["call", "--dest", &dest, "--object-path", "/MenuBar", "--method"];
+            a.extend_from_slice(args);
+            self.gdbus(&a)
+        };
+        let layout = menu(&["com.canonical.dbusmenu.GetLayout", "0", "10", "@as []"]).expect("the tray menu");
+        // … <(3, {'label': <'Stop'>, …}, [])> …: the id comes before the label.
+        let at = layout
+            .find(&format!("'label': <'{label}'>"))
+            .unwrap_or_else(|| panic!("no {label} in {layout}"));
+        let id = layout[..at]
+            .rsplit("<(")
+            .next()
+            .and_then(|r| r.split(',').next())
+            .unwrap()
+            .trim()
+            .to_string();
+        let clicked = menu(&["com.canonical.dbusmenu.Event", &id, "clicked", "<0>", "0"]);
+        assert!(clicked.is_some(), "menu item {label} ({id}) clicked");
     }
 }
 
@@ -156,8 +191,11 @@ struct Window {
 }
 
 impl Window {
-    fn open(x: &Xvfb, bus: &str) -> Window {
+    /// Opens the window with `config_toml` as its config.toml.
+    fn open(x: &Xvfb, bus: &str, config_toml: &str) -> Window {
         let config = TempDir::new("gui-window");
+        std::fs::create_dir_all(config.path().join("pixelpass")).unwrap();
+        std::fs::write(config.path().join("pixelpass/config.toml"), config_toml).unwrap();
         let mut proc = Proc::spawn(
             "pixelpass --gui",
             Command::new(BIN)
@@ -264,7 +302,7 @@ fn the_window_shows_hosts_on_enter_has_a_tray_and_notifies_a_join() {
     require!("status-notifier-watcher", "dunst");
     let x = Xvfb::start(800, 800);
     let desktop = Desktop::start(&x.display);
-    let mut window = Window::open(&x, &desktop.bus);
+    let mut window = Window::open(&x, &desktop.bus, "");
 
     let mut pixels = Vec::new();
     let painted = wait_for(Duration::from_secs(20), || {
@@ -339,7 +377,7 @@ fn sigkill_of_the_window_ends_its_host() {
         .unwrap()
         .trim()
         .to_string();
-    let mut window = Window::open(&x, &bus);
+    let mut window = Window::open(&x, &bus, "");
     window.host(&x);
     let children = descendants(window.proc.pid());
     assert!(!children.is_empty(), "the window runs a host child");
@@ -347,4 +385,52 @@ fn sigkill_of_the_window_ends_its_host() {
     assert!(window.proc.wait_timeout(Duration::from_secs(5)).is_ok());
     let gone = wait_for(Duration::from_secs(10), || children.iter().all(|p| !running(*p)));
     assert!(gone, "no pixelpass child outlives the window: {children:?}");
+}
+
+#[test]
+fn closed_to_the_tray_the_share_goes_on_and_the_tray_reopens_and_quits() {
+    require!("Xvfb", "xdotool", "xwininfo", "dbus-daemon", "dbus-monitor", "gdbus");
+    require!("status-notifier-watcher", "dunst");
+    let x = Xvfb::start(800, 800);
+    let desktop = Desktop::start(&x.display);
+    let mut window = Window::open(&x, &desktop.bus, "[gui]\nkeep_in_tray = true\n");
+    window.host(&x);
+    assert!(
+        wait_for(Duration::from_secs(10), || desktop
+            .tray_titles()
+            .join(" ")
+            .contains("hosting")),
+        "the tray is up"
+    );
+    let children = descendants(window.proc.pid());
+    assert!(!children.is_empty(), "a host child");
+
+    let ok = Command::new("xdotool")
+        .args(["key", "ctrl+w"])
+        .env("DISPLAY", &x.display)
+        .status();
+    assert!(ok.is_ok_and(|s| s.success()));
+    let closed = wait_for(Duration::from_secs(10), || {
+        !Command::new("xwininfo")
+            .args(["-id", &window.id])
+            .env("DISPLAY", &x.display)
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(closed, "Ctrl+W drops the window");
+    assert!(window.proc.alive(), "the process stays in the tray");
+    assert!(children.iter().all(|p| running(*p)), "the share goes on");
+
+    desktop.click_menu("Show window");
+    assert!(x.window_id("pixelpass").is_some(), "Show window opens it again");
+    desktop.click_menu("Quit");
+    assert_eq!(
+        window.proc.wait_timeout(Duration::from_secs(10)),
+        Ok(Some(0)),
+        "Quit ends it"
+    );
+    let gone = wait_for(Duration::from_secs(10), || children.iter().all(|p| !running(*p)));
+    assert!(gone, "and its share");
 }

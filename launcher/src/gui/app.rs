@@ -103,6 +103,18 @@ impl GuiApp {
         }
     }
 
+    /// Ctrl+W closes the window (to the tray when that is set), Ctrl+Q quits.
+    fn keys(&mut self, ctx: &egui::Context) {
+        use egui::{Key, Modifiers};
+        if ctx.input_mut(|i| i.consume_key(Modifiers::COMMAND, Key::Q)) {
+            self.shared.quitting.store(true, Ordering::Relaxed);
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        }
+        if ctx.input_mut(|i| i.consume_key(Modifiers::COMMAND, Key::W)) {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        }
+    }
+
     fn tabs(&mut self, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             for (tab, name) in [(Tab::Host, "Host"), (Tab::View, "View"), (Tab::Settings, "Settings")] {
@@ -124,6 +136,7 @@ impl eframe::App for GuiApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
         self.handle_requests(&ctx);
+        self.keys(&ctx);
         self.look.apply(&ctx);
         egui::Frame::central_panel(ui.style()).show(ui, |ui| {
             self.tabs(ui);
