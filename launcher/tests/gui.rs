@@ -187,6 +187,7 @@ struct Window {
     proc: Proc,
     id: String,
     stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
     _config: TempDir,
 }
 
@@ -215,14 +216,16 @@ impl Window {
                 .env("XDG_CONFIG_HOME", config.path())
                 .env("DBUS_SESSION_BUS_ADDRESS", bus)
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null()),
+                .stderr(Stdio::piped()),
         );
         let stdout = collect(proc.child.as_mut().unwrap().stdout.take().unwrap());
+        let stderr = collect(proc.child.as_mut().unwrap().stderr.take().unwrap());
         let id = x.window_id("pixelpass").expect("the window maps");
         Window {
             proc,
             id,
             stdout,
+            stderr,
             _config: config,
         }
     }
@@ -361,14 +364,17 @@ fn the_window_shows_hosts_on_enter_has_a_tray_and_notifies_a_join() {
 }
 
 #[test]
-fn sigkill_of_the_window_ends_its_host() {
+fn without_tray_or_notifications_the_window_warns_and_its_sigkill_ends_the_host() {
     require!("Xvfb", "xdotool", "xwininfo", "dbus-daemon");
     let x = Xvfb::start(800, 800);
-    // A bus of its own without a tray or notifications: the window must cope.
+    // A bus of its own without a tray or notifications (D-Bus may start dunst, but without a
+    // display it dies): the window must cope.
     let mut daemon = Proc::spawn(
         "dbus-daemon",
         Command::new("dbus-daemon")
             .args(["--session", "--nofork", "--print-address=1"])
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
     );
@@ -378,7 +384,31 @@ fn sigkill_of_the_window_ends_its_host() {
         .trim()
         .to_string();
     let mut window = Window::open(&x, &bus, "");
-    window.host(&x);
+    let ticket = window.host(&x);
+    let mut viewer = Proc::spawn(
+        "pixelpass view",
+        Command::new(BIN)
+            .args([
+                "view",
+                &ticket,
+                "--player",
+                "none",
+                "--relay",
+                "disabled",
+                "--bind",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let warned = wait_text(
+        &window.stderr,
+        "desktop notifications do not show",
+        Duration::from_secs(30),
+    );
+    assert!(warned.is_some(), "no notification daemon: a warning");
+    assert!(window.proc.alive(), "…and no crash");
+    viewer.signal(libc::SIGTERM);
     let children = descendants(window.proc.pid());
     assert!(!children.is_empty(), "the window runs a host child");
     window.proc.signal(libc::SIGKILL);

@@ -38,7 +38,12 @@ impl Notifier {
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "the notification service did not answer within 5 s".into(),
             };
-            problem.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(why);
+            let mut p = problem.lock().unwrap_or_else(|e| e.into_inner());
+            if p.is_none() {
+                // Once on stderr too, for whoever started the window from a terminal.
+                eprintln!("pixelpass: warning: {}", warning(&why));
+                *p = Some(why);
+            }
         });
     }
 
@@ -48,6 +53,10 @@ impl Notifier {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|why| format!("Desktop notifications do not show ({why}): is a notification daemon running (dunst, your desktop's)?"))
+            .map(|why| warning(why))
     }
+}
+
+fn warning(why: &str) -> String {
+    format!("desktop notifications do not show ({why}): is a notification daemon running (dunst, your desktop's)?")
 }
