@@ -385,7 +385,7 @@ fn without_tray_or_notifications_the_window_warns_and_its_sigkill_ends_the_host(
         .to_string();
     let mut window = Window::open(&x, &bus, "");
     let ticket = window.host(&x);
-    let mut viewer = Proc::spawn(
+    let viewer = Proc::spawn(
         "pixelpass view",
         Command::new(BIN)
             .args([

@@ -315,8 +315,23 @@ fn hosting(app: &mut GuiApp, ui: &mut egui::Ui) {
     ui.add_space(8.0);
     viewer_list(app, ui, &h.viewers);
     ui.add_space(8.0);
+    // Fixed ids: lines above come and go ("✔ Copied", the capture), a click must still land.
+    fixed(ui, "host-actions", |ui| host_actions(app, ui, &h.phase));
+    for w in &h.warnings {
+        ui.colored_label(app.look.color(Role::Warning), format!("⚠ {w}"));
+    }
+}
+
+/// `add` with ids of its own: widgets' ids otherwise count the widgets before them, and lines
+/// above come and go ("✔ Copied", the capture) between a click and the frame that takes it.
+fn fixed<R>(ui: &mut egui::Ui, id: impl std::hash::Hash + std::fmt::Debug, add: impl FnOnce(&mut egui::Ui) -> R) -> R {
+    ui.scope_builder(egui::UiBuilder::new().scope_id(egui::Id::unique(id)), add)
+        .inner
+}
+
+fn host_actions(app: &mut GuiApp, ui: &mut egui::Ui, phase: &Phase) {
     ui.horizontal(|ui| {
-        let running = h.phase == Phase::Running;
+        let running = *phase == Phase::Running;
         if ui
             .add_enabled(running, egui::Button::new("New ticket"))
             .on_hover_text("The old ticket stops working; everyone watching is disconnected")
@@ -325,15 +340,12 @@ fn hosting(app: &mut GuiApp, ui: &mut egui::Ui) {
             app.shared.host_command(serde_json::json!({"cmd": "revoke"}));
         }
         if ui
-            .add_enabled(h.phase != Phase::Stopping, egui::Button::new("Stop"))
+            .add_enabled(*phase != Phase::Stopping, egui::Button::new("Stop"))
             .clicked()
         {
             app.shared.stop_host();
         }
     });
-    for w in &h.warnings {
-        ui.colored_label(app.look.color(Role::Warning), format!("⚠ {w}"));
-    }
 }
 
 fn ticket_box(app: &mut GuiApp, ui: &mut egui::Ui, ticket: &str) {
@@ -345,14 +357,16 @@ fn ticket_box(app: &mut GuiApp, ui: &mut egui::Ui, ticket: &str) {
         .show(ui, |ui| {
             ui.add(egui::Label::new(egui::RichText::new(ticket).monospace()).wrap());
         });
-    ui.horizontal(|ui| {
-        if ui.button("Copy").clicked() {
-            ui.ctx().copy_text(ticket.to_string());
-            app.host.copied_at = Some(Instant::now());
-        }
-        if app.host.copied_at.is_some_and(|t| t.elapsed() < Duration::from_secs(3)) {
-            ui.colored_label(app.look.color(Role::Success), "✔ Copied");
-        }
+    fixed(ui, "ticket-copy", |ui| {
+        ui.horizontal(|ui| {
+            if ui.button("Copy").clicked() {
+                ui.ctx().copy_text(ticket.to_string());
+                app.host.copied_at = Some(Instant::now());
+            }
+            if app.host.copied_at.is_some_and(|t| t.elapsed() < Duration::from_secs(3)) {
+                ui.colored_label(app.look.color(Role::Success), "✔ Copied");
+            }
+        })
     });
     qr_code(ui, ticket);
 }
@@ -398,11 +412,8 @@ fn viewer_list(app: &mut GuiApp, ui: &mut egui::Ui, list: &[super::session::View
             ui.label(&v.name);
             ui.label(&v.path);
             ui.label(if v.rendition.is_empty() { "—" } else { &v.rendition });
-            if ui
-                .button("Kick")
-                .on_hover_text(format!("Disconnect {}", v.name))
-                .clicked()
-            {
+            let kick = fixed(ui, ("kick", &v.id), |ui| ui.button("Kick"));
+            if kick.on_hover_text(format!("Disconnect {}", v.name)).clicked() {
                 app.shared.host_command(serde_json::json!({"cmd": "kick", "id": v.id}));
             }
             ui.end_row();

@@ -60,7 +60,11 @@ fn wait(
         if cond(h) {
             return;
         }
-        assert!(Instant::now() < deadline, "no {what} within {secs} s");
+        assert!(
+            Instant::now() < deadline,
+            "no {what} within {secs} s; host: {:?}",
+            lock(&h.state().shared.host)
+        );
         std::thread::sleep(Duration::from_millis(30));
     }
 }
@@ -115,7 +119,7 @@ fn host_tab_shares_copies_lists_kicks_and_renews_the_ticket() {
     wait(&mut h, 30, "the viewer in the list", |h| {
         shows(h, "Streaming to 1 viewer")
     });
-    h.get_by_label("Kick").click();
+    h.get_by_label("Kick").click_accesskit();
     h.run_steps(2);
     assert!(
         kicked.wait_timeout(Duration::from_secs(10)).is_ok(),
@@ -126,7 +130,7 @@ fn host_tab_shares_copies_lists_kicks_and_renews_the_ticket() {
     assert!(message.contains("the host removed this viewer"), "{said}");
     wait(&mut h, 10, "the list emptied", |h| shows(h, "Waiting for viewers…"));
 
-    h.get_by_label("New ticket").click();
+    h.get_by_label("New ticket").click_accesskit();
     wait(&mut h, 10, "a new ticket", |h| {
         ticket_of(h).is_some_and(|t| t != ticket)
     });
@@ -138,7 +142,7 @@ fn host_tab_shares_copies_lists_kicks_and_renews_the_ticket() {
     );
 
     let (pid, _) = h.state().shared.pids();
-    h.get_by_label("Stop").click();
+    h.get_by_label("Stop").click_accesskit();
     wait(&mut h, 5, "the host stopped", |h| shows(h, "Stopped"));
     assert!(!running(pid.unwrap()), "the host process is gone");
     assert!(h.query_by_label("Start hosting").is_some(), "the form is back");
@@ -230,4 +234,26 @@ fn the_theme_editor_saves_what_it_previews_and_the_choice_is_remembered() {
     drop(h);
     let h = harness(&config);
     assert_eq!(h.state().look.shown().name, "Test Theme");
+}
+
+#[test]
+fn keep_in_tray_is_off_with_the_reason_without_a_tray_and_remembered_with_one() {
+    use egui_kittest::kittest::NodeT as _;
+    const KEEP: &str = "Keep running in the tray when I close the window";
+    let config = TempDir::new("gui-tray");
+    let mut h = harness(&config);
+    *lock(&h.state().shared.tray) = super::TrayStatus::Unavailable("no system tray on this desktop".into());
+    h.state_mut().tab = Tab::Settings;
+    h.run_steps(2);
+    assert!(h.get_by_label(KEEP).accesskit_node().is_disabled());
+    assert!(shows(&h, "Not available: no system tray on this desktop"));
+    assert!(!h.state().shared.stays_in_tray(), "closing quits");
+
+    *lock(&h.state().shared.tray) = super::TrayStatus::Shown;
+    h.run_steps(2);
+    h.get_by_label(KEEP).click();
+    h.run_steps(2);
+    assert!(h.state().shared.stays_in_tray());
+    let saved = std::fs::read_to_string(config.path().join("pixelpass/config.toml")).unwrap();
+    assert!(saved.contains("keep_in_tray = true"), "{saved}");
 }
