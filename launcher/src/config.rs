@@ -8,12 +8,13 @@ use serde::{Deserialize, Serialize};
 
 /// The keys this version knows, per section; others are warned about and kept (another
 /// version of pixelpass may use them).
-const KNOWN: [(&str, &[&str]); 2] = [
+const KNOWN: [(&str, &[&str]); 3] = [
     (
         "bandwidth",
         &["status", "upstream_mbps", "measured_at", "error", "endpoint"],
     ),
     ("viewer", &["player"]),
+    ("web", &["page"]),
 ];
 
 /// The whole config file.
@@ -23,6 +24,21 @@ pub struct Config {
     pub bandwidth: Bandwidth,
     #[serde(default, skip_serializing_if = "Viewer::is_empty")]
     pub viewer: Viewer,
+    #[serde(default, skip_serializing_if = "Web::is_empty")]
+    pub web: Web,
+}
+
+/// The `[web] section`: the browser viewer page.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Web {
+    /// Where the page is published (`https://…/`): the host prints browser links to it.
+    pub page: Option<String>,
+}
+
+impl Web {
+    fn is_empty(&self) -> bool {
+        self.page.is_none()
+    }
 }
 
 /// The `[viewer]` section: what the menu's viewer remembers.

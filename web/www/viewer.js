@@ -22,7 +22,7 @@ const state = {
   audioFramesDecoded: 0,
   decoderErrors: [],
   keyframeRequests: 0,
-  firstFrameKey: null,
+  firstUnitKey: null,
   width: 0,
   height: 0,
   codec: '',
@@ -143,6 +143,7 @@ class VideoOut {
   }
 
   push(u) {
+    state.firstUnitKey ??= u.key; // a share starts at a keyframe for every viewer
     if (u.discont) this.waitKey = true;
     if (this.waitKey && !u.key) return; // a decoder starts at a keyframe
     if (u.key && u.codec && (this.waitKey || !this.usable() || u.codec !== this.codec)) {
@@ -153,7 +154,6 @@ class VideoOut {
       this.waitKey = true; // decoding cannot keep up: catch up at the next keyframe
       return;
     }
-    if (this.waitKey) state.firstFrameKey ??= u.key;
     this.waitKey = false;
     if (u.capture !== undefined) this.captures.set(u.pts, u.capture);
     this.decoder.decode(new EncodedVideoChunk({ type: u.key ? 'key' : 'delta', timestamp: u.pts ?? 0, data: u.data }));
