@@ -7,6 +7,10 @@ export PIXELPASS_REQUIRE_ALL=1
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The browser viewer's code outside its pure parts exists in the wasm32 build only: lint it
+# there, and build the page the browser test opens (web/dist).
+cargo clippy -p pixelpass-web --target wasm32-unknown-unknown -- -D warnings
+bash scripts/build-web.sh
 cargo test --workspace
 
 # Fuzz the wire-format decoders briefly (needs a nightly toolchain; cargo-fuzz is installed

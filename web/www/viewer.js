@@ -265,7 +265,8 @@ function watch(ticket) {
     status: (d) => setStatus(d.text),
     connected: () => { state.connected = true; },
     video: (d) => video.push(d),
-    audio: (d) => audio.push(d),
+    // Without AudioDecoder (older Safari) the video plays on its own clock, without sound.
+    audio: (d) => { if ('AudioDecoder' in window) audio.push(d); else state.audioCodec ||= 'unsupported'; },
     rendition: (d) => { state.rendition = d.name; state.renditionChanges++; },
     stats: (d) => { state.stats = d; state.rendition = d.rendition; setStatus(statusLine(d)); },
     ended: (d) => {
