@@ -21,6 +21,10 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pixelpass");
 
+/// A host and a browser decoding take most of two cores: the tests that run them take turns,
+/// so each one's frame rate is its own.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// What a refused browser shows: the native viewer's words.
 const HOST_FULL: &str = "host is full: it already has its maximum number of viewers";
 const BAD_SECRET: &str = "ticket is not valid: the host does not accept its secret";
@@ -224,10 +228,11 @@ struct Host {
 }
 
 impl Host {
-    fn start(relay: &str, page: &str, max_viewers: u32) -> Host {
+    fn start(relay: &str, page: &str, max_viewers: u32, extra: &[&str]) -> Host {
         let config = TempDir::new("browser-config");
         let mut cmd = Command::new(BIN);
         cmd.args(["host", "--source", "test", "--quality", "low", "--renditions", "off"])
+            .args(extra)
             .args([
                 "--events",
                 "json",
@@ -320,7 +325,8 @@ fn a_browser_watches_a_share_and_shows_refusals() {
     let Some(root) = dist() else { return };
     let relay = Relay::start();
     let page = PageServer::start(root);
-    let mut host = Host::start(&relay.url, &format!("http://{}/", page.addr), 1);
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut host = Host::start(&relay.url, &format!("http://{}/", page.addr), 1, &[]);
     let (ticket, link) = host.browser_link(0);
     assert_eq!(link, format!("http://{}/#{ticket}", page.addr));
 
@@ -331,9 +337,19 @@ fn a_browser_watches_a_share_and_shows_refusals() {
     std::thread::sleep(Duration::from_secs(5));
     let r = page.report("watch").unwrap();
     let frames = num(&r, "framesDecoded") - num(&first, "framesDecoded");
+    let mut lat: Vec<f64> = r["captureToDecodedMs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    assert!(!lat.is_empty(), "the page measures capture → decoded: {r}");
     eprintln!(
-        "browser: {frames} frames decoded in {:.1} s; {r}",
-        t0.elapsed().as_secs_f64()
+        "browser: {frames} frames decoded in {:.1} s; capture → decoded p50 {:.0} ms, p90 {:.0} ms (local relay); {r}",
+        t0.elapsed().as_secs_f64(),
+        lat[lat.len() / 2],
+        lat[lat.len() * 9 / 10]
     );
     assert!(frames >= 60.0, "only {frames} frames decoded in 5 s: {r}");
     assert_eq!(r["decoderErrors"], serde_json::json!([]), "no decoder error");
@@ -380,4 +396,40 @@ fn a_ticket_without_a_relay_gets_a_clear_message() {
     assert_eq!(r["ended"]["kind"], "ticket");
     let shown = r["message"].as_str().unwrap_or("");
     assert!(shown.starts_with(NO_RELAY), "the page shows {shown:?}");
+}
+
+#[test]
+fn the_page_reconnects_to_a_restarted_host() {
+    require!("chromium");
+    let Some(root) = dist() else { return };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let relay = Relay::start();
+    let page = PageServer::start(root);
+    let keys = TempDir::new("browser-key");
+    let key = keys.path().join("host.key");
+    let key_arg = ["--key-file", key.to_str().unwrap()];
+    let web_page = format!("http://{}/", page.addr);
+    let mut host = Host::start(&relay.url, &web_page, 2, &key_arg);
+    let (ticket, _) = host.browser_link(0);
+    let _browser = Chromium::open(&page.url("again", &ticket));
+    let before = page.wait("again", Duration::from_secs(40), |r| num(r, "framesDecoded") >= 30.0);
+    let before = before.unwrap_or_else(|last| panic!("no frames; last report {last:?}; host:\n{}", host.err()));
+
+    // Gone without a word (no End): the page notices the dead connection and dials again.
+    host.proc.signal(libc::SIGKILL);
+    let _ = host.proc.wait_timeout(Duration::from_secs(5));
+    let host = Host::start(&relay.url, &web_page, 2, &key_arg);
+    let (old, new): (Ticket, Ticket) = (ticket.parse().unwrap(), host.browser_link(0).0.parse().unwrap());
+    assert_eq!(
+        (old.addr.id, old.secret),
+        (new.addr.id, new.secret),
+        "the key file keeps the host"
+    );
+    let frames = num(&before, "framesDecoded");
+    let after = page.wait("again", Duration::from_secs(45), |r| {
+        r["stats"]["reconnects"].as_f64() >= Some(1.0) && num(r, "framesDecoded") >= frames + 30.0
+    });
+    let after = after.unwrap_or_else(|last| panic!("no frames after the restart; last report {last:?}"));
+    assert!(after["ended"].is_null(), "still watching: {after}");
+    assert_eq!(after["decoderErrors"], serde_json::json!([]), "no decoder error");
 }

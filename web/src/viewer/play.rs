@@ -292,7 +292,8 @@ impl Play {
     }
 
     fn emit_unit(&mut self, unit: Unit, capture_ms: Option<f64>) {
-        let us = |pts: Option<u64>| pts.map_or(Field::None, |p| Field::Num(p as f64 * 100.0 / 9.0));
+        // whole µs: WebCodecs timestamps are integers, and frames come back with them
+        let us = |pts: Option<u64>| pts.map_or(Field::None, |p| Field::Num((p * 100 / 9) as f64));
         let discont = Field::Bool(std::mem::take(&mut self.discont_next));
         match unit {
             Unit::Video { pts, key, codec, data } => self.shared.emit(

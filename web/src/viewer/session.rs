@@ -56,7 +56,7 @@ pub(super) async fn run(ticket: Ticket, name: String, shared: Rc<Shared>, cancel
             attempt = 0;
         }
         let ending = match end {
-            End::Eos => break shared.ended(&Ending::new("eos", "the share ended", false)),
+            End::Eos => break shared.ended(&Ending::new("eos", "the host ended the share", false)),
             End::Cancelled => break,
             End::Failed(e) if !e.retry || !ever_connected => break shared.ended(&e),
             End::Failed(e) => e,
