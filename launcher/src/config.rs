@@ -286,6 +286,9 @@ mod tests {
             viewer: Viewer {
                 player: Some("vlc".into()),
             },
+            web: Web {
+                page: Some("https://example.org/pixelpass/".into()),
+            },
         };
         c.save_to(&p).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();

@@ -3,7 +3,8 @@
 // clock: video frames are drawn when the audio reaches their PTS.
 
 const START_MS = 60;  // buffered before playing starts (again, after an underrun)
-const MAX_MS = 400;   // more than this is dropped from the front: stay near live
+const MAX_MS = 250;   // more than this (a burst, a stall caught up) is cut back to TARGET_MS
+const TARGET_MS = 100;
 
 class PixelpassAudio extends AudioWorkletProcessor {
   constructor() {
@@ -23,8 +24,9 @@ class PixelpassAudio extends AudioWorkletProcessor {
       }
       this.chunks.push(e.data);
       this.buffered += e.data.planes[0].length;
-      const max = (MAX_MS * sampleRate) / 1000;
-      while (this.buffered > max && this.chunks.length > 1) {
+      // Stay near live: a backlog would hold the video back with it.
+      if (this.buffered <= (MAX_MS * sampleRate) / 1000) return;
+      while (this.buffered > (TARGET_MS * sampleRate) / 1000 && this.chunks.length > 1) {
         this.buffered -= this.chunks[0].planes[0].length - this.offset;
         this.chunks.shift();
         this.offset = 0;

@@ -29,6 +29,7 @@ const state = {
   audioCodec: '',
   audioClock: false,
   captureToDecodedMs: [],
+  captureToDrawnMs: [],
   stats: null,
   rendition: '',
   renditionChanges: 0,
@@ -129,6 +130,8 @@ class AudioOut {
 
 // ---- video: VideoDecoder (Annex B) → frames paced by the audio clock → canvas --------------
 
+const MAX_AUDIO_WAIT = 300000; // µs
+
 class VideoOut {
   constructor(canvas, audio) {
     this.canvas = canvas;
@@ -184,32 +187,31 @@ class VideoOut {
   output(frame) {
     state.framesDecoded++;
     const capture = this.captures.get(frame.timestamp);
-    if (capture !== undefined) {
-      this.captures.delete(frame.timestamp);
-      const l = state.captureToDecodedMs;
-      l.push(Date.now() - capture);
-      if (l.length > 600) l.shift();
-    }
+    this.captures.delete(frame.timestamp);
+    if (capture !== undefined) sample(state.captureToDecodedMs, Date.now() - capture);
     if (this.captures.size > 300) this.captures.clear();
-    this.queue.push(frame);
+    this.queue.push({ frame, capture });
     this.render();
   }
 
   // Draws the frame due now: by the audio clock when sound plays, else at once (lowest
-  // latency). Frames that are late by then are skipped.
+  // latency). Frames that are late by then are skipped. A frame waits for the audio at most
+  // MAX_AUDIO_WAIT: when the sound comes out later than that (a slow audio path), the
+  // picture stays near live and leads the sound.
   render() {
     const clock = this.audio.now();
     state.audioClock = clock !== null;
-    let due = null;
+    let next = null;
     while (this.queue.length) {
-      const f = this.queue[0];
+      const f = this.queue[0].frame;
       const early = clock === null ? 0 : f.timestamp - clock;
-      if (early > 10000 && early < 2e6 && this.queue.length < 30) break; // not yet
-      this.queue.shift();
-      if (due) due.close();
-      due = f;
+      if (early > 10000 && early < MAX_AUDIO_WAIT && this.queue.length < 30) break; // not yet
+      if (next) next.frame.close();
+      next = this.queue.shift();
     }
-    if (!due) return;
+    if (!next) return;
+    const due = next.frame;
+    if (next.capture !== undefined) sample(state.captureToDrawnMs, Date.now() - next.capture);
     if (this.canvas.width !== due.displayWidth || this.canvas.height !== due.displayHeight) {
       this.canvas.width = due.displayWidth;
       this.canvas.height = due.displayHeight;
@@ -221,17 +223,22 @@ class VideoOut {
     state.framesDrawn++;
   }
 
-  // Whether the canvas shows something other than one flat colour (sampled small).
+  // Whether the canvas shows something other than one flat colour (a test pattern's small
+  // ball on black counts, so every pixel is looked at).
   nonBlank() {
     if (!state.framesDrawn) return false;
-    const c = new OffscreenCanvas(16, 16).getContext('2d');
-    c.drawImage(this.canvas, 0, 0, 16, 16);
-    const px = c.getImageData(0, 0, 16, 16).data;
+    const px = this.ctx2d.getImageData(0, 0, this.canvas.width, this.canvas.height).data;
     for (let i = 4; i < px.length; i += 4) {
       if (Math.abs(px[i] - px[0]) + Math.abs(px[i + 1] - px[1]) + Math.abs(px[i + 2] - px[2]) > 30) return true;
     }
     return false;
   }
+}
+
+// Keeps the last 600 latency samples.
+function sample(list, ms) {
+  list.push(ms);
+  if (list.length > 600) list.shift();
 }
 
 // ---- the share ------------------------------------------------------------------------------
@@ -266,7 +273,10 @@ function watch(ticket) {
     connected: () => { state.connected = true; },
     video: (d) => video.push(d),
     // Without AudioDecoder (older Safari) the video plays on its own clock, without sound.
-    audio: (d) => { if ('AudioDecoder' in window) audio.push(d); else state.audioCodec ||= 'unsupported'; },
+    audio: (d) => {
+      if ('AudioDecoder' in window) audio.push(d);
+      else state.audioCodec ||= 'unsupported';
+    },
     rendition: (d) => { state.rendition = d.name; state.renditionChanges++; },
     stats: (d) => { state.stats = d; state.rendition = d.rendition; setStatus(statusLine(d)); },
     ended: (d) => {
