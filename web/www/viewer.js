@@ -285,6 +285,9 @@ function watch(ticket) {
       if (d.kind !== 'eos') showMessage(d.text);
     },
   };
+  // Leaving the page leaves the share at once (the host frees the seat without waiting for
+  // the connection to time out).
+  addEventListener('pagehide', () => viewer?.stop());
   viewer = new Viewer(ticket, 'browser', (type, detail) => {
     try {
       on[type]?.(detail);
