@@ -10,10 +10,11 @@ cd "$(dirname "$0")/.."
 out=${1:-web/dist}
 target_dir=${CARGO_TARGET_DIR:-$PWD/target}
 
-for v in 16 17 18 19; do
-  if command -v "clang-$v" >/dev/null; then
-    export CC_wasm32_unknown_unknown=${CC_wasm32_unknown_unknown:-clang-$v}
-    export AR_wasm32_unknown_unknown=${AR_wasm32_unknown_unknown:-llvm-ar-$v}
+# .cargo/config.toml names Debian 12's clang-16; take another versioned or plain clang here.
+for v in -16 -17 -18 -19 -20 ""; do
+  if command -v "clang$v" >/dev/null && command -v "llvm-ar$v" >/dev/null; then
+    export CC_wasm32_unknown_unknown=${CC_wasm32_unknown_unknown:-clang$v}
+    export AR_wasm32_unknown_unknown=${AR_wasm32_unknown_unknown:-llvm-ar$v}
     break
   fi
 done
