@@ -90,4 +90,21 @@ mod tests {
             assert!(bad.parse::<WebPage>().is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn the_flag_wins_over_the_config_and_a_bad_config_value_is_left_out() {
+        let events = Events::new(true);
+        let mut config = Config::default();
+        assert_eq!(configured(None, &config, &events), None);
+        config.web.page = Some("https://example.org/pp/".into());
+        let from_config = configured(None, &config, &events);
+        assert_eq!(
+            from_config.map(|p| p.to_string()).as_deref(),
+            Some("https://example.org/pp/")
+        );
+        let flag: WebPage = "http://127.0.0.1:8000/".parse().unwrap();
+        assert_eq!(configured(Some(&flag), &config, &events), Some(flag));
+        config.web.page = Some("example.org".into());
+        assert_eq!(configured(None, &config, &events), None, "warned about, no links");
+    }
 }
