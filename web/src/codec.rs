@@ -48,12 +48,6 @@ pub fn h264_codec(au: &[u8]) -> Option<String> {
     Some(format!("avc1.{:02X}{:02X}{:02X}", b[0], b[1], b[2]))
 }
 
-/// The SPS of an access unit, if it carries one (a changed SPS means the decoder must be
-/// configured again: another resolution or profile after a rendition switch).
-pub fn h264_sps(au: &[u8]) -> Option<&[u8]> {
-    nal_units(au).find(|n| n[0] & 0x1f == NAL_SPS)
-}
-
 /// Whether an access unit holds an IDR slice: a decoder can start here.
 pub fn h264_is_idr(au: &[u8]) -> bool {
     nal_units(au).any(|n| n[0] & 0x1f == NAL_IDR)
@@ -64,7 +58,9 @@ pub fn h264_is_idr(au: &[u8]) -> bool {
 pub struct AacConfig {
     /// MPEG-4 audio object type (2: AAC LC).
     pub object_type: u8,
+    /// Samples per second.
     pub sample_rate: u32,
+    /// Channel configuration (1: mono, 2: stereo, …).
     pub channels: u8,
 }
 

@@ -27,6 +27,7 @@ pub enum Unit {
     },
     /// One ADTS frame (header included, as WebCodecs takes AAC without a description).
     Audio {
+        /// 90 kHz, unwrapped; each frame of a PES gets its own (1024 samples apart).
         pts: Option<u64>,
         config: AacConfig,
         data: Vec<u8>,

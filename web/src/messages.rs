@@ -35,6 +35,7 @@ pub struct Ending {
 }
 
 impl Ending {
+    /// An ending of `kind` with `text`; `retry`: dial again.
     pub fn new(kind: &'static str, text: impl Into<String>, retry: bool) -> Self {
         Ending {
             kind,
