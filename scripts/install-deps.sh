@@ -27,13 +27,32 @@ PKGS=(
   # the window (--features gui): software OpenGL for Xvfb, a tray watcher and a notification
   # daemon for its tests (dbus-monitor, gdbus, xdotool, ffmpeg are above)
   libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11-0 haskell-status-notifier-item-utils dunst
+  # the browser viewer: its wasm build (ring's C code needs clang with a wasm backend) and its
+  # test in headless Chromium
+  clang-16 lld-16 chromium
 )
+
+# The browser viewer's Rust tools: the wasm32 target, and the wasm-bindgen CLI of exactly the
+# version in Cargo.lock (another version refuses the module). Built once, then kept in
+# ~/.cargo/bin.
+web_tools() {
+  local root want have
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    rustup target add wasm32-unknown-unknown
+  fi
+  want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' "$root/Cargo.lock")
+  have=$(wasm-bindgen --version 2>/dev/null | awk '{ print $2 }' || true)
+  # not --locked: its lock pins a webpki-roots some registry mirrors lack
+  [ "$want" = "$have" ] || cargo install wasm-bindgen-cli --version "$want" --quiet
+}
 
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
+  web_tools
   bash "$(dirname "$0")/build-xdpw.sh"
   exit 0
 fi
@@ -42,4 +61,5 @@ SUDO=""
 echo "installing: ${missing[*]}" >&2
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+web_tools
 bash "$(dirname "$0")/build-xdpw.sh"

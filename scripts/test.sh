@@ -10,6 +10,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The window (`--features gui`) is linted and tested in the same run as everything else: one
 # test build with the feature instead of a second one without it.
 cargo clippy --workspace --all-targets --features pixelpass/gui -- -D warnings
+# The browser viewer's code outside its pure parts exists in the wasm32 build only: lint it
+# there, and build the page the browser test opens (web/dist).
+cargo clippy -p pixelpass-web --target wasm32-unknown-unknown -- -D warnings
+bash scripts/build-web.sh
 cargo test --workspace --features pixelpass/gui
 
 # Fuzz the wire-format decoders briefly (needs a nightly toolchain; cargo-fuzz is installed

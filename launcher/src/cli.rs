@@ -224,6 +224,11 @@ pub struct HostArgs {
     #[arg(long, value_name = "URL")]
     pub publish: Vec<crate::publish::PublishUrl>,
 
+    /// Where the browser viewer page is published (scripts/build-web.sh builds it): print a
+    /// link that opens the ticket in it next to the ticket (default: the config's `[web] page`)
+    #[arg(long, value_name = "URL", env = "PIXELPASS_WEB_PAGE")]
+    pub web_page: Option<crate::web_page::WebPage>,
+
     #[command(flatten)]
     pub common: Common,
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// The keys this version knows, per section; others are warned about and kept (another
 /// version of pixelpass may use them).
-const KNOWN: [(&str, &[&str]); 3] = [
+const KNOWN: [(&str, &[&str]); 4] = [
     (
         "bandwidth",
         &["status", "upstream_mbps", "measured_at", "error", "endpoint"],
@@ -18,6 +18,7 @@ const KNOWN: [(&str, &[&str]); 3] = [
         "gui",
         &["theme", "keep_in_tray", "quality", "max_viewers", "software_encoder"],
     ),
+    ("web", &["page"]),
 ];
 
 /// The whole config file.
@@ -29,6 +30,8 @@ pub struct Config {
     pub viewer: Viewer,
     #[serde(default, skip_serializing_if = "Gui::is_empty")]
     pub gui: Gui,
+    #[serde(default, skip_serializing_if = "Web::is_empty")]
+    pub web: Web,
 }
 
 /// The `[gui]` section: what the window (`--gui`) remembers.
@@ -51,6 +54,19 @@ pub struct Gui {
 impl Gui {
     fn is_empty(&self) -> bool {
         *self == Gui::default()
+    }
+}
+
+/// The `[web] section`: the browser viewer page.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Web {
+    /// Where the page is published (`https://…/`): the host prints browser links to it.
+    pub page: Option<String>,
+}
+
+impl Web {
+    fn is_empty(&self) -> bool {
+        self.page.is_none()
     }
 }
 
@@ -303,6 +319,9 @@ mod tests {
                 theme: Some("Catppuccin Latte".into()),
                 keep_in_tray: true,
                 ..Default::default()
+            },
+            web: Web {
+                page: Some("https://example.org/pixelpass/".into()),
             },
         };
         c.save_to(&p).unwrap();

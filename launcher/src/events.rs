@@ -11,8 +11,14 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
-    /// Host: the share ticket (also when it changes).
-    Ticket { ticket: String },
+    /// Host: the share ticket (also when it changes), and the link that opens it in the
+    /// browser viewer page when one is configured (`--web-page`) and a browser can reach the
+    /// host (the ticket names a relay).
+    Ticket {
+        ticket: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        browser_link: Option<String>,
+    },
     /// Host: capture started because a first viewer joined.
     CaptureStarted {
         what: String,
@@ -181,10 +187,13 @@ impl Events {
         }
         let mut err = std::io::stderr().lock();
         clear_status_line(&mut status_shown, &mut err);
-        if let Event::Ticket { ticket } = &ev {
+        if let Event::Ticket { ticket, browser_link } = &ev {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{ticket}");
             let _ = out.flush();
+            if let Some(link) = browser_link {
+                let _ = writeln!(err, "pixelpass: watch in a browser: {link}");
+            }
         } else if let Some(line) = self.stats_lines.then(|| stats_line(&ev)).flatten() {
             let _ = writeln!(err, "{line}");
         } else if let Some(status) = status_line(&ev) {
@@ -348,7 +357,7 @@ fn human_line(ev: &Event) -> String {
         Event::Warning { message } => format!("warning: {message}"),
         Event::Error { message, .. } => format!("error: {message}"),
         Event::Ended { reason } => reason.clone(),
-        Event::Ticket { ticket } => ticket.clone(),
+        Event::Ticket { ticket, .. } => ticket.clone(),
         Event::HostStats { .. } | Event::ViewerStats { .. } => status_line(ev).unwrap_or_default(),
     }
 }
@@ -368,8 +377,18 @@ mod tests {
             v,
             serde_json::json!({"event": "viewer-left", "id": "ab-1", "reason": "kicked"})
         );
-        let v = serde_json::to_value(Event::Ticket { ticket: "pp1x".into() }).unwrap();
-        assert_eq!(v["event"], "ticket");
+        let v = serde_json::to_value(Event::Ticket {
+            ticket: "pp1x".into(),
+            browser_link: None,
+        })
+        .unwrap();
+        assert_eq!(v, serde_json::json!({"event": "ticket", "ticket": "pp1x"}));
+        let v = serde_json::to_value(Event::Ticket {
+            ticket: "pp1x".into(),
+            browser_link: Some("https://example.org/#pp1x".into()),
+        })
+        .unwrap();
+        assert_eq!(v["browser_link"], "https://example.org/#pp1x");
         let v = serde_json::to_value(Event::Error {
             message: "host is full".into(),
             kind: Some("host-full"),

@@ -26,6 +26,7 @@ mod quality;
 mod record;
 mod text;
 mod view;
+mod web_page;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;

@@ -53,6 +53,7 @@ pub async fn run(
     let mut share = Share::new(plan, &serve, &events);
     share.commands = commands;
     share.outputs = outputs.clone();
+    share.web_page = crate::web_page::configured(args.web_page.as_ref(), &config, &events);
     let result = share.run(&mut bus, &cancel).await;
     serve.end(&mut bus).await;
     if let Some(o) = outputs {
@@ -171,6 +172,8 @@ struct Share<'a> {
     commands: Option<Commands>,
     /// Recording / publishing: with them, capture runs for the whole share.
     outputs: Option<Arc<Outputs>>,
+    /// The browser viewer page the ticket's link points to.
+    web_page: Option<crate::web_page::WebPage>,
 }
 
 /// The next command, or never when no front end sends any (or it went away).
@@ -205,6 +208,7 @@ impl<'a> Share<'a> {
             last_bytes: (0, Instant::now()),
             commands: None,
             outputs: None,
+            web_page: None,
         }
     }
 
@@ -244,8 +248,9 @@ impl<'a> Share<'a> {
             ))),
             gst::MessageView::Element(el) => match el.structure() {
                 Some(s) if s.name() == "iroh-ticket" => {
-                    if let Ok(t) = s.get::<String>("ticket") {
-                        self.events.emit(Event::Ticket { ticket: t });
+                    if let Ok(ticket) = s.get::<String>("ticket") {
+                        let browser_link = self.web_page.as_ref().and_then(|p| p.link(&ticket));
+                        self.events.emit(Event::Ticket { ticket, browser_link });
                     }
                     Next::Continue(())
                 }

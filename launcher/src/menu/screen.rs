@@ -69,7 +69,7 @@ pub fn copy_tickets(events: Weak<Events>) -> Sender<String> {
 impl Hook for HostScreen {
     fn after(&self, ev: &Event, err: &mut dyn Write) {
         match ev {
-            Event::Ticket { ticket } => {
+            Event::Ticket { ticket, .. } => {
                 match crate::qr::render(ticket) {
                     Ok(lines) => {
                         for l in lines {

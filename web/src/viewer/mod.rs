@@ -1,0 +1,127 @@
+//! The page's side of the viewer: `new Viewer(ticket, name, emit)` starts watching, and the
+//! module calls `emit(type, detail)` for everything the page shows or decodes.
+//!
+//! Events (`detail` fields):
+//! - `status` {text}: connecting, connected, reconnecting …
+//! - `connected` {viewerId, renditions}
+//! - `video` {data, pts, key, codec, capture, discont}: one H.264 access unit in Annex B;
+//!   `pts` in µs, `codec` (`avc1.…`) when it carries an SPS, `capture` the host's capture
+//!   time in ms since the Unix epoch, `discont` after a skipped GOP, a rendition switch or a
+//!   reconnect (the decoder must wait for a keyframe).
+//! - `audio` {data, pts, codec, sampleRate, channels, discont}: one AAC frame in ADTS.
+//! - `rendition` {name, index}: the host moved this viewer to another rendition.
+//! - `stats` {path, rttMs, kbps, latencyMs, rendition, gopsSkipped, gopsCut, reconnects},
+//!   once a second.
+//! - `ended` {kind, text}: the viewer stopped for good (`eos`, `host-full`, `revoked`, …).
+
+mod play;
+mod session;
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use tokio_util::sync::CancellationToken;
+use wasm_bindgen::prelude::*;
+
+use crate::messages::{self, Ending};
+
+/// Reads a ticket the way the viewer will: the host's short id, or the message to show
+/// (not a ticket, or one without a relay).
+#[wasm_bindgen(js_name = checkTicket)]
+pub fn check_ticket(text: &str) -> Result<String, JsError> {
+    messages::browser_ticket(text)
+        .map(|t| t.addr.id.fmt_short().to_string())
+        .map_err(|e| JsError::new(&e))
+}
+
+/// A running viewer. Dropping it (or `stop()`) leaves the share.
+#[wasm_bindgen]
+pub struct Viewer {
+    shared: Rc<Shared>,
+    cancel: CancellationToken,
+}
+
+#[wasm_bindgen]
+impl Viewer {
+    /// Starts watching `ticket` as `name`; `emit(type, detail)` gets the events.
+    #[wasm_bindgen(constructor)]
+    pub fn new(ticket: &str, name: &str, emit: js_sys::Function) -> Result<Viewer, JsError> {
+        let ticket = messages::browser_ticket(ticket).map_err(|e| JsError::new(&e))?;
+        let shared = Rc::new(Shared {
+            emit,
+            keyframe_wanted: Cell::new(false),
+            reconnects: Cell::new(0),
+        });
+        let cancel = CancellationToken::new();
+        wasm_bindgen_futures::spawn_local(session::run(ticket, name.to_string(), shared.clone(), cancel.clone()));
+        Ok(Viewer { shared, cancel })
+    }
+
+    /// The decoder failed: ask the host for a keyframe (rate-limited on its side).
+    #[wasm_bindgen(js_name = requestKeyframe)]
+    pub fn request_keyframe(&self) {
+        self.shared.keyframe_wanted.set(true);
+    }
+
+    /// Leaves the share.
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// What the session and the page share (one thread: cells, no locks).
+pub(crate) struct Shared {
+    emit: js_sys::Function,
+    /// The page asked for a keyframe; the next progress report sends the request.
+    pub(crate) keyframe_wanted: Cell<bool>,
+    pub(crate) reconnects: Cell<u64>,
+}
+
+/// One event field's value.
+pub(crate) enum Field<'a> {
+    Str(&'a str),
+    Num(f64),
+    Bool(bool),
+    Bytes(&'a [u8]),
+    Strs(&'a [String]),
+    /// Leaves the field undefined.
+    None,
+}
+
+impl Shared {
+    /// Calls the page's `emit(kind, {fields})`.
+    pub(crate) fn emit(&self, kind: &str, fields: &[(&str, Field<'_>)]) {
+        let detail = js_sys::Object::new();
+        for (name, value) in fields {
+            let v = match value {
+                Field::Str(s) => JsValue::from_str(s),
+                Field::Num(n) => JsValue::from_f64(*n),
+                Field::Bool(b) => JsValue::from_bool(*b),
+                Field::Bytes(b) => js_sys::Uint8Array::from(*b).into(),
+                Field::Strs(l) => l.iter().map(|s| JsValue::from_str(s)).collect::<js_sys::Array>().into(),
+                Field::None => continue,
+            };
+            let _ = js_sys::Reflect::set(&detail, &JsValue::from_str(name), &v);
+        }
+        let _ = self.emit.call2(&JsValue::NULL, &JsValue::from_str(kind), &detail);
+    }
+
+    pub(crate) fn status(&self, text: &str) {
+        self.emit("status", &[("text", Field::Str(text))]);
+    }
+
+    pub(crate) fn ended(&self, e: &Ending) {
+        self.emit("ended", &[("kind", Field::Str(e.kind)), ("text", Field::Str(&e.text))]);
+    }
+}
+
+/// Wall-clock time now, ns since the Unix epoch (the host stamps capture times in it).
+pub(crate) fn unix_now_ns() -> u64 {
+    (js_sys::Date::now() * 1e6) as u64
+}
