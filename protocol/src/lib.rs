@@ -116,6 +116,25 @@ impl CloseCode {
             Self::HostStopped => "host stopped",
         }
     }
+
+    /// What a viewer tells a person when the host closes its connection with this code, and
+    /// whether dialling again may help (the host stopped, or dropped this viewer as slow).
+    /// One text for every viewer (the elements, the browser page).
+    pub fn viewer_text(self, reason: &str) -> (String, bool) {
+        let (text, retry) = match self {
+            Self::HostFull => ("host is full: it already has its maximum number of viewers", false),
+            Self::BadSecret => (
+                "ticket is not valid: the host does not accept its secret (ask the host for the current ticket)",
+                false,
+            ),
+            Self::Revoked => ("this ticket was revoked: ask the host for a new one", false),
+            Self::Kicked => ("the host removed this viewer from the share", false),
+            Self::Slow => ("the host dropped this viewer as too slow", true),
+            Self::Protocol => return (format!("protocol error reported by the host: {reason}"), false),
+            Self::Normal | Self::HostStopped => ("the host stopped sharing", true),
+        };
+        (text.to_string(), retry)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

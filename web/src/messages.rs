@@ -1,6 +1,6 @@
 //! What the page tells a person: a ticket it cannot use, and why a host refused or removed
-//! this viewer. The refusal texts are the native viewer's (`irohsrc`), word for word, so a
-//! person reads the same thing in a browser as in a terminal. Pure.
+//! this viewer. The refusal texts come from the protocol crate, as the native viewer's do, so
+//! a person reads the same thing in a browser as in a terminal. Pure.
 
 use pixelpass_protocol::CloseCode;
 use pixelpass_protocol::ticket::Ticket;
@@ -45,29 +45,19 @@ impl Ending {
     }
 }
 
-/// The text for a close code (or refusal) from the host, and whether to reconnect.
+/// The text for a close code (or refusal) from the host, and whether to reconnect: the
+/// native viewer's words (from the protocol crate), with the native viewer's error kind.
 pub fn explain(code: CloseCode, reason: &str) -> Ending {
-    match code {
-        CloseCode::HostFull => Ending::new(
-            "host-full",
-            "host is full: it already has its maximum number of viewers",
-            false,
-        ),
-        CloseCode::BadSecret => Ending::new(
-            "bad-secret",
-            "ticket is not valid: the host does not accept its secret (ask the host for the current ticket)",
-            false,
-        ),
-        CloseCode::Revoked => Ending::new("revoked", "this ticket was revoked: ask the host for a new one", false),
-        CloseCode::Kicked => Ending::new("kicked", "the host removed this viewer from the share", false),
-        CloseCode::Slow => Ending::new("lost", "the host dropped this viewer as too slow", true),
-        CloseCode::Protocol => Ending::new(
-            "protocol",
-            format!("protocol error reported by the host: {reason}"),
-            false,
-        ),
-        CloseCode::Normal | CloseCode::HostStopped => Ending::new("lost", "the host stopped sharing", true),
-    }
+    let kind = match code {
+        CloseCode::HostFull => "host-full",
+        CloseCode::BadSecret => "bad-secret",
+        CloseCode::Revoked => "revoked",
+        CloseCode::Kicked => "kicked",
+        CloseCode::Protocol => "protocol",
+        CloseCode::Slow | CloseCode::Normal | CloseCode::HostStopped => "lost",
+    };
+    let (text, retry) = code.viewer_text(reason);
+    Ending::new(kind, text, retry)
 }
 
 /// The host answered the version probe with another version: say which side to update.

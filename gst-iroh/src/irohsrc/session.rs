@@ -298,29 +298,20 @@ async fn back_off(ctx: &Ctx, reason: &str, attempt: u32) -> bool {
 
 /// Text for a person, and whether to reconnect, for a close code from the host.
 fn explain(code: CloseCode, reason: &str) -> End {
-    match code {
-        CloseCode::HostFull => End::Fatal(Failure::new(
-            Kind::HostFull,
-            "host is full: it already has its maximum number of viewers",
-        )),
-        CloseCode::BadSecret => End::Fatal(Failure::new(
-            Kind::BadSecret,
-            "ticket is not valid: the host does not accept its secret (ask the host for the current ticket)",
-        )),
-        CloseCode::Revoked => End::Fatal(Failure::new(
-            Kind::Revoked,
-            "this ticket was revoked: ask the host for a new one",
-        )),
-        CloseCode::Kicked => End::Fatal(Failure::new(
-            Kind::Kicked,
-            "the host removed this viewer from the share",
-        )),
-        CloseCode::Slow => End::Retry(Failure::new(Kind::Lost, "the host dropped this viewer as too slow")),
-        CloseCode::Protocol => End::Fatal(Failure::new(
-            Kind::Protocol,
-            format!("protocol error reported by the host: {reason}"),
-        )),
-        CloseCode::Normal | CloseCode::HostStopped => End::Retry(Failure::new(Kind::Lost, "the host stopped sharing")),
+    let kind = match code {
+        CloseCode::HostFull => Kind::HostFull,
+        CloseCode::BadSecret => Kind::BadSecret,
+        CloseCode::Revoked => Kind::Revoked,
+        CloseCode::Kicked => Kind::Kicked,
+        CloseCode::Protocol => Kind::Protocol,
+        CloseCode::Slow | CloseCode::Normal | CloseCode::HostStopped => Kind::Lost,
+    };
+    let (text, retry) = code.viewer_text(reason);
+    let failure = Failure::new(kind, text);
+    if retry {
+        End::Retry(failure)
+    } else {
+        End::Fatal(failure)
     }
 }
 
