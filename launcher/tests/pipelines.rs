@@ -25,7 +25,14 @@ const BY_HAND: [&str; 5] = [
     "viewer-check",
     "viewer-window",
 ];
-const LAUNCHER: [&str; 5] = ["host-capture", "host-audio", "host-rung", "host-serve", "viewer-local"];
+const LAUNCHER: [&str; 6] = [
+    "host-capture",
+    "host-audio",
+    "host-rung",
+    "host-serve",
+    "viewer-local",
+    "viewer-builtin",
+];
 
 /// Endpoint properties for both sides: loopback, no relay.
 const LOCAL: &str = "relay=disabled bind-address=127.0.0.1:0";
