@@ -54,6 +54,8 @@ pub enum Event {
         ids: Vec<String>,
         /// Each viewer's rendition, in the order of `paths`.
         renditions: Vec<String>,
+        /// Each viewer's figures, in the order of `paths`.
+        per_viewer: Vec<ViewerFigures>,
     },
     /// Host: a viewer was moved to another rendition at a GOP boundary; reason: congested
     /// (its path does not carry the one it was on) or headroom (a probe showed it carries more).
@@ -125,6 +127,20 @@ pub trait Hook: Send + Sync {
     /// The status line for a stats event, instead of the plain one; `width` is the
     /// terminal's (a longer line is cut to it).
     fn status_line(&self, ev: &Event, width: usize) -> Option<String>;
+}
+
+/// One viewer's figures in `host-stats`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ViewerFigures {
+    pub id: String,
+    pub path: String,
+    pub rendition: String,
+    /// Round-trip time on its path (ms; -1 unknown).
+    pub rtt_ms: f64,
+    /// What the host sent it over the last second.
+    pub bitrate_kbps: f64,
+    /// How far its delivery runs behind the newest frame (ms).
+    pub lag_ms: u64,
 }
 
 /// Where events go.

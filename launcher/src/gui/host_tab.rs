@@ -402,16 +402,32 @@ fn viewer_list(app: &mut GuiApp, ui: &mut egui::Ui, list: &[super::session::View
         ui.label("Nobody is watching yet.");
         return;
     }
-    egui::Grid::new("viewers").striped(true).num_columns(4).show(ui, |ui| {
-        ui.strong("Name");
-        ui.strong("Path");
-        ui.strong("Rendition");
+    egui::Grid::new("viewers").striped(true).num_columns(7).show(ui, |ui| {
+        for head in ["Name", "Path", "Rendition", "RTT", "Bitrate", "Lag"] {
+            ui.strong(head);
+        }
         ui.label("");
         ui.end_row();
         for v in list {
             ui.label(&v.name);
             ui.label(&v.path);
             ui.label(if v.rendition.is_empty() { "—" } else { &v.rendition });
+            match v.figures {
+                Some((rtt, kbps, lag)) => {
+                    ui.label(if rtt < 0.0 {
+                        "—".into()
+                    } else {
+                        format!("{rtt:.0} ms")
+                    });
+                    ui.label(format!("{:.1} Mbit/s", kbps / 1000.0));
+                    ui.label(format!("{lag} ms"));
+                }
+                None => {
+                    for _ in 0..3 {
+                        ui.label("—");
+                    }
+                }
+            }
             let kick = fixed(ui, ("kick", &v.id), |ui| ui.button("Kick"));
             if kick.on_hover_text(format!("Disconnect {}", v.name)).clicked() {
                 app.shared.host_command(serde_json::json!({"cmd": "kick", "id": v.id}));

@@ -40,6 +40,9 @@ pub enum Incoming {
         paths: Vec<String>,
         #[serde(default)]
         renditions: Vec<String>,
+        /// Each viewer's figures (a newer host; the arrays above otherwise).
+        #[serde(default)]
+        per_viewer: Vec<PerViewer>,
     },
     Connected {
         path: String,
@@ -93,6 +96,18 @@ pub struct ViewerRow {
     pub path: String,
     /// The rendition it receives (empty from a host with one).
     pub rendition: String,
+    /// Round-trip time (ms), what the host sends it (kbit/s) and how far its delivery runs
+    /// behind the newest frame (ms), from the latest stats; `None` before any.
+    pub figures: Option<(f64, f64, u64)>,
+}
+
+/// One viewer's figures in the host's `host-stats`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PerViewer {
+    pub id: String,
+    pub rtt_ms: f64,
+    pub bitrate_kbps: f64,
+    pub lag_ms: u64,
 }
 
 /// Where a child is in its life.
@@ -190,6 +205,7 @@ impl HostSession {
                     name,
                     path,
                     rendition: String::new(),
+                    figures: None,
                 });
                 return Some(Notice {
                     summary: "Viewer joined".into(),
@@ -209,12 +225,17 @@ impl HostSession {
                 ids,
                 paths,
                 renditions,
+                per_viewer,
             } => {
                 self.bitrate_kbps = bitrate_kbps;
                 for (i, id) in ids.iter().enumerate() {
                     if let Some(v) = self.viewers.iter_mut().find(|v| &v.id == id) {
                         v.path = paths.get(i).cloned().unwrap_or_default();
                         v.rendition = renditions.get(i).cloned().unwrap_or_default();
+                        v.figures = per_viewer
+                            .iter()
+                            .find(|f| &f.id == id)
+                            .map(|f| (f.rtt_ms, f.bitrate_kbps, f.lag_ms));
                     }
                 }
             }
@@ -405,9 +426,10 @@ mod tests {
         ));
         assert_eq!(n.unwrap().body, "alice (relay)");
         h.apply(ev(
-            r#"{"event":"host-stats","viewers":1,"bitrate_kbps":2500.0,"dropped_gops":0,"paths":["direct"],"ids":["a-1"],"renditions":["720p"]}"#,
+            r#"{"event":"host-stats","viewers":1,"bitrate_kbps":2500.0,"dropped_gops":0,"paths":["direct"],"ids":["a-1"],"renditions":["720p"],"per_viewer":[{"id":"a-1","path":"direct","rendition":"720p","rtt_ms":3.5,"bitrate_kbps":2400.0,"lag_ms":40}]}"#,
         ));
         assert_eq!(h.viewers[0].path, "direct", "the path follows the stats");
+        assert_eq!(h.viewers[0].figures, Some((3.5, 2400.0, 40)));
         assert_eq!(h.state_line(), "Streaming to 1 viewer");
         assert_eq!(h.tray_line(), "hosting, 1 viewer");
         let n = h.apply(ev(r#"{"event":"viewer-left","id":"a-1","reason":"kicked"}"#));

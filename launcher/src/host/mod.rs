@@ -11,6 +11,7 @@ pub mod control;
 mod outputs;
 mod plan;
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use self::outputs::Outputs;
 use self::plan::{CapturePlan, plan_capture};
 use crate::cli::HostArgs;
 use crate::config::Config;
-use crate::events::{Event, Events};
+use crate::events::{Event, Events, ViewerFigures};
 use crate::pipeline::{self, quote};
 
 /// Runs a share until ctrl-c (`cancel`), a fatal error, the shared window closing, or a stop
@@ -168,6 +169,8 @@ struct Share<'a> {
     notes: UnboundedReceiver<CaptureNote>,
     /// bytes sent at the last stats tick, and when
     last_bytes: (u64, Instant),
+    /// bytes sent to each viewer at the last stats tick
+    viewer_bytes: HashMap<String, u64>,
     /// A front end's commands, if one drives this share.
     commands: Option<Commands>,
     /// Recording / publishing: with them, capture runs for the whole share.
@@ -206,6 +209,7 @@ impl<'a> Share<'a> {
             notes_tx,
             notes,
             last_bytes: (0, Instant::now()),
+            viewer_bytes: HashMap::new(),
             commands: None,
             outputs: None,
             web_page: None,
@@ -377,34 +381,43 @@ impl<'a> Share<'a> {
         };
         let bytes = st.get::<u64>("bytes-sent").unwrap_or(0);
         let dt = self.last_bytes.1.elapsed().as_secs_f64().max(0.001);
-        let kbps = bytes.saturating_sub(self.last_bytes.0) as f64 * 8.0 / dt / 1000.0;
+        let kbps = |now: u64, before: u64| now.saturating_sub(before) as f64 * 8.0 / dt / 1000.0;
+        let bitrate_kbps = kbps(bytes, self.last_bytes.0);
+        let mut sent = HashMap::new();
+        let per_viewer: Vec<ViewerFigures> = st
+            .get::<gst::Array>("viewer-stats")
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.get::<gst::Structure>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+            .iter()
+            .map(|v| {
+                let id: String = v.get("id").unwrap_or_default();
+                let bytes = v.get::<u64>("bytes-sent").unwrap_or(0);
+                let before = self.viewer_bytes.get(&id).copied().unwrap_or(bytes);
+                sent.insert(id.clone(), bytes);
+                ViewerFigures {
+                    path: v.get("path").unwrap_or_default(),
+                    rendition: v.get("rendition").unwrap_or_default(),
+                    rtt_ms: v.get("rtt-ms").unwrap_or(-1.0),
+                    bitrate_kbps: kbps(bytes, before),
+                    lag_ms: v.get("lag-ms").unwrap_or(0),
+                    id,
+                }
+            })
+            .collect();
         self.last_bytes = (bytes, Instant::now());
-        let (ids, paths) = st
-            .get::<gst::Array>("viewer-stats")
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| {
-                        let v = v.get::<gst::Structure>().ok()?;
-                        Some((v.get::<String>("id").ok()?, v.get::<String>("path").ok()?))
-                    })
-                    .unzip()
-            })
-            .unwrap_or_default();
-        let renditions: Vec<String> = st
-            .get::<gst::Array>("viewer-stats")
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.get::<gst::Structure>().ok()?.get::<String>("rendition").ok())
-                    .collect()
-            })
-            .unwrap_or_default();
+        self.viewer_bytes = sent;
         self.events.emit(Event::HostStats {
             viewers: st.get("viewers").unwrap_or(0),
-            bitrate_kbps: kbps,
+            bitrate_kbps,
             dropped_gops: st.get("dropped-gops").unwrap_or(0),
-            paths,
-            ids,
-            renditions,
+            paths: per_viewer.iter().map(|v| v.path.clone()).collect(),
+            ids: per_viewer.iter().map(|v| v.id.clone()).collect(),
+            renditions: per_viewer.iter().map(|v| v.rendition.clone()).collect(),
+            per_viewer,
         });
     }
 
