@@ -323,6 +323,13 @@ fn view(args: &[String]) -> Result<()> {
                 .get(((w.len().max(1) - 1) as f64 * 0.99).round() as usize)
                 .copied()
                 .unwrap_or(-1.0);
+            // the same over the last WINDOW seconds (ten samples a second)
+            let mut wb = behind[behind.len().saturating_sub(window.as_secs() as usize * 10)..].to_vec();
+            wb.sort_by(f64::total_cmp);
+            let wbp99 = wb
+                .get(((wb.len().max(1) - 1) as f64 * 0.99).round() as usize)
+                .copied()
+                .unwrap_or(-1.0);
             let mut b = behind.clone();
             b.sort_by(f64::total_cmp);
             let bpct = |p: f64| {
@@ -344,6 +351,7 @@ fn view(args: &[String]) -> Result<()> {
                     "rendition_switches": st.get::<u64>("rendition-switches").unwrap_or(0),
                     "behind_p50": bpct(0.5),
                     "behind_p99": bpct(0.99),
+                    "window_behind_p99": wbp99,
                     "samples": l.len(),
                     "gops_skipped": st.get::<u64>("gops-skipped").unwrap_or(0),
                     "gops_cut": st.get::<u64>("gops-cut").unwrap_or(0),

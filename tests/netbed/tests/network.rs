@@ -710,26 +710,38 @@ fn below_the_lowest_rung_skipping_still_bounds_the_lag() {
     );
     net.relay();
     let (_h, ticket) = net.host(&["--pattern", "snow", "--renditions"]);
-    let v = net.viewer(1, &ticket);
+    let window = secs.to_string();
+    let v = net.viewer_with(1, &ticket, &["--window", &window]);
     assert!(
         net.wait_frames(v, 10, Duration::from_secs(30)),
         "{}",
         net.node(v).text()
+    );
+    // It joins on the top rung (nothing is known of its path yet) and moves down; the bound
+    // is for the steady state after that, measured over the window.
+    assert!(
+        wait_for(Duration::from_secs(15), || net.node(v).stat_str("rendition") == "180p"),
+        "on the lowest rung: {}",
+        net.node(v).stat_str("rendition")
     );
     std::thread::sleep(Duration::from_secs(secs));
     let n = net.node(v);
     let dropped = n.stat_u64("gops_skipped") + n.stat_u64("gops_cut");
     figure(
         "below_lowest_rung_p99_behind_ms",
+        format!("{:.0}", n.stat_f64("window_behind_p99")),
+    );
+    figure(
+        "below_lowest_rung_p99_behind_ms_with_join",
         format!("{:.0}", n.stat_f64("behind_p99")),
     );
     figure("below_lowest_rung_gops_dropped_or_cut", dropped);
     assert_eq!(n.stat_str("rendition"), "180p", "on the lowest rung");
     assert!(dropped > 0, "it left media out to keep up");
     assert!(
-        n.stat_f64("behind_p99") <= 1500.0,
+        n.stat_f64("window_behind_p99") <= 1500.0,
         "within 1.5 s of live: p99 {} ms",
-        n.stat_f64("behind_p99")
+        n.stat_f64("window_behind_p99")
     );
 }
 
