@@ -24,6 +24,8 @@ PKGS=(
   tmux xclip wl-clipboard
   # the pixelpass:// desktop handler test (xdg-mime)
   xdg-utils
+  # host --publish tests: nginx with Debian's RTMP module, and an SRT listener
+  nginx libnginx-mod-rtmp srt-tools
   # the window (--features gui): software OpenGL for Xvfb, a tray watcher and a notification
   # daemon for its tests (dbus-monitor, gdbus, xdotool, ffmpeg are above)
   libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11-0 haskell-status-notifier-item-utils dunst
@@ -60,6 +62,14 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 echo "installing: ${missing[*]}" >&2
 $SUDO apt-get update -qq
+# Packages with services (nginx, dunst's D-Bus activation aside) must not start them: the tests
+# run their own copies on ephemeral ports. A policy-rc.d of our own, only if none exists.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+  $SUDO chmod +x "$policy"
+  trap '$SUDO rm -f "$policy"' EXIT
+fi
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 web_tools
 bash "$(dirname "$0")/build-xdpw.sh"
