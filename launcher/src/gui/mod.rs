@@ -77,6 +77,39 @@ pub struct Shared {
     pub runtime: tokio::runtime::Runtime,
 }
 
+/// Keeps a started child in `slot`; a child that could not start ends its session's `phase`
+/// with the reason.
+fn keep_child(slot: &Mutex<Option<Child>>, child: anyhow::Result<Child>, phase: &mut Phase) -> anyhow::Result<()> {
+    match child {
+        Ok(c) => {
+            *lock(slot) = Some(c);
+            Ok(())
+        }
+        Err(e) => {
+            *phase = Phase::Ended {
+                reason: format!("{e:#}"),
+                failed: true,
+            };
+            Err(e)
+        }
+    }
+}
+
+/// Stops the child in `slot`; whether there was one. (Its session is marked after this
+/// returns: the child's exit callback takes the session's lock.)
+fn stop_child(slot: &Mutex<Option<Child>>) -> bool {
+    let Some(mut c) = lock(slot).take() else { return false };
+    c.stop();
+    true
+}
+
+/// A session whose child was stopped is stopping, unless it has already ended.
+fn mark_stopping(phase: &mut Phase) {
+    if !matches!(phase, Phase::Ended { .. }) {
+        *phase = Phase::Stopping;
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -155,19 +188,8 @@ impl Shared {
                 s.repaint();
             },
         );
-        match child {
-            Ok(c) => {
-                *lock(&self.host_child) = Some(c);
-                Ok(())
-            }
-            Err(e) => {
-                lock(&self.host).phase = Phase::Ended {
-                    reason: format!("{e:#}"),
-                    failed: true,
-                };
-                Err(e)
-            }
-        }
+        let phase = &mut lock(&self.host).phase;
+        keep_child(&self.host_child, child, phase)
     }
 
     /// Sends a command to the host (`--control stdin`).
@@ -176,12 +198,8 @@ impl Shared {
     }
 
     pub fn stop_host(&self) {
-        if let Some(mut c) = lock(&self.host_child).take() {
-            c.stop();
-            let mut h = lock(&self.host);
-            if !matches!(h.phase, Phase::Ended { .. }) {
-                h.phase = Phase::Stopping;
-            }
+        if stop_child(&self.host_child) {
+            mark_stopping(&mut lock(&self.host).phase);
         }
     }
 
@@ -206,28 +224,13 @@ impl Shared {
                 s.repaint();
             },
         );
-        match child {
-            Ok(c) => {
-                *lock(&self.view_child) = Some(c);
-                Ok(())
-            }
-            Err(e) => {
-                lock(&self.view).phase = Phase::Ended {
-                    reason: format!("{e:#}"),
-                    failed: true,
-                };
-                Err(e)
-            }
-        }
+        let phase = &mut lock(&self.view).phase;
+        keep_child(&self.view_child, child, phase)
     }
 
     pub fn stop_view(&self) {
-        if let Some(mut c) = lock(&self.view_child).take() {
-            c.stop();
-            let mut v = lock(&self.view);
-            if !matches!(v.phase, Phase::Ended { .. }) {
-                v.phase = Phase::Stopping;
-            }
+        if stop_child(&self.view_child) {
+            mark_stopping(&mut lock(&self.view).phase);
         }
     }
 
