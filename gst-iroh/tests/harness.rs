@@ -334,3 +334,45 @@ fn renditions_get_aligned_keyframe_requests_and_a_ceiling_picks_the_lower_one() 
     drop(v);
     drop(low);
 }
+
+/// A viewer that lowers its ceiling while playing (`max-bitrate` set in PLAYING) is moved to
+/// the rendition under it at the next GOP boundary, and the move is in its stats.
+#[test]
+fn a_ceiling_set_while_playing_moves_the_viewer_down_at_the_next_gop() {
+    let (_el, mut top, mut low) = two_rendition_host();
+    for i in 0..3u64 {
+        top.push(buf(1, 1000, i > 0, 33 * i)).unwrap();
+        low.push(buf(2, 100, i > 0, 33 * i)).unwrap();
+    }
+    let v = Viewer::new(&ticket(&top), "queue");
+    let a = wait_fku(&mut top, Duration::from_secs(5)).expect("a request to the top encoder");
+    let mut at = a.running_time.unwrap().mseconds();
+    top.push(buf(3, 1000, false, at)).unwrap();
+    low.push(buf(4, 100, false, at)).unwrap();
+    let first = v.pull(Duration::from_secs(5)).expect("the top keyframe arrives");
+    assert_eq!(
+        first.buffer().unwrap().map_readable().unwrap()[0],
+        3,
+        "no ceiling: the top"
+    );
+    v.src.set_property("max-bitrate", 500u32);
+    assert_eq!(v.src.property::<u32>("max-bitrate"), 500);
+    // a GOP on both renditions every 100 ms until one from the low one arrives
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut moved = false;
+    while !moved && Instant::now() < deadline {
+        at += 100;
+        top.push(buf(5, 1000, false, at)).unwrap();
+        low.push(buf(6, 100, false, at)).unwrap();
+        while let Some(s) = v.pull(Duration::from_millis(100)) {
+            moved |= s.buffer().unwrap().map_readable().unwrap()[0] == 6;
+        }
+    }
+    assert!(moved, "the viewer's new ceiling moved it to the low rendition");
+    assert!(wait_until(Duration::from_secs(5), || {
+        let st = v.stats();
+        st.get::<String>("rendition").unwrap() == "low" && st.get::<u64>("rendition-switches").unwrap() == 1
+    }));
+    drop(v);
+    drop(low);
+}

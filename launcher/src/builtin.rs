@@ -33,7 +33,8 @@ pub struct Builtin {
 }
 
 impl Builtin {
-    pub fn start() -> Result<Builtin> {
+    /// `receiver`: the viewer's irohsrc, whose ceiling the `q` key changes.
+    pub fn start(receiver: &gst::Element) -> Result<Builtin> {
         let pipeline = pipeline::launch(DESC, "built-in player")
             .map_err(|e| anyhow!("{e} (the built-in player needs gstreamer1.0-libav and -plugins-good)"))?;
         let src: gst_app::AppSrc = pipeline::child(&pipeline, "src", "built-in player")?;
@@ -42,7 +43,7 @@ impl Builtin {
         let meter = Arc::new(Mutex::new(Meter::default()));
         watch_demuxed_video(&demux, meter.clone());
         watch_displayed(&overlay, meter.clone());
-        toggle_on_key(&overlay);
+        on_keys(&overlay, receiver);
         pipeline::play(&pipeline, "the built-in player")?;
         Ok(Builtin {
             pipeline,
@@ -227,19 +228,34 @@ fn watch_displayed(overlay: &gst::Element, meter: Arc<Mutex<Meter>>) {
     });
 }
 
-/// `i` in the window shows or hides the overlay.
-fn toggle_on_key(overlay: &gst::Element) {
+/// Keys in the window: `i` shows or hides the overlay; `q` steps the most this viewer asks
+/// the host for (`max-bitrate` of `receiver`) through no ceiling, low, medium and high (a host
+/// with renditions moves it at its next GOP).
+fn on_keys(overlay: &gst::Element, receiver: &gst::Element) {
     let pad = overlay.static_pad("src").expect("textoverlay has a src pad");
-    let weak = overlay.downgrade();
+    let (weak, receiver) = (overlay.downgrade(), receiver.downgrade());
     let hidden = AtomicBool::new(false);
     pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
-        if let Some(gst::PadProbeData::Event(ev)) = &info.data
-            && let Ok(gst_video::NavigationEvent::KeyPress { key, .. }) = gst_video::NavigationEvent::parse(ev)
-            && key == "i"
-            && let Some(o) = weak.upgrade()
-        {
-            let now_hidden = !hidden.fetch_xor(true, Ordering::Relaxed);
-            o.set_property("silent", now_hidden);
+        let Some(gst::PadProbeData::Event(ev)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Ok(gst_video::NavigationEvent::KeyPress { key, .. }) = gst_video::NavigationEvent::parse(ev) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        match key.as_str() {
+            "i" => {
+                if let Some(o) = weak.upgrade() {
+                    let now_hidden = !hidden.fetch_xor(true, Ordering::Relaxed);
+                    o.set_property("silent", now_hidden);
+                }
+            }
+            "q" => {
+                if let Some(r) = receiver.upgrade() {
+                    let next = crate::quality::next_viewer_ceiling(r.property::<u32>("max-bitrate"));
+                    r.set_property("max-bitrate", next);
+                }
+            }
+            _ => {}
         }
         gst::PadProbeReturn::Ok
     });

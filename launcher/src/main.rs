@@ -273,8 +273,8 @@ where
         eprintln!("pixelpass: cannot initialise GStreamer: {e}");
         return ExitCode::from(1);
     }
-    if let Err(e) = gstiroh::plugin_register_static() {
-        eprintln!("pixelpass: cannot register the iroh elements: {e}");
+    if let Err(e) = pipeline::register_elements() {
+        eprintln!("pixelpass: cannot register our GStreamer elements: {e}");
         return ExitCode::from(1);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

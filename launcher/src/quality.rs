@@ -156,6 +156,26 @@ pub fn viewer_ceiling_kbps(q: Quality) -> u32 {
     }
 }
 
+/// The ceiling after `kbps` when a viewer steps through them (the built-in window's `q`): none,
+/// then low, medium, high, and none again.
+pub fn next_viewer_ceiling(kbps: u32) -> u32 {
+    let steps = [Quality::Low, Quality::Medium, Quality::High].map(viewer_ceiling_kbps);
+    steps
+        .into_iter()
+        .find(|s| kbps == 0 || *s > kbps)
+        .filter(|_| kbps < steps[2])
+        .unwrap_or(0)
+}
+
+/// A ceiling for people: the quality whose bitrate it is, or the figure.
+pub fn ceiling_name(kbps: u32) -> String {
+    match PRESETS.iter().find(|p| p.2 == kbps && p.0 != Quality::Source) {
+        _ if kbps == 0 => "no ceiling".into(),
+        Some(p) => format!("at most {}", format!("{:?}", p.0).to_lowercase()),
+        None => format!("at most {kbps} kbit/s"),
+    }
+}
+
 fn even_down(v: u32) -> u32 {
     (v & !1).max(2)
 }
@@ -163,6 +183,29 @@ fn even_down(v: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_viewer_ceiling_steps_through_the_presets_and_back_to_none() {
+        let mut seen = vec![0];
+        for _ in 0..4 {
+            seen.push(next_viewer_ceiling(*seen.last().unwrap()));
+        }
+        assert_eq!(seen, [0, 1000, 2500, 4000, 0]);
+        assert_eq!(
+            next_viewer_ceiling(1500),
+            2500,
+            "a ceiling from the command line steps up"
+        );
+        assert_eq!(next_viewer_ceiling(9000), 0);
+        assert_eq!(
+            (ceiling_name(0), ceiling_name(2500), ceiling_name(700)),
+            (
+                "no ceiling".to_string(),
+                "at most medium".to_string(),
+                "at most 700 kbit/s".to_string()
+            )
+        );
+    }
 
     #[test]
     fn presets_match_the_seed_table() {

@@ -304,7 +304,7 @@ impl Receiver {
             None => None,
         };
         let builtin = match args.player {
-            Player::Gst => Some(Arc::new(Builtin::start()?)),
+            Player::Gst => Some(Arc::new(Builtin::start(&src)?)),
             _ => None,
         };
         feed(&appsink, fanout.clone(), recorder.clone(), builtin.clone());
@@ -477,11 +477,17 @@ impl Viewing<'_> {
         self.last_bytes = (bytes, Instant::now());
         let path: String = st.get("path").unwrap_or_default();
         let rtt_ms = st.get::<f64>("rtt-ms").unwrap_or(-1.0);
-        let display_latency_ms = self
-            .receiver
-            .builtin
-            .as_ref()
-            .and_then(|b| b.tick(&format!("{path} · RTT {rtt_ms:.0} ms · {:.1} Mbit/s", kbps / 1000.0)));
+        let display_latency_ms = self.receiver.builtin.as_ref().and_then(|b| {
+            let ceiling = self.receiver.src.property::<u32>("max-bitrate");
+            let rendition = match st.get::<String>("rendition").unwrap_or_default() {
+                r if r.is_empty() => String::new(),
+                r => format!("{r} ({}) · ", crate::quality::ceiling_name(ceiling)),
+            };
+            b.tick(&format!(
+                "{rendition}{path} · RTT {rtt_ms:.0} ms · {:.1} Mbit/s",
+                kbps / 1000.0
+            ))
+        });
         self.events.emit(Event::ViewerStats {
             path,
             rendition: st.get("rendition").unwrap_or_default(),

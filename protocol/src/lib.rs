@@ -277,6 +277,9 @@ pub enum Control {
     },
     /// Viewer → host: probe bytes received so far on the host's probe streams (cumulative).
     ProbeReport { bytes: u64 },
+    /// Viewer → host, any time after the welcome: a new ceiling in kbit/s (0: none), as in
+    /// [`Control::Hello2`]; the host applies it at the viewer's next GOP boundary.
+    Ceiling { max_kbps: u32 },
 }
 
 /// One rendition as announced in [`Control::Welcome2`].
@@ -297,6 +300,7 @@ const MSG_KEYFRAME_REQUEST: u8 = 6;
 const MSG_HELLO2: u8 = 7;
 const MSG_WELCOME2: u8 = 8;
 const MSG_PROBE_REPORT: u8 = 9;
+const MSG_CEILING: u8 = 10;
 
 impl Control {
     /// Encodes as `varint body length | type | body`.
@@ -342,6 +346,10 @@ impl Control {
             Control::ProbeReport { bytes } => {
                 put_varint(&mut body, *bytes);
                 MSG_PROBE_REPORT
+            }
+            Control::Ceiling { max_kbps } => {
+                put_varint(&mut body, u64::from(*max_kbps));
+                MSG_CEILING
             }
         };
         let mut out = Vec::with_capacity(body.len() + 4);
@@ -403,6 +411,9 @@ impl Control {
             MSG_WELCOME2 => decode_welcome2(&mut b, short)?,
             MSG_PROBE_REPORT => Control::ProbeReport {
                 bytes: b.varint()?.ok_or_else(short)?,
+            },
+            MSG_CEILING => Control::Ceiling {
+                max_kbps: u32_field("bitrate ceiling", b.varint()?.ok_or_else(short)?)?,
             },
             other => return Err(ProtocolError::UnknownMessage(other)),
         };
@@ -673,6 +684,7 @@ mod tests {
                 ],
             },
             Control::ProbeReport { bytes: 123_456 },
+            Control::Ceiling { max_kbps: 1000 },
         ];
         for m in msgs {
             let b = m.encode();
@@ -748,6 +760,7 @@ mod tests {
             Control::ProbeReport { bytes: 20_000 }.encode(),
             [0x04, 0x09, 0xa0, 0x9c, 0x01]
         );
+        assert_eq!(Control::Ceiling { max_kbps: 1000 }.encode(), [0x03, 0x0a, 0xe8, 0x07]);
         let caps = "video/mpegts, systemstream=(boolean)true, packetsize=(int)188";
         let h = GopHeader {
             seq: 8,

@@ -574,6 +574,7 @@ async fn read_control_stream(shared: Arc<Shared>, viewer: Arc<Viewer>, mut recv:
                 viewer.probe_bytes.store(bytes, Ordering::Relaxed);
                 viewer.delivery.lock().unwrap().on_probe_report(Instant::now(), bytes);
             }
+            Control::Ceiling { max_kbps } => viewer.max_kbps.store(max_kbps, Ordering::Relaxed),
             _ => {}
         }
     }

@@ -263,8 +263,9 @@ impl ObjectImpl for IrohSrc {
                     .build(),
                 glib::ParamSpecUInt::builder("max-bitrate")
                     .nick("Max bitrate")
-                    .blurb("Ceiling for a host with several renditions (kbit/s): it serves none above this (0 = no ceiling)")
+                    .blurb("Ceiling for a host with several renditions (kbit/s): it serves none above this (0 = no ceiling); may change while playing (applied at the next GOP)")
                     .default_value(d.max_bitrate)
+                    .mutable_playing()
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
@@ -277,6 +278,15 @@ impl ObjectImpl for IrohSrc {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if pspec.name() == "max-bitrate" {
+            // the one setting that may change while playing: the session tells the host
+            let kbps: u32 = value.get().unwrap();
+            self.settings.lock().unwrap().max_bitrate = kbps;
+            if let State::Started(st) = &*self.state.lock().unwrap() {
+                st.shared.ceiling_kbps.store(kbps, Ordering::Relaxed);
+            }
+            return;
+        }
         if !matches!(*self.state.lock().unwrap(), State::Null) {
             gst::warning!(
                 CAT,
@@ -301,7 +311,6 @@ impl ObjectImpl for IrohSrc {
             "reconnect-timeout" => s.reconnect_timeout_ms = value.get().unwrap(),
             "latency" => s.latency_ms = value.get().unwrap(),
             "max-buffers" => s.max_buffers = value.get().unwrap(),
-            "max-bitrate" => s.max_bitrate = value.get().unwrap(),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -503,6 +512,8 @@ impl BaseSrcImpl for IrohSrc {
         let (tx, rx) = mpsc::channel(settings.max_buffers);
         let cancel = CancellationToken::new();
         let shared = Arc::new(Shared::default());
+        let ceiling = self.settings.lock().unwrap().max_bitrate;
+        shared.ceiling_kbps.store(ceiling, Ordering::Relaxed);
         let ctx = Ctx {
             element: self.obj().downgrade(),
             settings: settings.clone(),

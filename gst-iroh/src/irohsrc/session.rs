@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::str::FromStr as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,8 @@ pub(super) struct Shared {
     pub(super) flow: Flow,
     /// Downstream asked for a keyframe (a force-key-unit event): tell the host.
     pub(super) keyframe_wanted: AtomicBool,
+    /// The `max-bitrate` property now (kbit/s, 0: none): sent to the host when it changes.
+    pub(super) ceiling_kbps: AtomicU32,
 }
 
 /// Counters for the `stats` property, written by the session.
@@ -582,6 +584,8 @@ struct Play {
     /// The rendition of the GOP being played (version 2 hosts).
     rendition: Option<u32>,
     sent_probe: u64,
+    /// The ceiling the host was last told (in the hello, then by `Ceiling`).
+    sent_ceiling: u32,
     /// Newest GOP seq and capture time of the newest frame: what `Progress` reports.
     progress: (u64, u64),
     sent_progress: (u64, u64),
@@ -608,6 +612,7 @@ async fn play(
         last_seq: None,
         rendition: None,
         sent_probe: 0,
+        sent_ceiling: ctx.settings.max_kbps,
         progress: (0, 0),
         sent_progress: (0, 0),
         caps: None,
@@ -806,6 +811,12 @@ async fn report(ctx: &Ctx, conn: &Connection, send: &mut SendStream, p: &mut Pla
     if probe != p.sent_probe && !ending {
         p.sent_probe = probe;
         let _ = write_control(send, &Control::ProbeReport { bytes: probe }).await;
+    }
+    let ceiling = ctx.shared.ceiling_kbps.load(Ordering::Relaxed);
+    if ceiling != p.sent_ceiling && !ending && conn.alpn() != protocol::ALPN_V1 {
+        p.sent_ceiling = ceiling;
+        gst::info!(CAT, "asking the host for at most {ceiling} kbit/s (0: no ceiling)");
+        let _ = write_control(send, &Control::Ceiling { max_kbps: ceiling }).await;
     }
     watch_path(ctx, conn);
 }

@@ -322,7 +322,7 @@ mod tests {
         }
         let _serial = support::FD_COUNTING.lock().unwrap_or_else(|e| e.into_inner());
         gst::init().unwrap();
-        gstiroh::plugin_register_static().unwrap();
+        crate::pipeline::register_elements().unwrap();
         let x = support::Xvfb::start(320, 240);
         // SAFETY: only this test reads DISPLAY in this process.
         unsafe { std::env::set_var("DISPLAY", &x.display) };

@@ -192,6 +192,11 @@ impl Net {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
+        // NETBED_LOGS=DIR keeps each process's stderr (with GST_DEBUG, its element logs)
+        if let Some(dir) = std::env::var_os("NETBED_LOGS") {
+            let path = std::path::Path::new(&dir).join(format!("{}-{n}-{}.log", self.prefix, self.nodes.len()));
+            cmd.stderr(std::fs::File::create(path).expect("NETBED_LOGS is a writable directory"));
+        }
         let mut proc = Proc::spawn(n, &mut cmd);
         let out = collect(proc.child.as_mut().unwrap().stdout.take().unwrap());
         self.nodes.push(Node { proc, out });
