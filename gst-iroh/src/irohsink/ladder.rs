@@ -12,9 +12,10 @@ pub const DOWN_HOLD: Duration = Duration::from_millis(500);
 /// A viewer this long on a rung without strain probes the rung above (doubled after every
 /// failed probe, up to [`MAX_UP_HOLD`]).
 pub const UP_HOLD: Duration = Duration::from_secs(4);
-/// Longest wait between two probes that failed (short enough that a restored link is back on
-/// the top rung within about 15 s).
-pub const MAX_UP_HOLD: Duration = Duration::from_secs(8);
+/// Longest wait between two probes that failed: a link restored just after a failed probe is
+/// back on the top rung after this, a probe (2 s) and the next GOP boundary (≈ 10 s with 2 s
+/// GOPs; the bound is 15 s).
+pub const MAX_UP_HOLD: Duration = Duration::from_secs(6);
 /// Behind live by more than this (age of the oldest undelivered media) is strain.
 pub const STRAIN_LAG: Duration = Duration::from_millis(300);
 /// A rung fits a path that carries this much more than the rung's stream rate.
@@ -318,8 +319,8 @@ mod tests {
         let p = l.want_probe(t + UP_HOLD, &RATES, 0).unwrap();
         assert_eq!(l.probe_done(t + UP_HOLD, p.target * 0.3, &RATES), None);
         let t1 = t + UP_HOLD;
-        assert!(l.want_probe(t1 + UP_HOLD, &RATES, 0).is_none(), "now 8 s");
-        assert!(l.want_probe(t1 + UP_HOLD * 2, &RATES, 0).is_some());
+        assert!(l.want_probe(t1 + UP_HOLD, &RATES, 0).is_none(), "now longer");
+        assert!(l.want_probe(t1 + MAX_UP_HOLD, &RATES, 0).is_some(), "but at most MAX_UP_HOLD");
         let mut capped = Ladder::new(2, 2, t);
         assert!(capped.want_probe(t + Duration::from_secs(60), &RATES, 0).is_none());
         capped.observe(seen(t, 0, true));
