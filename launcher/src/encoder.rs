@@ -55,15 +55,22 @@ impl Encoder {
 /// Encodes a few frames with `name`; Ok when they reach the end of the stream. The test
 /// pipeline stops on every path, also when the future is dropped (ctrl-c while planning).
 pub async fn probe(name: &str) -> Result<(), String> {
+    probe_sessions(name, 1).await
+}
+
+/// Like [`probe`] with `sessions` encoders of `name` running at once (one per rendition).
+async fn probe_sessions(name: &str, sessions: usize) -> Result<(), String> {
     if gst::ElementFactory::find(name).is_none() {
         return Err("not installed".into());
     }
-    eprintln!("pixelpass: trying encoder {name} (a short test encode)");
+    eprintln!("pixelpass: trying encoder {name} (a short test encode, {sessions} at once)");
     let enc = Encoder::of(name, String::new());
+    let branches: String = (0..sessions)
+        .map(|_| format!(" t. ! queue ! {} ! fakesink", enc.description(1000, 30)))
+        .collect();
     let desc = format!(
-        "videotestsrc num-buffers=5 ! video/x-raw,format={},width=320,height=240,framerate=30/1 ! {} ! fakesink",
+        "videotestsrc num-buffers=5 ! video/x-raw,format={},width=320,height=240,framerate=30/1 ! tee name=t{branches}",
         enc.format,
-        enc.description(1000, 30)
     );
     let test = StopOnDrop(pipeline::launch(&desc, "test encode").map_err(|e| format!("{e:#}"))?);
     pipeline::play(&test.0, "the test encode").map_err(|e| format!("{e:#}"))?;
@@ -109,6 +116,25 @@ pub async fn choose(no_hw: bool, forced: Option<&str>) -> Result<Encoder> {
     .await
 }
 
+/// The encoder for the lower renditions when `top` encodes the top one and the ladder has
+/// `renditions` rungs: `top` itself when that many of it encode at once (a test encode), else
+/// x264 (a driver that allows fewer hardware sessions); software needs no test.
+pub async fn for_lower_rungs(top: &Encoder, renditions: usize) -> Encoder {
+    if renditions <= 1 || top.name == "x264enc" || top.name == "openh264enc" {
+        return top.clone();
+    }
+    match probe_sessions(&top.name, renditions).await {
+        Ok(()) => top.clone(),
+        Err(e) => Encoder::of(
+            "x264enc",
+            format!(
+                "software for the lower renditions: {} does not run {renditions} encodes at once here ({e})",
+                top.name
+            ),
+        ),
+    }
+}
+
 /// x264, after its test encode; `reason` says why software.
 async fn software(reason: String) -> Result<Encoder> {
     probe("x264enc")
@@ -120,6 +146,26 @@ async fn software(reason: String) -> Result<Encoder> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lower_rungs_fall_back_to_x264_when_the_encoder_does_not_run_once_per_rung() {
+        gst::init().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let x264 = Encoder::of("x264enc", "test".into());
+        assert_eq!(rt.block_on(for_lower_rungs(&x264, 3)), x264, "software: the same");
+        assert!(rt.block_on(probe_sessions("x264enc", 3)).is_ok(), "three at once");
+        // a hardware encoder this machine cannot run (no GPU, or not installed) stands for
+        // a driver that refuses a second session: the lower rungs get x264
+        let hw = Encoder::of("vah264enc", "test".into());
+        let lower = rt.block_on(for_lower_rungs(&hw, 3));
+        assert_eq!((lower.name.as_str(), lower.format), ("x264enc", "I420"));
+        assert!(
+            lower.reason.contains("vah264enc does not run 3 encodes at once"),
+            "{}",
+            lower.reason
+        );
+        assert_eq!(rt.block_on(for_lower_rungs(&hw, 1)), hw, "one rendition: no test");
+    }
 
     #[test]
     fn falls_back_to_x264_without_a_gpu() {

@@ -83,6 +83,17 @@ pub enum Renditions {
     List(Vec<(u32, u32)>),
 }
 
+impl Renditions {
+    /// How many renditions, the top one included.
+    pub fn count(&self) -> usize {
+        match self {
+            Renditions::Auto => 1 + auto_lower(1080, 4000).len(),
+            Renditions::Off => 1,
+            Renditions::List(l) => l.len() + 1,
+        }
+    }
+}
+
 impl std::str::FromStr for Renditions {
     type Err = String;
 
@@ -130,7 +141,7 @@ pub fn ladder(top: &Settings, source_height: u32, r: &Renditions) -> Vec<Rung> {
     let top_h = top.max_height.map_or(source_height, |m| m.min(source_height));
     let lower: Vec<(u32, u32)> = match r {
         Renditions::Off => Vec::new(),
-        Renditions::Auto => vec![(top_h / 2, top.bitrate_kbps / 3), (top_h / 3, top.bitrate_kbps / 8)],
+        Renditions::Auto => auto_lower(top_h, top.bitrate_kbps),
         Renditions::List(l) => l.clone(),
     };
     let mut rungs = vec![Rung {
@@ -146,6 +157,11 @@ pub fn ladder(top: &Settings, source_height: u32, r: &Renditions) -> Vec<Rung> {
         });
     }
     rungs
+}
+
+/// `--renditions auto`'s lower rungs under a top rung `top_h` high at `kbps`: (height, kbit/s).
+fn auto_lower(top_h: u32, kbps: u32) -> Vec<(u32, u32)> {
+    vec![(top_h / 2, kbps / 3), (top_h / 3, kbps / 8)]
 }
 
 /// What a viewer asks the host for at most with `--quality` (kbit/s; 0 = no ceiling).

@@ -320,7 +320,10 @@ mod tests {
         assert_eq!(l.probe_done(t + UP_HOLD, p.target * 0.3, &RATES), None);
         let t1 = t + UP_HOLD;
         assert!(l.want_probe(t1 + UP_HOLD, &RATES, 0).is_none(), "now longer");
-        assert!(l.want_probe(t1 + MAX_UP_HOLD, &RATES, 0).is_some(), "but at most MAX_UP_HOLD");
+        assert!(
+            l.want_probe(t1 + MAX_UP_HOLD, &RATES, 0).is_some(),
+            "but at most MAX_UP_HOLD"
+        );
         let mut capped = Ladder::new(2, 2, t);
         assert!(capped.want_probe(t + Duration::from_secs(60), &RATES, 0).is_none());
         capped.observe(seen(t, 0, true));

@@ -299,7 +299,7 @@ mod tests {
                 fps: 30,
                 bitrate_kbps: 1000,
                 max_height: None,
-                enc: crate::encoder::Encoder {
+                rung_enc: crate::encoder::Encoder {
                     name: "x264enc".into(),
                     format: "I420",
                     reason: String::new(),

@@ -54,8 +54,9 @@ pub(super) struct VideoParts {
     pub fps: u32,
     pub bitrate_kbps: u32,
     pub max_height: Option<u32>,
-    /// The encoder, to describe each rendition's.
-    pub enc: Encoder,
+    /// The lower renditions' encoder: the top one's, or x264 when that is hardware that does
+    /// not run one session per rung.
+    pub rung_enc: Encoder,
     /// Which renditions besides the top one (`--renditions`).
     pub renditions: quality::Renditions,
 }
@@ -127,7 +128,7 @@ fn capture_desc(
         .map(|((width, height), kbps)| RungParts {
             width,
             height,
-            encoder: video.enc.description(kbps, video.fps),
+            encoder: video.rung_enc.description(kbps, video.fps),
         })
         .collect();
     pipeline::host_capture(&CaptureParts {
@@ -164,7 +165,11 @@ pub(super) async fn plan_capture(args: &HostArgs, config: &Config, events: &Arc<
     let target = capture::resolve_target(args).await?;
     let enc = encoder::choose(args.no_hwencode, args.encoder.as_deref()).await?;
     eprintln!("pixelpass: encoder {}: {}", enc.name, enc.reason);
-    let video = video_parts(&enc, &q, &args.renditions);
+    let rung_enc = encoder::for_lower_rungs(&enc, args.renditions.count()).await;
+    if rung_enc != enc {
+        eprintln!("pixelpass: encoder {}: {}", rung_enc.name, rung_enc.reason);
+    }
+    let video = video_parts(&enc, &rung_enc, &q, &args.renditions);
     let apps = if args.no_audio { None } else { app_rule(args) };
     let audio_source = audio_source(args, apps.as_ref(), events).await?;
     Ok(CapturePlan {
@@ -202,9 +207,14 @@ async fn video_input(target: Target, video: &VideoParts, audio_source: Option<&s
     }
 }
 
-fn video_parts(enc: &Encoder, q: &quality::Settings, renditions: &quality::Renditions) -> VideoParts {
+fn video_parts(
+    enc: &Encoder,
+    rung_enc: &Encoder,
+    q: &quality::Settings,
+    renditions: &quality::Renditions,
+) -> VideoParts {
     VideoParts {
-        enc: enc.clone(),
+        rung_enc: rung_enc.clone(),
         renditions: renditions.clone(),
         format: enc.format,
         encoder_name: enc.name.clone(),
