@@ -206,9 +206,9 @@ pub struct HostArgs {
     #[arg(long, value_enum, value_name = "FROM")]
     pub control: Option<ControlFrom>,
 
-    /// Encodings viewers are switched between by their path: auto (the quality plus ~1/3 and
-    /// ~1/8 of its bitrate at lower resolutions), off (one encode), or lower rungs as
-    /// HEIGHT:KBPS,... (e.g. 480:800,240:250)
+    /// Encodings viewers are switched between by their path: auto (the quality plus ~1/3 of
+    /// its bitrate at 1/2 of its height and ~1/8 at 1/4, at least 180 lines), off (one
+    /// encode), or lower rungs as HEIGHT:KBPS,... (e.g. 480:800,240:250)
     #[arg(long, value_name = "LIST", default_value = "auto")]
     pub renditions: crate::quality::Renditions,
 

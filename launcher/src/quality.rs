@@ -73,7 +73,7 @@ pub fn output_size(w: u32, h: u32, max_height: Option<u32>) -> (u32, u32) {
 /// Which renditions the host encodes (`--renditions`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Renditions {
-    /// The chosen quality plus ≈ ⅓ of its bitrate at ½ of its height and ≈ ⅛ at ⅓ (small
+    /// The chosen quality plus ≈ ⅓ of its bitrate at ½ of its height and ≈ ⅛ at ¼ (small
     /// frames: the lower rungs cost a fraction of the top one's encode).
     #[default]
     Auto,
@@ -160,8 +160,10 @@ pub fn ladder(top: &Settings, source_height: u32, r: &Renditions) -> Vec<Rung> {
 }
 
 /// `--renditions auto`'s lower rungs under a top rung `top_h` high at `kbps`: (height, kbit/s).
+/// Halving steps: each picture is the one above halved (`halfscale`, the cheapest scale there
+/// is), the lowest no smaller than 180 lines where the top allows.
 fn auto_lower(top_h: u32, kbps: u32) -> Vec<(u32, u32)> {
-    vec![(top_h / 2, kbps / 3), (top_h / 3, kbps / 8)]
+    vec![(top_h / 2, kbps / 3), ((top_h / 4).max(180).min(top_h / 2), kbps / 8)]
 }
 
 /// What a viewer asks the host for at most with `--quality` (kbit/s; 0 = no ceiling).
@@ -276,11 +278,17 @@ mod tests {
     }
 
     #[test]
-    fn the_auto_ladder_is_a_third_and_an_eighth_at_lower_heights() {
+    fn the_auto_ladder_is_a_third_and_an_eighth_at_halved_heights() {
         let high = resolve(Quality::High, Overrides::default(), None, 1);
         let l = ladder(&high, 1080, &Renditions::Auto);
         let got: Vec<(Option<u32>, u32)> = l.iter().map(|r| (r.max_height, r.bitrate_kbps)).collect();
-        assert_eq!(got, [(Some(1080), 4000), (Some(540), 1333), (Some(360), 500)]);
+        assert_eq!(got, [(Some(1080), 4000), (Some(540), 1333), (Some(270), 500)]);
+        let low = resolve(Quality::Low, Overrides::default(), None, 1);
+        let heights: Vec<_> = ladder(&low, 1080, &Renditions::Auto)
+            .iter()
+            .map(|r| r.max_height)
+            .collect();
+        assert_eq!(heights, [Some(480), Some(240), Some(180)], "no smaller than 180 lines");
         assert_eq!(ladder(&high, 1080, &Renditions::Off).len(), 1);
         let small = ladder(&high, 600, &Renditions::Auto);
         assert_eq!(small[1].max_height, Some(300), "from the source's height when smaller");
