@@ -29,9 +29,10 @@ PKGS=(
   # the window (--features gui): software OpenGL for Xvfb, a tray watcher and a notification
   # daemon for its tests (dbus-monitor, gdbus, xdotool, ffmpeg are above)
   libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11-0 haskell-status-notifier-item-utils dunst
-  # the browser viewer: its wasm build (ring's C code needs clang with a wasm backend) and its
-  # test in headless Chromium
-  clang-16 lld-16 chromium
+  # the browser viewer: its wasm build (ring's C code needs clang with a wasm backend, and
+  # llvm-ar-16 from llvm-16 to archive it: .cargo/config.toml names both) and its test in
+  # headless Chromium
+  clang-16 lld-16 llvm-16 chromium
 )
 
 # The browser viewer's Rust tools: the wasm32 target, and the wasm-bindgen CLI of exactly the

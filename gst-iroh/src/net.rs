@@ -331,13 +331,13 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// QUIC settings for media: room for many GOP streams, keep-alives so a dead path is noticed
-/// in seconds, not after the 30 s idle timeout.
+/// QUIC settings for media, the same on every end: [`crate::protocol::quic`].
 fn transport_config() -> iroh::endpoint::QuicTransportConfig {
+    use crate::protocol::quic;
     iroh::endpoint::QuicTransportConfig::builder()
-        .max_concurrent_uni_streams(1024u32.into())
-        .keep_alive_interval(Duration::from_secs(1))
-        .max_idle_timeout(Some(Duration::from_secs(10).try_into().expect("10 s fits")))
+        .max_concurrent_uni_streams(quic::MAX_UNI_STREAMS.into())
+        .keep_alive_interval(quic::KEEP_ALIVE)
+        .max_idle_timeout(Some(quic::IDLE_TIMEOUT.try_into().expect("10 s fits")))
         .build()
 }
 

@@ -23,6 +23,18 @@ pub const ALPN_V1: &[u8] = b"gst-iroh/1";
 /// host speaks instead of "handshake failed".
 pub const ALPN_VERSION_PROBE: &[u8] = b"gst-iroh/version";
 
+/// QUIC settings both ends of a media connection use (the elements and the browser viewer).
+pub mod quic {
+    use std::time::Duration;
+
+    /// Concurrent uni streams a peer may open: room for many GOP streams in flight.
+    pub const MAX_UNI_STREAMS: u32 = 1024;
+    /// Keep-alives, so a dead path is noticed in seconds...
+    pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
+    /// ...and the connection given up after this long without a packet.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
 /// Largest control message body we accept.
 pub const MAX_CONTROL_LEN: usize = 64 * 1024;
 /// Largest frame payload we accept (an uncompressed 4K RGBA frame is 33 MB; encoded media is

@@ -94,13 +94,13 @@ async fn bind(ticket: &Ticket) -> Result<Endpoint, String> {
         .map_err(|e| format!("cannot start this viewer's iroh endpoint: {e}"))
 }
 
-/// The native viewer's QUIC settings: room for many GOP streams, keep-alives so a dead path
-/// is noticed in seconds.
+/// QUIC settings for media, the same on every end: [`pixelpass_protocol::quic`].
 fn transport_config() -> iroh::endpoint::QuicTransportConfig {
+    use pixelpass_protocol::quic;
     iroh::endpoint::QuicTransportConfig::builder()
-        .max_concurrent_uni_streams(1024u32.into())
-        .keep_alive_interval(Duration::from_secs(1))
-        .max_idle_timeout(Some(Duration::from_secs(10).try_into().expect("10 s fits")))
+        .max_concurrent_uni_streams(quic::MAX_UNI_STREAMS.into())
+        .keep_alive_interval(quic::KEEP_ALIVE)
+        .max_idle_timeout(Some(quic::IDLE_TIMEOUT.try_into().expect("10 s fits")))
         .build()
 }
 
