@@ -260,7 +260,29 @@ pub struct Audio {
 }
 
 impl Audio {
+    /// Starts the session. The daemons normally answer within 10–110 ms; one CI run saw a
+    /// session that never did (no logs were kept then). A session that does not answer within
+    /// 10 s is stopped, its daemons' logs printed, and a fresh one started (three tries).
     pub fn start() -> Audio {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(a) => {
+                    for f in &failures {
+                        eprintln!("audio session: an earlier try did not come up: {f}");
+                    }
+                    return a;
+                }
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!(
+            "the audio session did not come up in three tries:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    fn try_start() -> Result<Audio, String> {
         let dir = TempDir::new("audio");
         let runtime = dir.path().to_string_lossy().into_owned();
         let bus_path = dir.path().join("bus");
@@ -294,27 +316,74 @@ impl Audio {
         };
         procs.push(spawn("pipewire", &env));
         let sock = dir.path().join("pipewire-0");
-        wait_for(Duration::from_secs(10), || sock.exists());
-        procs.push(spawn("wireplumber", &env));
-        procs.push(spawn("pipewire-pulse", &env));
+        let pipewire_up = wait_for(Duration::from_secs(10), || sock.exists());
+        if pipewire_up {
+            procs.push(spawn("wireplumber", &env));
+            procs.push(spawn("pipewire-pulse", &env));
+        }
         let a = Audio { env, procs, dir };
-        assert!(
-            wait_for(Duration::from_secs(15), || a
-                .pactl(&["get-default-sink"])
-                .is_some_and(|s| !s.is_empty())),
-            "the audio session did not come up"
-        );
-        a.pactl(&["load-module", "module-null-sink", "sink_name=desktop"])
-            .expect("desktop sink");
+        if !pipewire_up {
+            return Err(format!("pipewire made no socket in 10 s:\n{}", a.logs()));
+        }
+        if !wait_for(Duration::from_secs(10), || {
+            a.pactl(&["get-default-sink"]).is_some_and(|s| !s.is_empty())
+        }) {
+            return Err(format!(
+                "no answer in 10 s; pactl says {:?}; the daemons' logs:\n{}",
+                a.pactl_err(&["get-default-sink"]),
+                a.logs()
+            ));
+        }
+        if a.pactl(&["load-module", "module-null-sink", "sink_name=desktop"])
+            .is_none()
+        {
+            return Err(format!("cannot load the desktop sink:\n{}", a.logs()));
+        }
         // (the new sink can take a moment to be known; pin it as the default once it is)
-        assert!(
-            wait_for(Duration::from_secs(10), || a
-                .pactl(&["set-default-sink", "desktop"])
-                .is_some()
-                && a.pactl(&["get-default-sink"]).as_deref() == Some("desktop")),
-            "the desktop sink became the default"
-        );
-        a
+        if !wait_for(Duration::from_secs(10), || {
+            a.pactl(&["set-default-sink", "desktop"]).is_some()
+                && a.pactl(&["get-default-sink"]).as_deref() == Some("desktop")
+        }) {
+            return Err(format!("the desktop sink did not become the default:\n{}", a.logs()));
+        }
+        Ok(a)
+    }
+
+    /// What pactl printed, errors included (for a failure's message).
+    fn pactl_err(&self, args: &[&str]) -> String {
+        self.command("pactl")
+            .args(args)
+            .output()
+            .map(|o| {
+                format!(
+                    "{} {}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    /// The daemons' stderr so far.
+    fn logs(&self) -> String {
+        ["pipewire", "wireplumber", "pipewire-pulse"]
+            .iter()
+            .map(|n| {
+                let text = std::fs::read_to_string(self.dir.path().join(format!("{n}.log"))).unwrap_or_default();
+                format!(
+                    "--- {n}:\n{}",
+                    text.lines()
+                        .rev()
+                        .take(15)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub fn pactl(&self, args: &[&str]) -> Option<String> {
