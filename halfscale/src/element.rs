@@ -81,9 +81,8 @@ mod imp {
             let mut out = caps.clone();
             for s in out.make_mut().iter_mut() {
                 for field in ["width", "height"] {
-                    if let Some(v) = size_across(direction, s.value(field).ok()) {
-                        s.set_value(field, v);
-                    }
+                    let v = size_across(direction, s.value(field).ok());
+                    s.set_value(field, v);
                 }
             }
             Some(match filter {
@@ -95,7 +94,7 @@ mod imp {
 
     /// A width or height on one side as the other side has it: halved going downstream
     /// (`direction` Sink), the inputs that halve to it going upstream.
-    fn size_across(direction: gst::PadDirection, v: Option<&glib::SendValue>) -> Option<glib::SendValue> {
+    fn size_across(direction: gst::PadDirection, v: Option<&glib::SendValue>) -> glib::SendValue {
         let (lo, hi) = match v {
             Some(v) if let Ok(n) = v.get::<i32>() => (n, n),
             Some(v) if let Ok(r) = v.get::<gst::IntRange<i32>>() => (r.min(), r.max()),
@@ -107,11 +106,11 @@ mod imp {
         } else {
             (lo.saturating_mul(2), hi.saturating_mul(2).saturating_add(3))
         };
-        Some(if lo == hi {
+        if lo == hi {
             lo.to_send_value()
         } else {
             gst::IntRange::new(lo, hi).to_send_value()
-        })
+        }
     }
 
     impl VideoFilterImpl for HalfScale {

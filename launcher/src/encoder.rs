@@ -27,11 +27,7 @@ impl Encoder {
     fn of(name: &str, reason: String) -> Self {
         Encoder {
             name: name.into(),
-            format: if name == "x264enc" || name == "openh264enc" {
-                "I420"
-            } else {
-                "NV12"
-            },
+            format: if is_software(name) { "I420" } else { "NV12" },
             reason,
         }
     }
@@ -50,6 +46,11 @@ impl Encoder {
             other => format!("{other} bitrate={bitrate_kbps}"),
         }
     }
+}
+
+/// A software encoder: fed I420, no session limits.
+fn is_software(name: &str) -> bool {
+    name == "x264enc" || name == "openh264enc"
 }
 
 /// Encodes a few frames with `name`; Ok when they reach the end of the stream. The test
@@ -120,7 +121,7 @@ pub async fn choose(no_hw: bool, forced: Option<&str>) -> Result<Encoder> {
 /// `renditions` rungs: `top` itself when that many of it encode at once (a test encode), else
 /// x264 (a driver that allows fewer hardware sessions); software needs no test.
 pub async fn for_lower_rungs(top: &Encoder, renditions: usize) -> Encoder {
-    if renditions <= 1 || top.name == "x264enc" || top.name == "openh264enc" {
+    if renditions <= 1 || is_software(&top.name) {
         return top.clone();
     }
     match probe_sessions(&top.name, renditions).await {

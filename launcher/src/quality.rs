@@ -187,8 +187,10 @@ pub fn next_viewer_ceiling(kbps: u32) -> u32 {
 
 /// A ceiling for people: the quality whose bitrate it is, or the figure.
 pub fn ceiling_name(kbps: u32) -> String {
+    if kbps == 0 {
+        return "no ceiling".into();
+    }
     match PRESETS.iter().find(|p| p.2 == kbps && p.0 != Quality::Source) {
-        _ if kbps == 0 => "no ceiling".into(),
         Some(p) => format!("at most {}", format!("{:?}", p.0).to_lowercase()),
         None => format!("at most {kbps} kbit/s"),
     }

@@ -66,8 +66,6 @@ pub(super) struct ResolvedSettings {
     pub(super) reconnect_timeout: Duration,
     latency: gst::ClockTime,
     max_buffers: usize,
-    /// Ceiling sent to the host (kbit/s, 0: none).
-    pub(super) max_kbps: u32,
 }
 
 impl TryFrom<&Settings> for ResolvedSettings {
@@ -106,7 +104,6 @@ impl TryFrom<&Settings> for ResolvedSettings {
             reconnect_timeout: Duration::from_millis(s.reconnect_timeout_ms.into()),
             latency: gst::ClockTime::from_mseconds(s.latency_ms.into()),
             max_buffers: s.max_buffers as usize,
-            max_kbps: s.max_bitrate,
         })
     }
 }

@@ -446,6 +446,8 @@ struct ControlStream {
     send: SendStream,
     recv: RecvStream,
     buf: BytesMut,
+    /// The ceiling the hello carried (kbit/s).
+    ceiling: u32,
 }
 
 /// Hello / Welcome on the control stream: the control stream and the host's number for this
@@ -455,23 +457,32 @@ async fn handshake(ctx: &Ctx, conn: &Connection) -> Result<(ControlStream, u64),
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| explain_conn_error(&e))?;
         let name: String = ctx.settings.name.chars().take(protocol::MAX_NAME_LEN / 4).collect();
         let secret = ctx.settings.ticket.secret;
+        // the ceiling now, not at READY: `max-bitrate` may have changed since (a reconnect)
+        let ceiling = ctx.shared.ceiling_kbps.load(Ordering::Relaxed);
         let hello = match conn.alpn() == protocol::ALPN_V1 {
             true => Control::Hello { secret, name },
             false => Control::Hello2 {
                 secret,
                 name,
-                max_kbps: ctx.settings.max_kbps,
+                max_kbps: ceiling,
             },
         };
         write_control(&mut send, &hello)
             .await
             .map_err(|e| End::Retry(Failure::new(Kind::Unreachable, format!("cannot talk to the host: {e}"))))?;
         let mut buf = BytesMut::new();
-        match read_control(&mut recv, &mut buf).await {
-            Ok(Control::Welcome { viewer_id }) => Ok((ControlStream { send, recv, buf }, viewer_id)),
+        let answer = read_control(&mut recv, &mut buf).await;
+        let control = ControlStream {
+            send,
+            recv,
+            buf,
+            ceiling,
+        };
+        match answer {
+            Ok(Control::Welcome { viewer_id }) => Ok((control, viewer_id)),
             Ok(Control::Welcome2 { viewer_id, renditions }) => {
                 *ctx.shared.stats.renditions.lock().unwrap() = renditions.into_iter().map(|r| r.name).collect();
-                Ok((ControlStream { send, recv, buf }, viewer_id))
+                Ok((control, viewer_id))
             }
             Ok(Control::Refuse { code, reason }) => Err(explain(CloseCode::from_u64(code.into()), &reason)),
             Ok(other) => Err(End::Fatal(Failure::new(
@@ -612,7 +623,7 @@ async fn play(
         last_seq: None,
         rendition: None,
         sent_probe: 0,
-        sent_ceiling: ctx.settings.max_kbps,
+        sent_ceiling: control.ceiling,
         progress: (0, 0),
         sent_progress: (0, 0),
         caps: None,

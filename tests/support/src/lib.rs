@@ -370,17 +370,8 @@ impl Audio {
             .iter()
             .map(|n| {
                 let text = std::fs::read_to_string(self.dir.path().join(format!("{n}.log"))).unwrap_or_default();
-                format!(
-                    "--- {n}:\n{}",
-                    text.lines()
-                        .rev()
-                        .take(15)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .rev()
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )
+                let lines: Vec<&str> = text.lines().collect();
+                format!("--- {n}:\n{}", lines[lines.len().saturating_sub(15)..].join("\n"))
             })
             .collect::<Vec<_>>()
             .join("\n")
