@@ -5,6 +5,7 @@
 //!
 //! Pure: no network, no GStreamer; unit-tested with scripted observations.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// A viewer strained this long (behind, or a GOP cut) moves down at the next GOP boundary.
@@ -26,6 +27,40 @@ pub const PROBE_MARGIN: f64 = 1.25;
 pub const PROBE_RAMP: Duration = Duration::from_millis(1000);
 /// How long a probe runs at most.
 pub const PROBE_TIME: Duration = Duration::from_millis(2000);
+
+/// The lowest of a signal's samples over a short window: what persists, not what one late
+/// report or one scheduling hiccup shows.
+#[derive(Debug)]
+pub struct RecentMin {
+    window: Duration,
+    samples: VecDeque<(Instant, Duration)>,
+}
+
+impl RecentMin {
+    pub fn new(window: Duration) -> Self {
+        RecentMin {
+            window,
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// Adds the sample `v` seen at `now` and returns the lowest over the window up to now.
+    pub fn push(&mut self, now: Instant, v: Duration) -> Duration {
+        // (a sample above a newer one can never be the lowest again)
+        while self.samples.back().is_some_and(|(_, b)| *b >= v) {
+            self.samples.pop_back();
+        }
+        self.samples.push_back((now, v));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > self.window)
+        {
+            self.samples.pop_front();
+        }
+        self.samples.front().map_or(v, |(_, m)| *m)
+    }
+}
 
 /// What the sender saw at one instant.
 #[derive(Debug, Clone, Copy)]
@@ -341,6 +376,27 @@ mod tests {
         );
         mid.set_ceiling(0);
         assert!(mid.want_probe(t + UP_HOLD, &RATES, 0).is_some(), "a raised one: probe");
+    }
+
+    #[test]
+    fn the_recent_minimum_ignores_a_spike_and_follows_a_sustained_rise() {
+        let t = Instant::now();
+        let mut m = RecentMin::new(300 * MS);
+        let lag = |ms| Duration::from_millis(ms);
+        // 50 ms ticks: a late report shows as one 250 ms spike
+        let spiky = [20, 60, 250, 30, 70, 20];
+        let floors: Vec<_> = spiky
+            .iter()
+            .enumerate()
+            .map(|(i, v)| m.push(t + 50 * MS * i as u32, lag(*v)))
+            .collect();
+        assert!(floors.iter().all(|f| *f <= lag(30)), "{floors:?}");
+        // a queue building: the lag grows every tick
+        let mut last = Duration::ZERO;
+        for i in 0..12u32 {
+            last = m.push(t + 300 * MS + 50 * MS * i, lag(100 + 40 * i as u64));
+        }
+        assert!(last >= lag(100 + 40 * 5), "within the window of the newest: {last:?}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use super::delivery::Delivery;
 use super::imp::CAT;
-use super::ladder::{self, Ladder, Seen, Why};
+use super::ladder::{self, Ladder, RecentMin, Seen, Why};
 use super::rendition::Rendition;
 use super::session::{Shared, Viewer};
 use crate::gop_cache::{Aligned, Chunk, Cursor, GopCache, Step};
@@ -44,6 +44,11 @@ const OVERLOAD_LAG: Duration = Duration::from_millis(150);
 /// A probe that makes the path's RTT grow by this much (or by half, if more) is stopped: a
 /// queue is building in front of the stream.
 const PROBE_MAX_QUEUE: Duration = Duration::from_millis(50);
+/// The lag a probe watches is the lowest over this long (two of the viewer's report
+/// intervals): between reports the lag seen here grows by the interval, and a late report (a
+/// busy viewer) shows as a spike shorter than this, while a queue is a rise that lasts. (The
+/// RTT is QUIC's smoothed estimate already.)
+const PROBE_NOISE: Duration = Duration::from_millis(200);
 /// What a probe carried is measured over its last stretch of this long.
 const PROBE_WINDOW: Duration = Duration::from_millis(1000);
 
@@ -146,6 +151,7 @@ pub(super) async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, control: S
         probe_marks: VecDeque::new(),
         probe_lag: Duration::ZERO,
         probe_rtt: Duration::ZERO,
+        lag_floor: RecentMin::new(PROBE_NOISE),
         probe_checked: Instant::now(),
     };
     let code = sender.run(control).await;
@@ -203,6 +209,8 @@ struct Sender<'a> {
     /// lag grows by PROBE_MAX_DRAIN or the RTT by PROBE_MAX_QUEUE (a queue is building).
     probe_lag: Duration,
     probe_rtt: Duration,
+    /// The lag as a probe judges it (lowest over [`PROBE_NOISE`]), sampled at every check.
+    lag_floor: RecentMin,
     probe_checked: Instant,
 }
 
@@ -641,6 +649,8 @@ impl Sender<'_> {
             return;
         }
         self.probe_checked = now;
+        let lag = self.lag_floor.push(now, lag);
+        let rtt = crate::net::path_info(&self.viewer.conn).1.unwrap_or_default();
         let delivered = self.delivery().delivered();
         let rates: Vec<f64> = self.shared.ladder().iter().map(|r| r.rate()).collect();
         if let Some(p) = self.ladder.probe() {
@@ -654,12 +664,16 @@ impl Sender<'_> {
             }
             let elapsed = now.saturating_duration_since(p.started);
             // full: more padding outstanding than its current rate keeps in flight (the round
-            // trip and a report interval) plus PROBE_MAX_DRAIN's worth
+            // trip, and what was written since the viewer's last report) plus PROBE_MAX_DRAIN's
             let ramp = (elapsed.as_secs_f64() / ladder::PROBE_RAMP.as_secs_f64()).min(1.0);
-            let rtt = crate::net::path_info(&self.viewer.conn).1.unwrap_or_default();
-            let in_flight = (PROBE_MAX_DRAIN + Duration::from_millis(50) + rtt).as_secs_f64();
-            let full = self.delivery().probe_in_flight() as f64 > self.probe_rate * ramp * in_flight + 8192.0
-                || rtt > self.probe_rtt + PROBE_MAX_QUEUE.max(self.probe_rtt / 2);
+            let (outstanding, reported) = {
+                let d = self.delivery();
+                (d.probe_in_flight() as f64, d.reported_at().unwrap_or(p.started))
+            };
+            let unreported = now.saturating_duration_since(reported.max(p.started));
+            let in_flight = (PROBE_MAX_DRAIN + unreported + rtt).as_secs_f64();
+            let allowance = self.probe_rate * ramp * in_flight + 8192.0;
+            let full = outstanding > allowance || rtt > self.probe_rtt + PROBE_MAX_QUEUE.max(self.probe_rtt / 2);
             let strained = lag > self.probe_lag + PROBE_MAX_DRAIN;
             if elapsed >= ladder::PROBE_TIME || full || strained {
                 // (only a probe that held its rate measures the path: one stopped early failed)
@@ -670,12 +684,15 @@ impl Sender<'_> {
                 let to = self.ladder.probe_done(now, carried, &rates);
                 gst::debug!(
                     CAT,
-                    "viewer {}: probe carried {:.0} kB/s (target {:.0}) in {elapsed:?}{}{}: {to:?}",
+                    "viewer {}: probe carried {:.0} kB/s (target {:.0}) in {elapsed:?}{}{}: {to:?} \
+                     (padding outstanding {outstanding:.0} of {allowance:.0} B, rtt {rtt:?} from {:?}, lag {lag:?} from {:?})",
                     self.viewer.id,
                     carried / 1000.0,
                     p.target / 1000.0,
                     if full { ", path full" } else { "" },
-                    if strained { ", stream lagging" } else { "" }
+                    if strained { ", stream lagging" } else { "" },
+                    self.probe_rtt,
+                    self.probe_lag
                 );
             }
             return;
@@ -691,7 +708,7 @@ impl Sender<'_> {
             );
             self.probe_rate = padding;
             self.probe_lag = lag;
-            self.probe_rtt = crate::net::path_info(&self.viewer.conn).1.unwrap_or_default();
+            self.probe_rtt = rtt;
             let stop = self.viewer.cancel.child_token();
             RUNTIME.spawn(pad_path(self.viewer.clone(), padding, stop.clone()));
             self.probe = Some(stop);
