@@ -9,6 +9,7 @@ use pixelpass_test_support as support;
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -186,21 +187,142 @@ struct Chromium {
 impl Chromium {
     fn open(url: &str) -> Chromium {
         let profile = TempDir::new("chromium");
-        let child = Command::new("chromium")
-            .args(["--headless=new", "--no-sandbox", "--no-first-run", "--mute-audio"])
+        let child = Self::command(url, &profile).spawn().expect("chromium starts");
+        Chromium {
+            child,
+            _profile: profile,
+        }
+    }
+
+    /// As [`Chromium::open`], with the DevTools protocol on a pipe to act on the page.
+    fn open_with_devtools(url: &str) -> (Chromium, DevTools) {
+        let profile = TempDir::new("chromium");
+        let (theirs_in, ours_out) = std::io::pipe().unwrap();
+        let (ours_in, theirs_out) = std::io::pipe().unwrap();
+        let (fd_in, fd_out) = (theirs_in.as_raw_fd(), theirs_out.as_raw_fd());
+        let mut cmd = Self::command(url, &profile);
+        cmd.arg("--remote-debugging-pipe");
+        // SAFETY: only async-signal-safe calls between fork and exec. Chromium reads commands
+        // on fd 3 and answers on fd 4; copying both above 10 first keeps one from overwriting
+        // the other, and dup2's copies are inherited (no close-on-exec).
+        unsafe {
+            cmd.pre_exec(move || {
+                let (a, b) = (
+                    libc::fcntl(fd_in, libc::F_DUPFD, 10),
+                    libc::fcntl(fd_out, libc::F_DUPFD, 10),
+                );
+                if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("chromium starts");
+        drop((theirs_in, theirs_out));
+        let (tx, from) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for msg in BufReader::new(ours_in).split(0).map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_slice::<Value>(&msg)
+                    && tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let chromium = Chromium {
+            child,
+            _profile: profile,
+        };
+        let mut devtools = DevTools {
+            to: ours_out,
+            from,
+            next: 0,
+            session: None,
+        };
+        devtools.attach_to_page();
+        (chromium, devtools)
+    }
+
+    fn command(url: &str, profile: &TempDir) -> Command {
+        let mut cmd = Command::new("chromium");
+        cmd.args(["--headless=new", "--no-sandbox", "--no-first-run", "--mute-audio"])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("--autoplay-policy=no-user-gesture-required")
             .arg(url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("chromium starts");
-        Chromium {
-            child,
-            _profile: profile,
+            .process_group(0);
+        cmd
+    }
+}
+
+/// Chromium's DevTools protocol over `--remote-debugging-pipe` (JSON messages ending in NUL):
+/// runs script in the page the way a user's click would act on it.
+struct DevTools {
+    to: std::io::PipeWriter,
+    from: std::sync::mpsc::Receiver<Value>,
+    next: u64,
+    /// The page's session, once attached.
+    session: Option<String>,
+}
+
+impl DevTools {
+    /// Sends `method` and waits for its answer (events in between are ignored).
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        let mut msg = serde_json::json!({"id": id, "method": method, "params": params});
+        if let Some(s) = &self.session {
+            msg["sessionId"] = Value::from(s.as_str());
         }
+        let mut bytes = serde_json::to_vec(&msg).unwrap();
+        bytes.push(0);
+        self.to.write_all(&bytes).expect("chromium reads its DevTools pipe");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self
+                .from
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no DevTools answer to {method}: {e}"));
+            if v["id"] == id {
+                assert!(v["error"].is_null(), "DevTools {method}: {}", v["error"]);
+                return v["result"].clone();
+            }
+        }
+    }
+
+    fn attach_to_page(&mut self) {
+        let mut page = None;
+        let found = wait_for(Duration::from_secs(20), || {
+            let targets = self.call("Target.getTargets", serde_json::json!({}));
+            page = targets["targetInfos"]
+                .as_array()
+                .and_then(|l| l.iter().find(|t| t["type"] == "page"))
+                .map(|t| t["targetId"].clone());
+            page.is_some()
+        });
+        assert!(found, "chromium shows no page");
+        let attached = self.call(
+            "Target.attachToTarget",
+            serde_json::json!({"targetId": page.unwrap(), "flatten": true}),
+        );
+        self.session = attached["sessionId"].as_str().map(str::to_string);
+    }
+
+    /// The value of `expression` evaluated in the page.
+    fn eval(&mut self, expression: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({"expression": expression, "returnByValue": true}),
+        );
+        assert!(
+            r["exceptionDetails"].is_null(),
+            "{expression}: {}",
+            r["exceptionDetails"]
+        );
+        r["result"]["value"].clone()
     }
 }
 
@@ -219,6 +341,9 @@ impl Drop for Chromium {
     }
 }
 
+/// What most tests share: one small encode (the host and the browser fit two cores).
+const ONE_ENCODE: [&str; 4] = ["--quality", "low", "--renditions", "off"];
+
 /// `pixelpass host --source test` on the local relay, events as JSON, commands on stdin.
 struct Host {
     proc: Proc,
@@ -231,7 +356,7 @@ impl Host {
     fn start(relay: &str, page: &str, max_viewers: u32, extra: &[&str]) -> Host {
         let config = TempDir::new("browser-config");
         let mut cmd = Command::new(BIN);
-        cmd.args(["host", "--source", "test", "--quality", "low", "--renditions", "off"])
+        cmd.args(["host", "--source", "test"])
             .args(extra)
             .args([
                 "--events",
@@ -334,7 +459,7 @@ fn a_browser_watches_a_share_and_shows_refusals() {
     let relay = Relay::start();
     let page = PageServer::start(root);
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut host = Host::start(&relay.url, &format!("http://{}/", page.addr), 1, &[]);
+    let mut host = Host::start(&relay.url, &format!("http://{}/", page.addr), 1, &ONE_ENCODE);
     let (ticket, link) = host.browser_link(0);
     assert_eq!(link, format!("http://{}/#{ticket}", page.addr));
 
@@ -415,7 +540,7 @@ fn the_page_reconnects_to_a_restarted_host() {
     let page = PageServer::start(root);
     let keys = TempDir::new("browser-key");
     let key = keys.path().join("host.key");
-    let key_arg = ["--key-file", key.to_str().unwrap()];
+    let key_arg = [&ONE_ENCODE[..], &["--key-file", key.to_str().unwrap()]].concat();
     let web_page = format!("http://{}/", page.addr);
     let mut host = Host::start(&relay.url, &web_page, 2, &key_arg);
     let (ticket, _) = host.browser_link(0);
@@ -440,4 +565,86 @@ fn the_page_reconnects_to_a_restarted_host() {
     let after = after.unwrap_or_else(|last| panic!("no frames after the restart; last report {last:?}"));
     assert!(after["ended"].is_null(), "still watching: {after}");
     assert_eq!(after["decoderErrors"], serde_json::json!([]), "no decoder error");
+}
+
+/// The page's quality menu: a viewer on a metered connection picks the lowest rendition, the
+/// host moves it there at the next GOP, the page keeps decoding through the change of size;
+/// the choice is remembered by the next visit, which starts there; "Auto" brings it back to
+/// the top.
+#[test]
+fn the_quality_menu_moves_the_page_between_renditions_without_a_decoder_error() {
+    require!("chromium");
+    let Some(root) = dist() else { return };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let relay = Relay::start();
+    let page = PageServer::start(root);
+    let host = Host::start(&relay.url, &format!("http://{}/", page.addr), 2, &["--quality", "low"]);
+    let (ticket, _) = host.browser_link(0);
+    let (_browser, mut devtools) = Chromium::open_with_devtools(&page.url("menu", &ticket));
+    let top = page.wait("menu", Duration::from_secs(40), |r| {
+        num(r, "framesDecoded") >= 30.0 && r["rendition"] != ""
+    });
+    let top = top.unwrap_or_else(|last| panic!("no frames; last report {last:?}; host:\n{}", host.err()));
+    let menu = devtools.eval(
+        "(() => { const m = document.getElementById('quality'); \
+         return { hidden: m.hidden, options: [...m.options].map((o) => [o.value, o.text]) }; })()",
+    );
+    let options = menu["options"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        menu["hidden"], false,
+        "a share of several renditions offers the menu: {menu}"
+    );
+    assert!(options.len() >= 3, "auto and each rendition: {menu}");
+    assert_eq!(options[0][0], "0", "auto first: {menu}");
+    let lowest = options.last().unwrap()[0].as_str().unwrap().to_string();
+    let (top_name, top_width) = (top["rendition"].clone(), num(&top, "width"));
+
+    let pick = |devtools: &mut DevTools, value: &str| {
+        devtools.eval(&format!(
+            "(() => {{ const m = document.getElementById('quality'); m.value = '{value}'; \
+             m.dispatchEvent(new Event('change')); return m.value; }})()"
+        ))
+    };
+    assert_eq!(pick(&mut devtools, &lowest), lowest.as_str());
+    let frames = num(&top, "framesDecoded");
+    let low = page.wait("menu", Duration::from_secs(15), |r| {
+        r["rendition"] != top_name && num(r, "width") < top_width && num(r, "framesDecoded") >= frames + 60.0
+    });
+    let low = low.unwrap_or_else(|last| panic!("the page did not move down; last report {last:?}"));
+    eprintln!(
+        "browser: {} ({}) -> {} ({}) after choosing {lowest} kbit/s",
+        top_name,
+        top_width,
+        low["rendition"],
+        num(&low, "width")
+    );
+    assert_eq!(low["decoderErrors"], serde_json::json!([]), "no decoder error: {low}");
+    assert_eq!(num(&low, "renditionChanges"), 1.0, "{low}");
+    let moved = host.events("rendition-changed");
+    assert!(
+        moved.iter().any(|e| e["reason"] == "ceiling"),
+        "the host says why it moved the viewer: {moved:?}"
+    );
+
+    // The next visit starts on the chosen rendition (no switch) and offers it selected.
+    devtools.eval("location.reload()");
+    let again = page.wait("menu", Duration::from_secs(40), |r| {
+        r["connected"] == true && num(r, "framesDecoded") >= 30.0 && num(r, "renditionChanges") == 0.0
+    });
+    let again = again.unwrap_or_else(|last| panic!("no frames after the reload; last report {last:?}"));
+    assert_eq!(again["rendition"], low["rendition"], "remembered: {again}");
+    assert_eq!(num(&again, "ceilingKbps").to_string(), lowest, "{again}");
+    assert_eq!(
+        devtools.eval("document.getElementById('quality').value"),
+        lowest.as_str()
+    );
+
+    assert_eq!(pick(&mut devtools, "0"), "0");
+    let frames = num(&again, "framesDecoded");
+    let back = page.wait("menu", Duration::from_secs(15), |r| {
+        r["rendition"] == top_name && num(r, "width") == top_width && num(r, "framesDecoded") >= frames + 60.0
+    });
+    let back = back.unwrap_or_else(|last| panic!("the page did not move back up; last report {last:?}"));
+    assert_eq!(back["decoderErrors"], serde_json::json!([]), "no decoder error: {back}");
+    assert_eq!(back["canvasNonBlank"], true, "the canvas shows the picture: {back}");
 }

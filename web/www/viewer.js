@@ -33,6 +33,7 @@ const state = {
   stats: null,
   rendition: '',
   renditionChanges: 0,
+  ceilingKbps: 0,
   canvasNonBlank: false,
 };
 window.pixelpass = state;
@@ -241,6 +242,45 @@ function sample(list, ms) {
   if (list.length > 600) list.shift();
 }
 
+// ---- quality ceiling ------------------------------------------------------------------------
+
+// The viewer's ceiling (kbit/s of video, 0: none), remembered across shares: someone on a
+// metered connection wants it every time.
+const CEILING_KEY = 'pixelpass.ceilingKbps';
+
+function savedCeiling() {
+  try {
+    return Math.max(0, parseInt(localStorage.getItem(CEILING_KEY), 10) || 0);
+  } catch {
+    return 0; // storage blocked: no ceiling
+  }
+}
+
+// Fills the quality menu with the host's renditions (top first) once connected; a share of
+// one rendition has nothing to choose. Picking one asks the host for at most its bitrate.
+function offerQuality(names, kbps) {
+  const menu = $('quality');
+  menu.replaceChildren(new Option('Auto quality', '0'));
+  names.forEach((name, i) => {
+    menu.add(new Option(`Up to ${name} (${(kbps[i] / 1000).toFixed(1)} Mbit/s)`, String(kbps[i])));
+  });
+  // the highest rendition within the saved ceiling (the host applies the same rule)
+  const saved = state.ceilingKbps;
+  const within = kbps.find((k) => k <= saved) ?? kbps[kbps.length - 1];
+  menu.value = saved > 0 && within !== undefined ? String(within) : '0';
+  menu.hidden = names.length < 2;
+  menu.onchange = () => {
+    const k = parseInt(menu.value, 10) || 0;
+    state.ceilingKbps = k;
+    viewer?.setCeiling(k);
+    try {
+      localStorage.setItem(CEILING_KEY, String(k));
+    } catch {
+      // storage blocked: the choice lasts this page
+    }
+  };
+}
+
 // ---- the share ------------------------------------------------------------------------------
 
 function statusLine(s) {
@@ -270,7 +310,10 @@ function watch(ticket) {
   state.nonBlank = () => video.nonBlank();
   const on = {
     status: (d) => setStatus(d.text),
-    connected: () => { state.connected = true; },
+    connected: (d) => {
+      state.connected = true;
+      offerQuality(d.renditions, d.renditionKbps ?? []);
+    },
     video: (d) => video.push(d),
     // Without AudioDecoder (older Safari) the video plays on its own clock, without sound.
     audio: (d) => {
@@ -295,6 +338,9 @@ function watch(ticket) {
       state.decoderErrors.push(`${type}: ${e.message}`);
     }
   });
+  // before the connection starts: the hello carries it
+  state.ceilingKbps = savedCeiling();
+  viewer.setCeiling(state.ceilingKbps);
 }
 
 function reportTo(path) {

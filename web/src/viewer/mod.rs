@@ -3,7 +3,8 @@
 //!
 //! Events (`detail` fields):
 //! - `status` {text}: connecting, connected, reconnecting …
-//! - `connected` {viewerId, renditions}
+//! - `connected` {viewerId, renditions, renditionKbps}: the host's renditions, top first,
+//!   and each one's video bitrate (what `setCeiling` takes)
 //! - `video` {data, pts, key, codec, capture, discont}: one H.264 access unit in Annex B;
 //!   `pts` in µs, `codec` (`avc1.…`) when it carries an SPS, `capture` the host's capture
 //!   time in ms since the Unix epoch, `discont` after a skipped GOP, a rendition switch or a
@@ -50,6 +51,7 @@ impl Viewer {
         let shared = Rc::new(Shared {
             emit,
             keyframe_wanted: Cell::new(false),
+            ceiling_kbps: Cell::new(0),
             reconnects: Cell::new(0),
         });
         let cancel = CancellationToken::new();
@@ -61,6 +63,15 @@ impl Viewer {
     #[wasm_bindgen(js_name = requestKeyframe)]
     pub fn request_keyframe(&self) {
         self.shared.keyframe_wanted.set(true);
+    }
+
+    /// Asks the host for at most `kbps` kbit/s of video (0: no ceiling), for a metered
+    /// connection: the host moves this viewer to the highest rendition within it at its next
+    /// GOP boundary. Called before the connection is made, the hello carries it (the viewer
+    /// starts there).
+    #[wasm_bindgen(js_name = setCeiling)]
+    pub fn set_ceiling(&self, kbps: u32) {
+        self.shared.ceiling_kbps.set(kbps);
     }
 
     /// Leaves the share.
@@ -80,6 +91,8 @@ pub(crate) struct Shared {
     emit: js_sys::Function,
     /// The page asked for a keyframe; the next progress report sends the request.
     pub(crate) keyframe_wanted: Cell<bool>,
+    /// The ceiling the page asked for (kbit/s, 0: none); the next report sends a change.
+    pub(crate) ceiling_kbps: Cell<u32>,
     pub(crate) reconnects: Cell<u64>,
 }
 
@@ -90,6 +103,7 @@ pub(crate) enum Field<'a> {
     Bool(bool),
     Bytes(&'a [u8]),
     Strs(&'a [String]),
+    Nums(&'a [f64]),
     /// Leaves the field undefined.
     None,
 }
@@ -105,6 +119,11 @@ impl Shared {
                 Field::Bool(b) => JsValue::from_bool(*b),
                 Field::Bytes(b) => js_sys::Uint8Array::from(*b).into(),
                 Field::Strs(l) => l.iter().map(|s| JsValue::from_str(s)).collect::<js_sys::Array>().into(),
+                Field::Nums(l) => l
+                    .iter()
+                    .map(|n| JsValue::from_f64(*n))
+                    .collect::<js_sys::Array>()
+                    .into(),
                 Field::None => continue,
             };
             let _ = js_sys::Reflect::set(&detail, &JsValue::from_str(name), &v);

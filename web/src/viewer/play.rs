@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use iroh::endpoint::{Connection, RecvStream};
 use n0_future::time::{Instant, interval};
-use pixelpass_protocol::{CloseCode, Control, FrameMeta, GopHeader, flags};
+use pixelpass_protocol::{self as protocol, CloseCode, Control, FrameMeta, GopHeader, flags};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wasm_bindgen_futures::spawn_local;
@@ -340,6 +340,11 @@ impl Play {
         if probe != self.sent_probe {
             self.sent_probe = probe;
             control.write(&Control::ProbeReport { bytes: probe }).await;
+        }
+        let ceiling = self.shared.ceiling_kbps.get();
+        if ceiling != control.ceiling && conn.alpn() != protocol::ALPN_V1 {
+            control.ceiling = ceiling;
+            control.write(&Control::Ceiling { max_kbps: ceiling }).await;
         }
         if self.stats.at.elapsed() >= STATS_INTERVAL {
             self.emit_stats(conn);

@@ -10,7 +10,7 @@ use iroh::endpoint::{Connection, ConnectionError, RecvStream, SendStream};
 use iroh::{Endpoint, RelayConfig, RelayMode, endpoint::presets};
 use n0_future::time::{Instant, sleep, timeout};
 use pixelpass_protocol::ticket::Ticket;
-use pixelpass_protocol::{self as protocol, CloseCode, Control};
+use pixelpass_protocol::{self as protocol, CloseCode, Control, RenditionInfo};
 use tokio_util::sync::CancellationToken;
 
 use super::{Field, Shared};
@@ -180,6 +180,8 @@ pub(super) struct ControlStream {
     pub(super) send: SendStream,
     pub(super) recv: RecvStream,
     pub(super) buf: BytesMut,
+    /// The ceiling the host was last told (kbit/s).
+    pub(super) ceiling: u32,
 }
 
 impl ControlStream {
@@ -216,12 +218,15 @@ async fn connected(
     cancel: &CancellationToken,
     admitted: &mut bool,
 ) -> End {
-    let (mut control, viewer_id, renditions) = match timeout(CONNECT_TIMEOUT, handshake(conn, ticket, name)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return e,
-        Err(_) => return End::retry("unreachable", "the host did not answer in time"),
-    };
+    let (mut control, viewer_id, renditions) =
+        match timeout(CONNECT_TIMEOUT, handshake(conn, ticket, name, shared)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return e,
+            Err(_) => return End::retry("unreachable", "the host did not answer in time"),
+        };
     *admitted = true;
+    let names: Vec<String> = renditions.iter().map(|r| r.name.clone()).collect();
+    let kbps: Vec<f64> = renditions.iter().map(|r| f64::from(r.kbps)).collect();
     let label = match viewer_id {
         0 => String::new(),
         n => protocol::viewer_label(conn.remote_id().as_bytes(), n),
@@ -231,20 +236,28 @@ async fn connected(
         "connected",
         &[
             ("viewerId", Field::Str(&label)),
-            ("renditions", Field::Strs(&renditions)),
+            ("renditions", Field::Strs(&names)),
+            ("renditionKbps", Field::Nums(&kbps)),
         ],
     );
-    super::play::play(conn, &mut control, renditions, shared, cancel).await
+    super::play::play(conn, &mut control, names, shared, cancel).await
 }
 
 /// Hello / Welcome on the control stream: the stream, the host's number for this viewer and
 /// its renditions; a Refuse becomes the host's reason.
-async fn handshake(conn: &Connection, ticket: &Ticket, name: &str) -> Result<(ControlStream, u64, Vec<String>), End> {
+async fn handshake(
+    conn: &Connection,
+    ticket: &Ticket,
+    name: &str,
+    shared: &Shared,
+) -> Result<(ControlStream, u64, Vec<RenditionInfo>), End> {
     let (send, recv) = conn.open_bi().await.map_err(|e| explain_conn_error(&e))?;
     let mut control = ControlStream {
         send,
         recv,
         buf: BytesMut::new(),
+        // (the ceiling now: the page may have changed it since the last connection)
+        ceiling: shared.ceiling_kbps.get(),
     };
     let name: String = name.chars().take(protocol::MAX_NAME_LEN / 4).collect();
     let secret = ticket.secret;
@@ -254,15 +267,13 @@ async fn handshake(conn: &Connection, ticket: &Ticket, name: &str) -> Result<(Co
             false => Control::Hello2 {
                 secret,
                 name,
-                max_kbps: 0,
+                max_kbps: control.ceiling,
             },
         })
         .await;
     match control.read().await {
         Ok(Control::Welcome { viewer_id }) => Ok((control, viewer_id, Vec::new())),
-        Ok(Control::Welcome2 { viewer_id, renditions }) => {
-            Ok((control, viewer_id, renditions.into_iter().map(|r| r.name).collect()))
-        }
+        Ok(Control::Welcome2 { viewer_id, renditions }) => Ok((control, viewer_id, renditions)),
         Ok(Control::Refuse { code, reason }) => Err(End::Failed(messages::explain(
             CloseCode::from_u64(code.into()),
             &reason,
