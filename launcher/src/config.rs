@@ -13,7 +13,7 @@ const KNOWN: [(&str, &[&str]); 4] = [
         "bandwidth",
         &["status", "upstream_mbps", "measured_at", "error", "endpoint"],
     ),
-    ("viewer", &["player"]),
+    ("viewer", &["player", "quality"]),
     (
         "gui",
         &["theme", "keep_in_tray", "quality", "max_viewers", "software_encoder"],
@@ -75,11 +75,13 @@ impl Web {
 pub struct Viewer {
     /// The player picked last (`mpv`, `vlc`, `gst`), offered first next time.
     pub player: Option<String>,
+    /// The window's viewer ceiling picked last (`auto`, `high`, `medium`, `low`).
+    pub quality: Option<String>,
 }
 
 impl Viewer {
     fn is_empty(&self) -> bool {
-        self.player.is_none()
+        *self == Viewer::default()
     }
 }
 
@@ -314,6 +316,7 @@ mod tests {
             },
             viewer: Viewer {
                 player: Some("vlc".into()),
+                quality: Some("low".into()),
             },
             gui: Gui {
                 theme: Some("Catppuccin Latte".into()),

@@ -384,7 +384,7 @@ impl ViewSession {
         self.phase = ended(code, self.error.take(), "disconnected");
     }
 
-    /// "Connected (direct) · 2.4 Mbit/s · 120 ms behind capture".
+    /// "Connected (direct) · RTT 3 ms · 2.4 Mbit/s · 120 ms behind capture · 720p".
     pub fn state_line(&self) -> String {
         match &self.phase {
             Phase::Starting => "Connecting…".into(),
@@ -400,6 +400,9 @@ impl ViewSession {
                 }
                 if let Some(l) = self.latency_ms {
                     s += &format!(" · {l:.0} ms behind capture");
+                }
+                if !self.rendition.is_empty() {
+                    s += &format!(" · {}", self.rendition);
                 }
                 s
             }

@@ -179,9 +179,20 @@ fn view_tab_checks_the_code_connects_and_disconnects_at_once() {
     assert!(shows(&h, "✔ valid code"));
 
     h.state_mut().view.player = crate::cli::Player::None;
+    // a metered connection: at most low (1 Mbit/s) of the host's 720p 2.5 Mbit/s ladder
+    h.get_by_label("Quality").click();
+    h.run_steps(2);
+    h.get_by_label("At most low (1 Mbit/s): a metered connection").click();
+    h.run_steps(2);
+    assert_eq!(h.state().view.quality, crate::cli::Quality::Low);
     h.get_by_label("Connect").click();
     wait(&mut h, 30, "connected", |h| shows(h, "Connected"));
     wait_text(&host_out, "viewer-joined", Duration::from_secs(10)).expect("the host sees the viewer");
+    wait(&mut h, 15, "on the rendition within the ceiling", |h| {
+        shows(h, "· 360p")
+    });
+    let saved = std::fs::read_to_string(config.path().join("pixelpass/config.toml")).unwrap();
+    assert!(saved.contains("quality = \"low\""), "remembered: {saved}");
 
     let (_, pid) = h.state().shared.pids();
     let pid = pid.expect("a viewer child");

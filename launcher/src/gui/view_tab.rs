@@ -1,10 +1,11 @@
-//! The View tab: paste a code (checked as you type), pick a player, Connect / Disconnect, the
-//! connection's state. Disconnect ends the viewer child at once (SIGTERM, its stdin closed).
+//! The View tab: paste a code (checked as you type), pick a player and the most quality to
+//! receive, Connect / Disconnect, the connection's state. Disconnect ends the viewer child at
+//! once (SIGTERM, its stdin closed).
 
 use super::app::GuiApp;
 use super::session::Phase;
 use super::theme::Role;
-use crate::cli::Player;
+use crate::cli::{Player, Quality};
 use crate::config::Config;
 use crate::menu::answers;
 
@@ -12,7 +13,17 @@ pub struct ViewForm {
     pub code: String,
     pub player: Player,
     players: Vec<Player>,
+    /// The viewer's ceiling (`pixelpass view --quality`): auto, or at most a preset's bitrate.
+    pub quality: Quality,
 }
+
+/// The ceilings offered, with what each means.
+const QUALITIES: [(Quality, &str); 4] = [
+    (Quality::Auto, "Auto: whatever the connection carries"),
+    (Quality::High, "At most high (4 Mbit/s)"),
+    (Quality::Medium, "At most medium (2.5 Mbit/s)"),
+    (Quality::Low, "At most low (1 Mbit/s): a metered connection"),
+];
 
 impl ViewForm {
     pub fn new(config: &Config) -> ViewForm {
@@ -25,10 +36,18 @@ impl ViewForm {
         );
         // No player: the local URL only, for a player of one's own.
         players.push(Player::None);
+        let quality = config
+            .viewer
+            .quality
+            .as_deref()
+            .and_then(|q| <Quality as clap::ValueEnum>::from_str(q, true).ok())
+            .filter(|q| QUALITIES.iter().any(|(o, _)| o == q))
+            .unwrap_or(Quality::Auto);
         ViewForm {
             code: String::new(),
             player: players[0],
             players,
+            quality,
         }
     }
 
@@ -78,6 +97,15 @@ pub fn show(app: &mut GuiApp, ui: &mut egui::Ui) {
                     ui.selectable_value(&mut form.player, p, crate::menu::player_label(p));
                 }
             });
+        let label = |q: Quality| QUALITIES.iter().find(|(o, _)| *o == q).map_or("", |(_, l)| l);
+        egui::ComboBox::from_label("Quality")
+            .selected_text(label(form.quality))
+            .width(300.0)
+            .show_ui(ui, |ui| {
+                for (q, l) in QUALITIES {
+                    ui.selectable_value(&mut form.quality, q, l);
+                }
+            });
     });
     ui.add_space(8.0);
     ui.horizontal(|ui| {
@@ -98,6 +126,7 @@ pub fn show(app: &mut GuiApp, ui: &mut egui::Ui) {
 fn connect(app: &mut GuiApp) {
     let mut args = answers::view_argv(&app.view.code, app.view.player);
     args.remove(0); // "pixelpass"
+    args.extend(["--quality".into(), answers::value_name(app.view.quality)]);
     args.extend(app.shared.launch.view_args.iter().cloned());
     args.extend(["--events".into(), "json".into()]);
     if let Err(e) = app.shared.start_view(args) {
@@ -105,8 +134,9 @@ fn connect(app: &mut GuiApp) {
     }
     if app.view.player != Player::None {
         app.config.viewer.player = Some(answers::value_name(app.view.player));
-        app.save_config();
     }
+    app.config.viewer.quality = Some(answers::value_name(app.view.quality));
+    app.save_config();
 }
 
 fn status(app: &GuiApp, ui: &mut egui::Ui, v: &super::session::ViewSession) {
