@@ -214,6 +214,8 @@ impl Chromium {
                 if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                libc::close(a);
+                libc::close(b);
                 Ok(())
             });
         }
@@ -597,6 +599,14 @@ fn the_quality_menu_moves_the_page_between_renditions_without_a_decoder_error() 
     assert!(options.len() >= 3, "auto and each rendition: {menu}");
     assert_eq!(options[0][0], "0", "auto first: {menu}");
     let lowest = options.last().unwrap()[0].as_str().unwrap().to_string();
+    // "Up to 180p (0.1 Mbit/s)": the lowest rendition's name
+    let lowest_name = options.last().unwrap()[1].as_str().unwrap_or("");
+    let lowest_name = lowest_name
+        .trim_start_matches("Up to ")
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
     let (top_name, top_width) = (top["rendition"].clone(), num(&top, "width"));
 
     let pick = |devtools: &mut DevTools, value: &str| {
@@ -608,7 +618,9 @@ fn the_quality_menu_moves_the_page_between_renditions_without_a_decoder_error() 
     assert_eq!(pick(&mut devtools, &lowest), lowest.as_str());
     let frames = num(&top, "framesDecoded");
     let low = page.wait("menu", Duration::from_secs(15), |r| {
-        r["rendition"] != top_name && num(r, "width") < top_width && num(r, "framesDecoded") >= frames + 60.0
+        r["rendition"] == lowest_name.as_str()
+            && num(r, "width") < top_width
+            && num(r, "framesDecoded") >= frames + 60.0
     });
     let low = low.unwrap_or_else(|last| panic!("the page did not move down; last report {last:?}"));
     eprintln!(
@@ -619,7 +631,9 @@ fn the_quality_menu_moves_the_page_between_renditions_without_a_decoder_error() 
         num(&low, "width")
     );
     assert_eq!(low["decoderErrors"], serde_json::json!([]), "no decoder error: {low}");
-    assert_eq!(num(&low, "renditionChanges"), 1.0, "{low}");
+    // (one switch, unless the load of three encodes and a browser on two cores moved it down
+    // for congestion first)
+    assert!(num(&low, "renditionChanges") >= 1.0, "{low}");
     let moved = host.events("rendition-changed");
     assert!(
         moved.iter().any(|e| e["reason"] == "ceiling"),
@@ -627,9 +641,12 @@ fn the_quality_menu_moves_the_page_between_renditions_without_a_decoder_error() 
     );
 
     // The next visit starts on the chosen rendition (no switch) and offers it selected.
-    devtools.eval("location.reload()");
+    devtools.call("Page.reload", serde_json::json!({}));
     let again = page.wait("menu", Duration::from_secs(40), |r| {
-        r["connected"] == true && num(r, "framesDecoded") >= 30.0 && num(r, "renditionChanges") == 0.0
+        r["connected"] == true
+            && num(r, "framesDecoded") >= 30.0
+            && num(r, "renditionChanges") == 0.0
+            && r["rendition"] != ""
     });
     let again = again.unwrap_or_else(|last| panic!("no frames after the reload; last report {last:?}"));
     assert_eq!(again["rendition"], low["rendition"], "remembered: {again}");
@@ -639,9 +656,11 @@ fn the_quality_menu_moves_the_page_between_renditions_without_a_decoder_error() 
         lowest.as_str()
     );
 
+    // Up again needs the hold (4 s on the rendition) and a probe (2 s) showing the path
+    // carries it, twice that if a probe fails on this busy machine, then a GOP boundary.
     assert_eq!(pick(&mut devtools, "0"), "0");
     let frames = num(&again, "framesDecoded");
-    let back = page.wait("menu", Duration::from_secs(15), |r| {
+    let back = page.wait("menu", Duration::from_secs(30), |r| {
         r["rendition"] == top_name && num(r, "width") == top_width && num(r, "framesDecoded") >= frames + 60.0
     });
     let back = back.unwrap_or_else(|last| panic!("the page did not move back up; last report {last:?}"));

@@ -331,16 +331,15 @@ function watch(ticket) {
   // Leaving the page leaves the share at once (the host frees the seat without waiting for
   // the connection to time out).
   addEventListener('pagehide', () => viewer?.stop());
-  viewer = new Viewer(ticket, 'browser', (type, detail) => {
+  // the saved ceiling goes with the hello: the share starts within it
+  state.ceilingKbps = savedCeiling();
+  viewer = new Viewer(ticket, 'browser', state.ceilingKbps, (type, detail) => {
     try {
       on[type]?.(detail);
     } catch (e) {
       state.decoderErrors.push(`${type}: ${e.message}`);
     }
   });
-  // before the connection starts: the hello carries it
-  state.ceilingKbps = savedCeiling();
-  viewer.setCeiling(state.ceilingKbps);
 }
 
 function reportTo(path) {

@@ -27,6 +27,69 @@ pub const PROBE_MARGIN: f64 = 1.25;
 pub const PROBE_RAMP: Duration = Duration::from_millis(1000);
 /// How long a probe runs at most.
 pub const PROBE_TIME: Duration = Duration::from_millis(2000);
+/// A probe whose padding would take longer than this to drain is stopped: the path is full
+/// (and the stream would start queueing behind it). The viewer's lag may grow this much too.
+pub const PROBE_MAX_DRAIN: Duration = Duration::from_millis(150);
+/// A probe that makes the path's RTT grow by this much (or by half, if more) is stopped: a
+/// queue is building in front of the stream.
+pub const PROBE_MAX_QUEUE: Duration = Duration::from_millis(50);
+/// The lag a probe watches is the lowest over this long (two of the viewer's report
+/// intervals): between reports the lag seen by the host grows by the interval, and a late
+/// report (a busy viewer) shows as a spike shorter than this, while a queue is a rise that
+/// lasts. (The RTT is QUIC's smoothed estimate already.)
+pub const PROBE_NOISE: Duration = Duration::from_millis(200);
+/// Padding written since the viewer's last report counts as in flight for at most this long:
+/// a late report is forgiven, a viewer that stopped reporting is not.
+pub const PROBE_MAX_UNREPORTED: Duration = Duration::from_millis(300);
+
+/// What a probe sees at one check.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeSeen {
+    /// Since the probe started.
+    pub elapsed: Duration,
+    /// The padding's full rate (bytes/s); it ramps up to it over [`PROBE_RAMP`].
+    pub padding_rate: f64,
+    /// Padding written and not reported received (bytes).
+    pub outstanding: u64,
+    /// Since the viewer's last report (or the probe's start, if later).
+    pub unreported: Duration,
+    /// The path's RTT now and when the probe started.
+    pub rtt: Duration,
+    pub rtt_at_start: Duration,
+    /// The viewer's lag (lowest over [`PROBE_NOISE`]) now and when the probe started.
+    pub lag: Duration,
+    pub lag_at_start: Duration,
+}
+
+/// Why a probe stopped before its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeStop {
+    /// Its padding backs up: more outstanding than its rate keeps in flight (the round trip
+    /// and what was written since the viewer's last report) plus [`PROBE_MAX_DRAIN`]'s worth.
+    Backlog,
+    /// The RTT grew: a queue is building in the network.
+    Queue,
+    /// The stream itself fell behind.
+    Lagging,
+}
+
+impl ProbeSeen {
+    /// Whether the probe must stop now (the path is full), and why.
+    pub fn verdict(&self) -> Option<ProbeStop> {
+        let ramp = (self.elapsed.as_secs_f64() / PROBE_RAMP.as_secs_f64()).min(1.0);
+        let in_flight = PROBE_MAX_DRAIN + self.unreported.min(PROBE_MAX_UNREPORTED) + self.rtt;
+        let allowance = self.padding_rate * ramp * in_flight.as_secs_f64() + 8192.0;
+        if self.outstanding as f64 > allowance {
+            Some(ProbeStop::Backlog)
+        } else if self.rtt > self.rtt_at_start + PROBE_MAX_QUEUE.max(self.rtt_at_start / 2) {
+            Some(ProbeStop::Queue)
+        } else if self.lag > self.lag_at_start + PROBE_MAX_DRAIN {
+            Some(ProbeStop::Lagging)
+        } else {
+            None
+        }
+    }
+}
 
 /// The lowest of a signal's samples over a short window: what persists, not what one late
 /// report or one scheduling hiccup shows.
@@ -397,6 +460,74 @@ mod tests {
             last = m.push(t + 300 * MS + 50 * MS * i, lag(100 + 40 * i as u64));
         }
         assert!(last >= lag(100 + 40 * 5), "within the window of the newest: {last:?}");
+    }
+
+    /// A probe on a path that carries `capacity` bytes/s (the stream takes `stream` of it),
+    /// checked every 50 ms; the viewer reports every 100 ms, but the report due at `late.0`
+    /// comes `late.1` ms late (and the next ones 100 ms after it). The first stop and when.
+    fn run_probe(capacity: f64, stream: f64, late: Option<(u64, u64)>) -> Option<(u64, ProbeStop)> {
+        let rate = 330_000.0;
+        let base_rtt = Duration::from_millis(2);
+        let mut floor = RecentMin::new(PROBE_NOISE);
+        let (mut reported_at, mut delivered_then, mut next_report) = (0u64, 0.0, 0u64);
+        let mut lag_at_start = None;
+        for ms in (0..=2000u64).step_by(50) {
+            let t = ms as f64 / 1000.0;
+            let ramp = PROBE_RAMP.as_secs_f64();
+            let written = rate * if t < ramp { t * t / (2.0 * ramp) } else { t - ramp / 2.0 };
+            let delivered = written.min((capacity - stream) * t);
+            // what waits in the network queue, before the stream's own next bytes
+            let queue = Duration::from_secs_f64((written - delivered) / capacity);
+            if ms >= next_report {
+                reported_at = ms;
+                delivered_then = delivered;
+                next_report = ms + 100;
+                if let Some((at, by)) = late
+                    && next_report == at
+                {
+                    next_report += by;
+                }
+            }
+            let unreported = Duration::from_millis(ms - reported_at);
+            let lag = floor.push(
+                Instant::now() + Duration::from_millis(ms),
+                queue + unreported + Duration::from_millis(1),
+            );
+            let seen = ProbeSeen {
+                elapsed: Duration::from_millis(ms),
+                padding_rate: rate,
+                outstanding: (written - delivered_then) as u64,
+                unreported,
+                rtt: base_rtt + queue,
+                rtt_at_start: base_rtt,
+                lag,
+                lag_at_start: *lag_at_start.get_or_insert(lag),
+            };
+            if let Some(stop) = seen.verdict() {
+                return Some((ms, stop));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_probe_on_a_free_path_runs_its_time_even_with_a_late_report() {
+        assert_eq!(run_probe(10_000_000.0, 40_000.0, None), None);
+        // one report 200 ms late (a busy viewer): a spike of lag and of unreported padding,
+        // not a queue (the judgment before the lag's floor and the report allowance stopped
+        // this probe)
+        assert_eq!(run_probe(10_000_000.0, 40_000.0, Some((1200, 200))), None);
+        assert_eq!(run_probe(10_000_000.0, 40_000.0, Some((300, 200))), None);
+    }
+
+    #[test]
+    fn a_probe_on_a_full_path_stops_soon_after_the_queue_forms() {
+        // 100 kB/s path, 40 kB/s stream: the padding outgrows the rest at 0.18 s
+        let (at, why) = run_probe(100_000.0, 40_000.0, None).expect("stopped");
+        assert!(at <= 500, "stopped at {at} ms ({why:?})");
+        // a viewer that stops reporting (from 1 s on) is not forgiven for long
+        let (at, why) = run_probe(10_000_000.0, 40_000.0, Some((1000, 5000))).expect("stopped");
+        assert!((1000..=1500).contains(&at), "stopped at {at} ms ({why:?})");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use super::delivery::Delivery;
 use super::imp::CAT;
-use super::ladder::{self, Ladder, RecentMin, Seen, Why};
+use super::ladder::{self, Ladder, ProbeSeen, RecentMin, Seen, Why};
 use super::rendition::Rendition;
 use super::session::{Shared, Viewer};
 use crate::gop_cache::{Aligned, Chunk, Cursor, GopCache, Step};
@@ -35,20 +35,9 @@ use crate::protocol::{CloseCode, Control, GopHeader, flags};
 const ALIGN_TOLERANCE: u64 = 5_000_000;
 /// How long a switch waits for the target rendition's GOP at the same instant.
 const ALIGN_WAIT: Duration = Duration::from_millis(200);
-/// A probe whose padding would take longer than this to drain is stopped: the path is full
-/// (and the stream would start queueing behind it).
-const PROBE_MAX_DRAIN: Duration = Duration::from_millis(150);
 /// Behind by more than this while the path measures slower than the stream: the rung does not
 /// fit (the down switch does not wait for the hold).
 const OVERLOAD_LAG: Duration = Duration::from_millis(150);
-/// A probe that makes the path's RTT grow by this much (or by half, if more) is stopped: a
-/// queue is building in front of the stream.
-const PROBE_MAX_QUEUE: Duration = Duration::from_millis(50);
-/// The lag a probe watches is the lowest over this long (two of the viewer's report
-/// intervals): between reports the lag seen here grows by the interval, and a late report (a
-/// busy viewer) shows as a spike shorter than this, while a queue is a rise that lasts. (The
-/// RTT is QUIC's smoothed estimate already.)
-const PROBE_NOISE: Duration = Duration::from_millis(200);
 /// What a probe carried is measured over its last stretch of this long.
 const PROBE_WINDOW: Duration = Duration::from_millis(1000);
 
@@ -151,7 +140,7 @@ pub(super) async fn serve(shared: &Arc<Shared>, viewer: &Arc<Viewer>, control: S
         probe_marks: VecDeque::new(),
         probe_lag: Duration::ZERO,
         probe_rtt: Duration::ZERO,
-        lag_floor: RecentMin::new(PROBE_NOISE),
+        lag_floor: RecentMin::new(ladder::PROBE_NOISE),
         probe_checked: Instant::now(),
     };
     let code = sender.run(control).await;
@@ -205,11 +194,11 @@ struct Sender<'a> {
     probe_rate: f64,
 
     probe_marks: VecDeque<(Instant, u64)>,
-    /// The viewer's lag and the path's RTT when the probe started: the probe stops when the
-    /// lag grows by PROBE_MAX_DRAIN or the RTT by PROBE_MAX_QUEUE (a queue is building).
+    /// The viewer's lag and the path's RTT when the probe started (see [`ProbeSeen`]).
     probe_lag: Duration,
     probe_rtt: Duration,
-    /// The lag as a probe judges it (lowest over [`PROBE_NOISE`]), sampled at every check.
+    /// The lag as a probe judges it (lowest over [`ladder::PROBE_NOISE`]), sampled at every
+    /// check.
     lag_floor: RecentMin,
     probe_checked: Instant,
 }
@@ -663,19 +652,22 @@ impl Sender<'_> {
                 self.probe_marks.pop_front();
             }
             let elapsed = now.saturating_duration_since(p.started);
-            // full: more padding outstanding than its current rate keeps in flight (the round
-            // trip, and what was written since the viewer's last report) plus PROBE_MAX_DRAIN's
-            let ramp = (elapsed.as_secs_f64() / ladder::PROBE_RAMP.as_secs_f64()).min(1.0);
             let (outstanding, reported) = {
                 let d = self.delivery();
-                (d.probe_in_flight() as f64, d.reported_at().unwrap_or(p.started))
+                (d.probe_in_flight(), d.reported_at().unwrap_or(p.started))
             };
-            let unreported = now.saturating_duration_since(reported.max(p.started));
-            let in_flight = (PROBE_MAX_DRAIN + unreported + rtt).as_secs_f64();
-            let allowance = self.probe_rate * ramp * in_flight + 8192.0;
-            let full = outstanding > allowance || rtt > self.probe_rtt + PROBE_MAX_QUEUE.max(self.probe_rtt / 2);
-            let strained = lag > self.probe_lag + PROBE_MAX_DRAIN;
-            if elapsed >= ladder::PROBE_TIME || full || strained {
+            let seen = ProbeSeen {
+                elapsed,
+                padding_rate: self.probe_rate,
+                outstanding,
+                unreported: now.saturating_duration_since(reported.max(p.started)),
+                rtt,
+                rtt_at_start: self.probe_rtt,
+                lag,
+                lag_at_start: self.probe_lag,
+            };
+            let stop = seen.verdict();
+            if elapsed >= ladder::PROBE_TIME || stop.is_some() {
                 // (only a probe that held its rate measures the path: one stopped early failed)
                 let held = elapsed >= ladder::PROBE_TIME;
                 let carried = if held { self.probe_carried(now, delivered) } else { 0.0 };
@@ -684,13 +676,13 @@ impl Sender<'_> {
                 let to = self.ladder.probe_done(now, carried, &rates);
                 gst::debug!(
                     CAT,
-                    "viewer {}: probe carried {:.0} kB/s (target {:.0}) in {elapsed:?}{}{}: {to:?} \
-                     (padding outstanding {outstanding:.0} of {allowance:.0} B, rtt {rtt:?} from {:?}, lag {lag:?} from {:?})",
+                    "viewer {}: probe carried {:.0} kB/s (target {:.0}) in {elapsed:?}, stopped by {stop:?}: \
+                     {to:?} (padding outstanding {outstanding} B, {:?} unreported, rtt {rtt:?} from {:?}, \
+                     lag {lag:?} from {:?})",
                     self.viewer.id,
                     carried / 1000.0,
                     p.target / 1000.0,
-                    if full { ", path full" } else { "" },
-                    if strained { ", stream lagging" } else { "" },
+                    seen.unreported,
                     self.probe_rtt,
                     self.probe_lag
                 );

@@ -1,4 +1,4 @@
-//! The page's side of the viewer: `new Viewer(ticket, name, emit)` starts watching, and the
+//! The page's side of the viewer: `new Viewer(ticket, name, ceilingKbps, emit)` starts watching, and the
 //! module calls `emit(type, detail)` for everything the page shows or decodes.
 //!
 //! Events (`detail` fields):
@@ -44,14 +44,15 @@ pub struct Viewer {
 
 #[wasm_bindgen]
 impl Viewer {
-    /// Starts watching `ticket` as `name`; `emit(type, detail)` gets the events.
+    /// Starts watching `ticket` as `name`, asking for at most `ceiling_kbps` of video (0: no
+    /// ceiling; see `setCeiling`); `emit(type, detail)` gets the events.
     #[wasm_bindgen(constructor)]
-    pub fn new(ticket: &str, name: &str, emit: js_sys::Function) -> Result<Viewer, JsError> {
+    pub fn new(ticket: &str, name: &str, ceiling_kbps: u32, emit: js_sys::Function) -> Result<Viewer, JsError> {
         let ticket = messages::browser_ticket(ticket).map_err(|e| JsError::new(&e))?;
         let shared = Rc::new(Shared {
             emit,
             keyframe_wanted: Cell::new(false),
-            ceiling_kbps: Cell::new(0),
+            ceiling_kbps: Cell::new(ceiling_kbps),
             reconnects: Cell::new(0),
         });
         let cancel = CancellationToken::new();
@@ -66,9 +67,8 @@ impl Viewer {
     }
 
     /// Asks the host for at most `kbps` kbit/s of video (0: no ceiling), for a metered
-    /// connection: the host moves this viewer to the highest rendition within it at its next
-    /// GOP boundary. Called before the connection is made, the hello carries it (the viewer
-    /// starts there).
+    /// connection: the host moves this viewer down to the highest rendition within it at its
+    /// next GOP boundary (a higher ceiling lets it probe up). A reconnect's hello carries it.
     #[wasm_bindgen(js_name = setCeiling)]
     pub fn set_ceiling(&self, kbps: u32) {
         self.shared.ceiling_kbps.set(kbps);
