@@ -468,9 +468,13 @@ fn a_browser_watches_a_share_and_shows_refusals() {
     let watcher = Chromium::open(&page.url("watch", &ticket));
     let first = page.wait("watch", Duration::from_secs(40), |r| num(r, "framesDecoded") >= 1.0);
     let first = first.unwrap_or_else(|last| panic!("no frame decoded; last report {last:?}; host:\n{}", host.err()));
+    // It keeps decoding: 60 frames more (2 s of the share; how fast is a figure, not a test:
+    // a busy or slow machine decodes fewer per second).
     let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(5));
-    let r = page.report("watch").unwrap();
+    let r = page.wait("watch", Duration::from_secs(30), |r| {
+        num(r, "framesDecoded") >= num(&first, "framesDecoded") + 60.0
+    });
+    let r = r.unwrap_or_else(|last| panic!("the page stopped decoding; last report {last:?}"));
     let frames = num(&r, "framesDecoded") - num(&first, "framesDecoded");
     let (decoded, drawn) = (
         percentiles(&r, "captureToDecodedMs"),
@@ -486,7 +490,6 @@ fn a_browser_watches_a_share_and_shows_refusals() {
         decoded.unwrap(),
         drawn.unwrap()
     );
-    assert!(frames >= 60.0, "only {frames} frames decoded in 5 s: {r}");
     assert_eq!(r["decoderErrors"], serde_json::json!([]), "no decoder error");
     assert!(r["ended"].is_null(), "still watching: {r}");
     assert_eq!(
