@@ -446,7 +446,7 @@ struct ControlStream {
     send: SendStream,
     recv: RecvStream,
     buf: BytesMut,
-    /// The ceiling the hello carried (kbit/s).
+    /// The ceiling the host was last told (kbit/s): in the hello, then by `Ceiling`.
     ceiling: u32,
 }
 
@@ -595,8 +595,6 @@ struct Play {
     /// The rendition of the GOP being played (version 2 hosts).
     rendition: Option<u32>,
     sent_probe: u64,
-    /// The ceiling the host was last told (in the hello, then by `Ceiling`).
-    sent_ceiling: u32,
     /// Newest GOP seq and capture time of the newest frame: what `Progress` reports.
     progress: (u64, u64),
     sent_progress: (u64, u64),
@@ -623,7 +621,6 @@ async fn play(
         last_seq: None,
         rendition: None,
         sent_probe: 0,
-        sent_ceiling: control.ceiling,
         progress: (0, 0),
         sent_progress: (0, 0),
         caps: None,
@@ -655,7 +652,7 @@ async fn play(
         }
         if p.last_report.elapsed() >= PROGRESS_INTERVAL {
             p.last_report = Instant::now();
-            report(ctx, conn, &mut control.send, &mut p).await;
+            report(ctx, conn, control, &mut p).await;
         }
     }
 }
@@ -802,15 +799,15 @@ impl Play {
 
 /// Tells the host how far this viewer got and whether something downstream wants a
 /// keyframe; watches the path.
-async fn report(ctx: &Ctx, conn: &Connection, send: &mut SendStream, p: &mut Play) {
+async fn report(ctx: &Ctx, conn: &Connection, control: &mut ControlStream, p: &mut Play) {
     let ending = p.end_at.is_some();
     if ctx.shared.keyframe_wanted.swap(false, Ordering::Relaxed) && !ending {
-        let _ = write_control(send, &Control::KeyframeRequest).await;
+        let _ = write_control(&mut control.send, &Control::KeyframeRequest).await;
     }
     if p.progress != p.sent_progress && !ending {
         p.sent_progress = p.progress;
         let _ = write_control(
-            send,
+            &mut control.send,
             &Control::Progress {
                 seq: p.progress.0,
                 capture_unix_ns: p.progress.1,
@@ -821,13 +818,13 @@ async fn report(ctx: &Ctx, conn: &Connection, send: &mut SendStream, p: &mut Pla
     let probe = ctx.shared.stats.probe_bytes.load(Ordering::Relaxed);
     if probe != p.sent_probe && !ending {
         p.sent_probe = probe;
-        let _ = write_control(send, &Control::ProbeReport { bytes: probe }).await;
+        let _ = write_control(&mut control.send, &Control::ProbeReport { bytes: probe }).await;
     }
     let ceiling = ctx.shared.ceiling_kbps.load(Ordering::Relaxed);
-    if ceiling != p.sent_ceiling && !ending && conn.alpn() != protocol::ALPN_V1 {
-        p.sent_ceiling = ceiling;
+    if ceiling != control.ceiling && !ending && conn.alpn() != protocol::ALPN_V1 {
+        control.ceiling = ceiling;
         gst::info!(CAT, "asking the host for at most {ceiling} kbit/s (0: no ceiling)");
-        let _ = write_control(send, &Control::Ceiling { max_kbps: ceiling }).await;
+        let _ = write_control(&mut control.send, &Control::Ceiling { max_kbps: ceiling }).await;
     }
     watch_path(ctx, conn);
 }
