@@ -17,13 +17,25 @@ pub struct ViewForm {
     pub quality: Quality,
 }
 
-/// The ceilings offered, with what each means.
-const QUALITIES: [(Quality, &str); 4] = [
-    (Quality::Auto, "Auto: whatever the connection carries"),
-    (Quality::High, "At most high (4 Mbit/s)"),
-    (Quality::Medium, "At most medium (2.5 Mbit/s)"),
-    (Quality::Low, "At most low (1 Mbit/s): a metered connection"),
-];
+/// The ceilings offered.
+const QUALITIES: [Quality; 4] = [Quality::Auto, Quality::High, Quality::Medium, Quality::Low];
+
+/// What a ceiling means, with the preset's bitrate.
+fn quality_label(q: Quality) -> String {
+    match crate::quality::viewer_ceiling_kbps(q) {
+        0 => "Auto: whatever the connection carries".into(),
+        kbps => format!(
+            "At most {} ({} Mbit/s){}",
+            answers::value_name(q),
+            f64::from(kbps) / 1000.0,
+            if q == Quality::Low {
+                ": a metered connection"
+            } else {
+                ""
+            }
+        ),
+    }
+}
 
 impl ViewForm {
     pub fn new(config: &Config) -> ViewForm {
@@ -41,7 +53,7 @@ impl ViewForm {
             .quality
             .as_deref()
             .and_then(|q| <Quality as clap::ValueEnum>::from_str(q, true).ok())
-            .filter(|q| QUALITIES.iter().any(|(o, _)| o == q))
+            .filter(|q| QUALITIES.contains(q))
             .unwrap_or(Quality::Auto);
         ViewForm {
             code: String::new(),
@@ -97,13 +109,12 @@ pub fn show(app: &mut GuiApp, ui: &mut egui::Ui) {
                     ui.selectable_value(&mut form.player, p, crate::menu::player_label(p));
                 }
             });
-        let label = |q: Quality| QUALITIES.iter().find(|(o, _)| *o == q).map_or("", |(_, l)| l);
         egui::ComboBox::from_label("Quality")
-            .selected_text(label(form.quality))
+            .selected_text(quality_label(form.quality))
             .width(300.0)
             .show_ui(ui, |ui| {
-                for (q, l) in QUALITIES {
-                    ui.selectable_value(&mut form.quality, q, l);
+                for q in QUALITIES {
+                    ui.selectable_value(&mut form.quality, q, quality_label(q));
                 }
             });
     });
