@@ -186,6 +186,13 @@ impl Events {
         let _ = writeln!(err, "{line}");
     }
 
+    /// The program is done with the terminal: the status line, if one is on screen, goes, so
+    /// what comes next (the shell's prompt) starts on a line of its own.
+    pub fn end(&self) {
+        let mut status_shown = self.status_line_shown.lock().unwrap_or_else(|e| e.into_inner());
+        clear_status_line(&mut status_shown, &mut std::io::stderr().lock());
+    }
+
     pub fn is_json(&self) -> bool {
         self.json
     }

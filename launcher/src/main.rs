@@ -299,6 +299,7 @@ where
         mode(cancel).await
     });
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    events.end();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

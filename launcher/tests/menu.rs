@@ -101,7 +101,7 @@ impl Tmux {
             .lines()
             .find_map(|l| l.strip_prefix("EXIT="))
             .and_then(|c| c.trim().parse().ok())
-            .expect("an exit code");
+            .unwrap_or_else(|| panic!("no exit code on screen:\n{s}"));
         let stty = s.lines().find(|l| l.ends_with("STTY")).unwrap_or("").to_string();
         (code, stty)
     }
@@ -532,6 +532,8 @@ fn ctrl_c_on_the_host_screen_restores_the_terminal() {
     let config = answered_config();
     let t = Tmux::start(&env_for(config.path(), &x11(&x), "http://127.0.0.1:9/"));
     menu_host(&t);
+    // with the status line on screen: the exit must not leave the shell's next line after it
+    t.wait("no viewers yet", 10);
     t.keys(&["C-c"]);
     let (code, stty) = t.exit(10);
     assert_eq!(code, 0, "ctrl-c stops the share cleanly");
