@@ -105,14 +105,17 @@ impl PageServer {
         self.reports.lock().unwrap().get(name).cloned()
     }
 
-    /// Waits until the report of `name` satisfies `cond`; returns the last report seen.
+    /// Waits until the report of `name` satisfies `cond`; returns the last report seen, at
+    /// once if the page ended for good without satisfying it (its `ended` says why).
     fn wait(&self, name: &str, timeout: Duration, cond: impl Fn(&Value) -> bool) -> Result<Value, Option<Value>> {
         let mut last = None;
-        let ok = wait_for(timeout, || {
+        let mut met = false;
+        wait_for(timeout, || {
             last = self.report(name);
-            last.as_ref().is_some_and(&cond)
+            met = last.as_ref().is_some_and(&cond);
+            met || last.as_ref().is_some_and(|r| !r["ended"].is_null())
         });
-        match ok {
+        match met {
             true => Ok(last.unwrap()),
             false => Err(last),
         }
@@ -625,7 +628,12 @@ fn the_quality_menu_moves_the_page_between_renditions_without_a_decoder_error() 
             && num(r, "width") < top_width
             && num(r, "framesDecoded") >= frames + 60.0
     });
-    let low = low.unwrap_or_else(|last| panic!("the page did not move down; last report {last:?}"));
+    let low = low.unwrap_or_else(|last| {
+        panic!(
+            "the page did not move down; last report {last:?}; host:\n{}",
+            host.err()
+        )
+    });
     eprintln!(
         "browser: {} ({}) -> {} ({}) after choosing {lowest} kbit/s",
         top_name,
@@ -651,7 +659,12 @@ fn the_quality_menu_moves_the_page_between_renditions_without_a_decoder_error() 
             && num(r, "renditionChanges") == 0.0
             && r["rendition"] != ""
     });
-    let again = again.unwrap_or_else(|last| panic!("no frames after the reload; last report {last:?}"));
+    let again = again.unwrap_or_else(|last| {
+        panic!(
+            "no frames after the reload; last report {last:?}; host:\n{}",
+            host.err()
+        )
+    });
     assert_eq!(again["rendition"], low["rendition"], "remembered: {again}");
     assert_eq!(num(&again, "ceilingKbps").to_string(), lowest, "{again}");
     assert_eq!(
@@ -666,7 +679,12 @@ fn the_quality_menu_moves_the_page_between_renditions_without_a_decoder_error() 
     let back = page.wait("menu", Duration::from_secs(30), |r| {
         r["rendition"] == top_name && num(r, "width") == top_width && num(r, "framesDecoded") >= frames + 60.0
     });
-    let back = back.unwrap_or_else(|last| panic!("the page did not move back up; last report {last:?}"));
+    let back = back.unwrap_or_else(|last| {
+        panic!(
+            "the page did not move back up; last report {last:?}; host:\n{}",
+            host.err()
+        )
+    });
     assert_eq!(back["decoderErrors"], serde_json::json!([]), "no decoder error: {back}");
     assert_eq!(back["canvasNonBlank"], true, "the canvas shows the picture: {back}");
 }

@@ -326,6 +326,7 @@ function watch(ticket) {
       state.ended = d;
       setStatus(d.text);
       if (d.kind !== 'eos') showMessage(d.text);
+      if (d.kind === 'crash') console.error(d.text);
     },
   };
   // Leaving the page leaves the share at once (the host frees the seat without waiting for

@@ -606,7 +606,8 @@ struct Play {
     played: u64,
     /// After the host's End: when to stop waiting for the last GOP streams.
     end_at: Option<tokio::time::Instant>,
-    last_report: Instant,
+    /// When progress is next reported (now at the start: the host hears at once).
+    next_report: Instant,
 }
 
 /// Plays GOP streams in order, handing their frames to the streaming thread, and reports
@@ -628,7 +629,7 @@ async fn play(
         first_frame: false,
         played: 0,
         end_at: None,
-        last_report: Instant::now() - PROGRESS_INTERVAL,
+        next_report: Instant::now(),
     };
     let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
     let mut current: Option<GopItems> = None;
@@ -650,8 +651,8 @@ async fn play(
                 e = conn.closed() => return explain_conn_error(&e),
             }
         }
-        if p.last_report.elapsed() >= PROGRESS_INTERVAL {
-            p.last_report = Instant::now();
+        if Instant::now() >= p.next_report {
+            p.next_report = Instant::now() + PROGRESS_INTERVAL;
             report(ctx, conn, control, &mut p).await;
         }
     }

@@ -13,12 +13,13 @@
 //! - `rendition` {name, index}: the host moved this viewer to another rendition.
 //! - `stats` {path, rttMs, kbps, latencyMs, rendition, gopsSkipped, gopsCut, reconnects},
 //!   once a second.
-//! - `ended` {kind, text}: the viewer stopped for good (`eos`, `host-full`, `revoked`, …).
+//! - `ended` {kind, text}: the viewer stopped for good (`eos`, `host-full`, `revoked`, …;
+//!   `crash` when the module itself failed: the page says so instead of freezing).
 
 mod play;
 mod session;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,7 @@ impl Viewer {
     #[wasm_bindgen(constructor)]
     pub fn new(ticket: &str, name: &str, ceiling_kbps: u32, emit: js_sys::Function) -> Result<Viewer, JsError> {
         let ticket = messages::browser_ticket(ticket).map_err(|e| JsError::new(&e))?;
+        report_panics_to(&emit);
         let shared = Rc::new(Shared {
             emit,
             keyframe_wanted: Cell::new(false),
@@ -84,6 +86,31 @@ impl Drop for Viewer {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+thread_local! {
+    /// The page's `emit` of the newest viewer, for the panic hook.
+    static PANIC_EMIT: RefCell<Option<js_sys::Function>> = const { RefCell::new(None) };
+}
+
+/// A panic stops the module for good (wasm aborts): the hook tells the page, as an `ended`
+/// event of kind `crash`, so the viewer sees why the picture stopped and what to do instead
+/// of a frozen page (and a test sees the panic's message).
+fn report_panics_to(emit: &js_sys::Function) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    PANIC_EMIT.with(|e| *e.borrow_mut() = Some(emit.clone()));
+    HOOK.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let text = format!("The viewer stopped on an internal error ({info}); reload the page to watch again.");
+            let Some(emit) = PANIC_EMIT.with(|e| e.try_borrow().ok().and_then(|e| e.clone())) else {
+                return;
+            };
+            let detail = js_sys::Object::new();
+            let _ = js_sys::Reflect::set(&detail, &"kind".into(), &"crash".into());
+            let _ = js_sys::Reflect::set(&detail, &"text".into(), &JsValue::from_str(&text));
+            let _ = emit.call2(&JsValue::NULL, &"ended".into(), &detail);
+        }));
+    });
 }
 
 /// What the session and the page share (one thread: cells, no locks).

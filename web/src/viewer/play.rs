@@ -92,7 +92,7 @@ pub(super) async fn play(
                 _ = tick.tick() => {}
             }
         }
-        if p.last_report.elapsed() >= PROGRESS_INTERVAL {
+        if Instant::now() >= p.next_report {
             p.report(conn, control).await;
         }
     }
@@ -166,7 +166,10 @@ struct Play {
     sent_probe: u64,
     played: u64,
     end_at: Option<Instant>,
-    last_report: Instant,
+    /// When progress is next reported (now at the start: the host hears at once). Not
+    /// "last report = now - interval": the page's clock starts at its load, and a reloaded
+    /// page can connect within the interval (that subtraction panicked).
+    next_report: Instant,
     stats: Counters,
 }
 
@@ -195,7 +198,7 @@ impl Play {
             sent_probe: 0,
             played: 0,
             end_at: None,
-            last_report: Instant::now() - PROGRESS_INTERVAL,
+            next_report: Instant::now(),
             stats: Counters {
                 at: Instant::now(),
                 bytes_at: 0,
@@ -324,7 +327,7 @@ impl Play {
     /// Tells the host how far this viewer got and whether the page wants a keyframe; once a
     /// second, tells the page what the status line shows.
     async fn report(&mut self, conn: &Connection, control: &mut ControlStream) {
-        self.last_report = Instant::now();
+        self.next_report = Instant::now() + PROGRESS_INTERVAL;
         if self.end_at.is_some() {
             return;
         }
