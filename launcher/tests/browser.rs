@@ -688,3 +688,68 @@ fn the_quality_menu_moves_the_page_between_renditions_without_a_decoder_error() 
     assert_eq!(back["decoderErrors"], serde_json::json!([]), "no decoder error: {back}");
     assert_eq!(back["canvasNonBlank"], true, "the canvas shows the picture: {back}");
 }
+
+/// A decoding error (here a garbage access unit the test slips into the page's decoder; in
+/// the wild a codec reclaimed in a background tab or a hardware decoder's glitch) closes the
+/// page's decoder: the page asks the host for a keyframe, gets one before the next GOP would
+/// have brought it, and plays on from there with one error counted.
+#[test]
+fn a_decoder_error_is_mended_at_a_keyframe_the_page_asks_for() {
+    require!("chromium");
+    let Some(root) = dist() else { return };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let relay = Relay::start();
+    let page = PageServer::start(root);
+    let host = Host::start(&relay.url, &format!("http://{}/", page.addr), 1, &ONE_ENCODE);
+    let (ticket, _) = host.browser_link(0);
+    let (_browser, mut devtools) = Chromium::open_with_devtools(&page.url("mend", &ticket));
+    let playing = page.wait("mend", Duration::from_secs(40), |r| num(r, "framesDecoded") >= 30.0);
+    let playing = playing.unwrap_or_else(|last| panic!("no frames; last report {last:?}; host:\n{}", host.err()));
+
+    // The second delta unit after the next keyframe becomes garbage: the next keyframe the
+    // share brings by itself is a whole GOP (2 s) after that keyframe.
+    devtools.eval(
+        "(() => { const decode = VideoDecoder.prototype.decode; \
+         const t = window.injected = { keys: [], errorAt: null, deltas: 0 }; \
+         VideoDecoder.prototype.decode = function (chunk) { \
+           if (chunk.type === 'key') t.keys.push(chunk.timestamp); \
+           else if (t.keys.length && t.errorAt === null && ++t.deltas === 2) { \
+             t.errorAt = chunk.timestamp; \
+             const junk = new Uint8Array(2000).map((_, i) => (i * 7919 + 13) & 255); \
+             junk.set([0, 0, 0, 1, 0x41]); \
+             chunk = new EncodedVideoChunk({ type: 'delta', timestamp: chunk.timestamp, data: junk }); \
+           } \
+           return decode.call(this, chunk); }; \
+         return true; })()",
+    );
+    let frames = num(&playing, "framesDecoded");
+    let mended = page.wait("mend", Duration::from_secs(30), |r| {
+        r["decoderErrors"].as_array().is_some_and(|e| !e.is_empty()) && num(r, "framesDecoded") >= frames + 60.0
+    });
+    let mended =
+        mended.unwrap_or_else(|last| panic!("the page did not play on; last report {last:?}; host:\n{}", host.err()));
+    let t = devtools.eval("window.injected");
+    let error_at = t["errorAt"].as_f64().expect("the garbage went in");
+    let keys: Vec<f64> = t["keys"].as_array().unwrap().iter().filter_map(Value::as_f64).collect();
+    let before = keys.iter().copied().filter(|&k| k < error_at).last().unwrap();
+    let after = keys.iter().copied().find(|&k| k > error_at);
+    let after = after.unwrap_or_else(|| panic!("no keyframe after the error: {t}; {mended}"));
+    eprintln!(
+        "browser: decoder error at {:.0} ms of the GOP, keyframe {:.0} ms later (the next GOP was due {:.0} ms later); {mended}",
+        (error_at - before) / 1000.0,
+        (after - error_at) / 1000.0,
+        (before + 2e6 - error_at) / 1000.0
+    );
+    assert_eq!(
+        mended["decoderErrors"].as_array().unwrap().len(),
+        1,
+        "one error, not one per unit until the keyframe: {mended}"
+    );
+    assert_eq!(num(&mended, "keyframeRequests"), 1.0, "{mended}");
+    assert!(
+        after - before < 1.5e6,
+        "the keyframe came on request, before the 2 s GOP's next one: {t}"
+    );
+    assert!(mended["ended"].is_null(), "still watching: {mended}");
+    assert_eq!(mended["canvasNonBlank"], true, "the canvas shows the picture: {mended}");
+}

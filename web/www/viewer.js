@@ -160,7 +160,14 @@ class VideoOut {
     }
     this.waitKey = false;
     if (u.capture !== undefined) this.captures.set(u.pts, u.capture);
-    this.decoder.decode(new EncodedVideoChunk({ type: u.key ? 'key' : 'delta', timestamp: u.pts ?? 0, data: u.data }));
+    try {
+      this.decoder.decode(new EncodedVideoChunk({ type: u.key ? 'key' : 'delta', timestamp: u.pts ?? 0, data: u.data }));
+    } catch (e) {
+      // refused at once (a chunk the decoder cannot take now): as a decoding error
+      if (this.decoder.state !== 'closed') this.decoder.close();
+      this.failed(e);
+      return;
+    }
     if (u.key) state.keyframesDecoded++;
   }
 
@@ -178,6 +185,8 @@ class VideoOut {
     this.decoder.configure({ codec, optimizeForLatency: true });
   }
 
+  // A decoding error closes the decoder: wait for a keyframe (asked of the host at once,
+  // rather than at the next GOP) and start a new one there.
   failed(e) {
     state.decoderErrors.push(`video: ${e.message}`);
     this.waitKey = true;
