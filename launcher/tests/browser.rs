@@ -731,7 +731,7 @@ fn a_decoder_error_is_mended_at_a_keyframe_the_page_asks_for() {
     let t = devtools.eval("window.injected");
     let error_at = t["errorAt"].as_f64().expect("the garbage went in");
     let keys: Vec<f64> = t["keys"].as_array().unwrap().iter().filter_map(Value::as_f64).collect();
-    let before = keys.iter().copied().filter(|&k| k < error_at).last().unwrap();
+    let before = keys.iter().copied().rfind(|&k| k < error_at).unwrap();
     let after = keys.iter().copied().find(|&k| k > error_at);
     let after = after.unwrap_or_else(|| panic!("no keyframe after the error: {t}; {mended}"));
     eprintln!(
