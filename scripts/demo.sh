@@ -40,7 +40,8 @@ wait_until() {
 
 if [ -z "${DISPLAY:-}" ]; then
   exec 3>"$work/displayfd"
-  Xvfb -displayfd 3 -screen 0 1280x720x24 -nolisten tcp >/dev/null 2>&1 &
+  # -noreset: the screen stays up between clients (the ball and the host's capture)
+  Xvfb -displayfd 3 -screen 0 1280x720x24 -nolisten tcp -noreset >/dev/null 2>&1 &
   pids+=($!)
   exec 3>&-
   wait_until 100 test -s "$work/displayfd"

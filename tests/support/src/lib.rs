@@ -171,7 +171,11 @@ impl Xvfb {
                     "0",
                     &format!("{width}x{height}x24"),
                 ])
-                .args(["-nolisten", "tcp"])
+                // -noreset: by default the server resets when its last client leaves, and a
+                // client connecting meanwhile is refused; a short-lived client (the first
+                // xwininfo polling for a window) could be the last one while the others were
+                // still starting: "xclock: Can't open display" in 1 run in 5 of a test.
+                .args(["-nolisten", "tcp", "-noreset"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         );
