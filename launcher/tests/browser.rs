@@ -619,7 +619,7 @@ fn the_quality_menu_moves_the_page_between_renditions_without_a_decoder_error() 
     });
     let top =
         top.unwrap_or_else(|last| panic!("not on the top rendition; last report {last:?}; host:\n{}", host.err()));
-    let (top_name, top_width) = (top["rendition"].clone(), num(&top, "width"));
+    let top_width = num(&top, "width");
 
     let pick = |devtools: &mut DevTools, value: &str| {
         devtools.eval(&format!(
@@ -683,7 +683,7 @@ fn the_quality_menu_moves_the_page_between_renditions_without_a_decoder_error() 
     assert_eq!(pick(&mut devtools, "0"), "0");
     let frames = num(&again, "framesDecoded");
     let back = page.wait("menu", Duration::from_secs(30), |r| {
-        r["rendition"] == top_name && num(r, "width") == top_width && num(r, "framesDecoded") >= frames + 60.0
+        r["rendition"] == top_name.as_str() && num(r, "width") == top_width && num(r, "framesDecoded") >= frames + 60.0
     });
     let back = back.unwrap_or_else(|last| {
         panic!(

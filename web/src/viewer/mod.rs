@@ -105,10 +105,11 @@ fn report_panics_to(emit: &js_sys::Function) {
             let Some(emit) = PANIC_EMIT.with(|e| e.try_borrow().ok().and_then(|e| e.clone())) else {
                 return;
             };
-            let detail = js_sys::Object::new();
-            let _ = js_sys::Reflect::set(&detail, &"kind".into(), &"crash".into());
-            let _ = js_sys::Reflect::set(&detail, &"text".into(), &JsValue::from_str(&text));
-            let _ = emit.call2(&JsValue::NULL, &"ended".into(), &detail);
+            emit_to(
+                &emit,
+                "ended",
+                &[("kind", Field::Str("crash")), ("text", Field::Str(&text))],
+            );
         }));
     });
 }
@@ -135,27 +136,32 @@ pub(crate) enum Field<'a> {
     None,
 }
 
+/// Calls the page's `emit(kind, {fields})`.
+fn emit_to(emit: &js_sys::Function, kind: &str, fields: &[(&str, Field<'_>)]) {
+    let detail = js_sys::Object::new();
+    for (name, value) in fields {
+        let v = match value {
+            Field::Str(s) => JsValue::from_str(s),
+            Field::Num(n) => JsValue::from_f64(*n),
+            Field::Bool(b) => JsValue::from_bool(*b),
+            Field::Bytes(b) => js_sys::Uint8Array::from(*b).into(),
+            Field::Strs(l) => l.iter().map(|s| JsValue::from_str(s)).collect::<js_sys::Array>().into(),
+            Field::Nums(l) => l
+                .iter()
+                .map(|n| JsValue::from_f64(*n))
+                .collect::<js_sys::Array>()
+                .into(),
+            Field::None => continue,
+        };
+        let _ = js_sys::Reflect::set(&detail, &JsValue::from_str(name), &v);
+    }
+    let _ = emit.call2(&JsValue::NULL, &JsValue::from_str(kind), &detail);
+}
+
 impl Shared {
     /// Calls the page's `emit(kind, {fields})`.
     pub(crate) fn emit(&self, kind: &str, fields: &[(&str, Field<'_>)]) {
-        let detail = js_sys::Object::new();
-        for (name, value) in fields {
-            let v = match value {
-                Field::Str(s) => JsValue::from_str(s),
-                Field::Num(n) => JsValue::from_f64(*n),
-                Field::Bool(b) => JsValue::from_bool(*b),
-                Field::Bytes(b) => js_sys::Uint8Array::from(*b).into(),
-                Field::Strs(l) => l.iter().map(|s| JsValue::from_str(s)).collect::<js_sys::Array>().into(),
-                Field::Nums(l) => l
-                    .iter()
-                    .map(|n| JsValue::from_f64(*n))
-                    .collect::<js_sys::Array>()
-                    .into(),
-                Field::None => continue,
-            };
-            let _ = js_sys::Reflect::set(&detail, &JsValue::from_str(name), &v);
-        }
-        let _ = self.emit.call2(&JsValue::NULL, &JsValue::from_str(kind), &detail);
+        emit_to(&self.emit, kind, fields);
     }
 
     pub(crate) fn status(&self, text: &str) {
